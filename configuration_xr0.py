@@ -1,0 +1,247 @@
+"""Configuration of Xiaomi-Robotics-0 (XR0): a Qwen3-VL backbone plus a DiT action expert.
+
+The schema is a superset of the published `MiBoTConfig`: `vlm_config`, `dit_config`, `action_length`,
+`action_dim`, `state_dim` carry the same meaning, so a `config.json` written by the official code loads
+here unchanged. The extra fields default to the published inference behaviour.
+"""
+
+import copy
+from typing import Any, Optional, Union
+
+from transformers import PretrainedConfig
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
+
+
+# Values of the public Qwen3-VL-4B-Instruct config, written out so the default config is the real model.
+QWEN3_VL_4B_TEXT_CONFIG = {
+    "vocab_size": 151936,
+    "hidden_size": 2560,
+    "intermediate_size": 9728,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 262144,
+    "rope_theta": 5000000,
+    "rope_scaling": {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True},
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "initializer_range": 0.02,
+    "tie_word_embeddings": True,
+    "use_cache": True,
+}
+QWEN3_VL_4B_VISION_CONFIG = {
+    "depth": 24,
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_heads": 16,
+    "out_hidden_size": 2560,
+    "in_channels": 3,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "num_position_embeddings": 2304,
+    "deepstack_visual_indexes": [5, 11, 17],
+    "hidden_act": "gelu_pytorch_tanh",
+    "initializer_range": 0.02,
+}
+QWEN3_VL_4B_CONFIG = {
+    "model_type": "qwen3_vl",
+    "text_config": QWEN3_VL_4B_TEXT_CONFIG,
+    "vision_config": QWEN3_VL_4B_VISION_CONFIG,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "tie_word_embeddings": True,
+}
+
+# The published `dit_config` has the first four keys; the last two are fixed facts of the published
+# architecture (SwiGLU of 4x width, RMSNorm eps 1e-6) made explicit.
+DEFAULT_DIT_CONFIG = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 16,
+    "head_dim": 128,
+    "num_key_value_heads": 8,
+    "intermediate_size": None,  # None = 4 * hidden_size
+    "rms_norm_eps": 1e-6,
+}
+
+# What the official code writes into config.json.
+OFFICIAL_MODEL_TYPE = "mibot"
+
+
+def _rope_fields_for_both_lines(text_config: dict) -> dict:
+    """Make a Qwen3-VL text config dict readable by transformers 4.57 (`rope_scaling` + `rope_theta`) and
+    5.x (`rope_parameters`), whichever of the two forms it was written in."""
+    text_config = dict(text_config)
+    rope_parameters = text_config.get("rope_parameters")
+    if isinstance(rope_parameters, dict):
+        if text_config.get("rope_scaling") is None:
+            text_config["rope_scaling"] = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+        if text_config.get("rope_theta") is None and "rope_theta" in rope_parameters:
+            text_config["rope_theta"] = rope_parameters["rope_theta"]
+    return text_config
+
+
+def _vlm_config_dict(vlm_config: Union[None, dict, Qwen3VLConfig]) -> dict:
+    if vlm_config is None:
+        return copy.deepcopy(QWEN3_VL_4B_CONFIG)
+    if isinstance(vlm_config, Qwen3VLConfig):
+        vlm_config = vlm_config.to_dict()
+    if not isinstance(vlm_config, dict):
+        raise TypeError(f"`vlm_config` must be a dict or a Qwen3VLConfig, got {type(vlm_config).__name__}.")
+    vlm_config = copy.deepcopy(vlm_config)
+    text_config = _rope_fields_for_both_lines(vlm_config.get("text_config") or {})
+    # 4.57 reads the tie flag from the text config, 5.x from the top level: keep both in agreement.
+    tie = vlm_config.get("tie_word_embeddings", text_config.get("tie_word_embeddings", True))
+    text_config["tie_word_embeddings"] = vlm_config["tie_word_embeddings"] = tie
+    vlm_config["text_config"] = text_config
+    vlm_config.pop("model_type", None)
+    return vlm_config
+
+
+class XR0Config(PretrainedConfig):
+    r"""
+    Configuration of [`XR0ForActionGeneration`]. Defaults build the published 4.7B model.
+
+    Args:
+        vlm_config (`dict` or `Qwen3VLConfig`, *optional*):
+            The Qwen3-VL backbone. Defaults to the Qwen3-VL-4B-Instruct values.
+        dit_config (`dict`, *optional*):
+            The action expert: `hidden_size`, `num_hidden_layers`, `head_dim`, `num_key_value_heads`
+            (published keys) and optionally `intermediate_size` (default 4·hidden) and `rms_norm_eps`.
+            `head_dim` and `num_key_value_heads` must equal the VLM's, because every DiT layer attends to
+            the KV cache of one of the VLM's last `num_hidden_layers` layers.
+        action_length (`int`, defaults to 30): T, actions per chunk (1 s at 30 Hz).
+        action_dim (`int`, defaults to 32): width of the (padded) action vector.
+        state_dim (`int`, defaults to 32): width of the (padded) proprioceptive state.
+        state_length (`int`, defaults to 1): number of state tokens.
+        num_inference_steps (`int`, defaults to 5): Euler steps of the flow integration.
+        action_attention_window (`int`, *optional*):
+            `None` (published): action tokens attend causally to all earlier action tokens. An int `w`: the
+            Λ-shape mask of asynchronous post-training, each action token sees only the action tokens of the
+            previous `w` steps, itself included (it always sees the VLM cache, the sink and the state).
+        noisy_action_position_offset (`int`, defaults to 0):
+            Added to the position ids of noisy (non-prefix) action tokens; 10 after asynchronous
+            post-training, 0 for the published checkpoints.
+    """
+
+    model_type = "xr0"
+    sub_configs = {"vlm_config": Qwen3VLConfig}
+
+    def __init__(
+        self,
+        vlm_config: Union[None, dict, Qwen3VLConfig] = None,
+        dit_config: Optional[dict] = None,
+        action_length: int = 30,
+        action_dim: int = 32,
+        state_dim: int = 32,
+        state_length: int = 1,
+        num_inference_steps: int = 5,
+        action_attention_window: Optional[int] = None,
+        noisy_action_position_offset: int = 0,
+        **kwargs,
+    ):
+        self.vlm_config = Qwen3VLConfig(**_vlm_config_dict(vlm_config))
+
+        if dit_config is not None and not isinstance(dit_config, dict):
+            raise TypeError(f"`dit_config` must be a dict, got {type(dit_config).__name__}.")
+        unknown = set(dit_config or {}) - set(DEFAULT_DIT_CONFIG)
+        if unknown:
+            raise ValueError(
+                f"`dit_config` has unknown keys {sorted(unknown)}; expected keys are {sorted(DEFAULT_DIT_CONFIG)}."
+            )
+        self.dit_config = {**DEFAULT_DIT_CONFIG, **(dit_config or {})}
+        if self.dit_config["intermediate_size"] is None:
+            self.dit_config["intermediate_size"] = 4 * self.dit_config["hidden_size"]
+
+        self.action_length = action_length
+        self.action_dim = action_dim
+        self.state_dim = state_dim
+        self.state_length = state_length
+        self.num_inference_steps = num_inference_steps
+        self.action_attention_window = action_attention_window
+        self.noisy_action_position_offset = noisy_action_position_offset
+        kwargs.setdefault("tie_word_embeddings", self.vlm_config.tie_word_embeddings)
+        super().__init__(**kwargs)
+        self._validate()
+
+    def _validate(self) -> None:
+        def positive_int(name: str, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+        for name in ("action_length", "action_dim", "state_dim", "state_length", "num_inference_steps"):
+            positive_int(name, getattr(self, name))
+        for name in ("hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads", "intermediate_size"):
+            positive_int(f"dit_config.{name}", self.dit_config[name])
+        if self.action_attention_window is not None:
+            positive_int("action_attention_window", self.action_attention_window)
+        offset = self.noisy_action_position_offset
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(f"`noisy_action_position_offset` must be an int >= 0, got {offset!r}.")
+
+        dit, text = self.dit_config, self.vlm_config.text_config
+        vlm_head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        if dit["head_dim"] != vlm_head_dim:
+            raise ValueError(
+                f"`dit_config.head_dim` ({dit['head_dim']}) must equal the VLM's head_dim ({vlm_head_dim}): "
+                "DiT queries attend to the VLM's cached keys."
+            )
+        if dit["num_key_value_heads"] != text.num_key_value_heads:
+            raise ValueError(
+                f"`dit_config.num_key_value_heads` ({dit['num_key_value_heads']}) must equal the VLM's "
+                f"num_key_value_heads ({text.num_key_value_heads})."
+            )
+        if dit["num_hidden_layers"] > text.num_hidden_layers:
+            raise ValueError(
+                f"`dit_config.num_hidden_layers` ({dit['num_hidden_layers']}) must be <= the VLM's "
+                f"num_hidden_layers ({text.num_hidden_layers}): DiT layer i reads the cache of VLM layer "
+                f"(L_vlm - N_dit + i)."
+            )
+        if dit["hidden_size"] % dit["head_dim"]:
+            raise ValueError(
+                f"`dit_config.hidden_size` ({dit['hidden_size']}) must be a multiple of "
+                f"`dit_config.head_dim` ({dit['head_dim']})."
+            )
+        if self.num_dit_attention_heads % dit["num_key_value_heads"]:
+            raise ValueError(
+                f"The DiT's query heads ({self.num_dit_attention_heads} = hidden_size / head_dim) must be a "
+                f"multiple of `dit_config.num_key_value_heads` ({dit['num_key_value_heads']})."
+            )
+
+    @property
+    def num_dit_attention_heads(self) -> int:
+        return self.dit_config["hidden_size"] // self.dit_config["head_dim"]
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        # Keep the 4.57 rope fields next to 5.x's `rope_parameters`, so a config saved on either line loads on both.
+        vlm = output["vlm_config"]
+        vlm = vlm.to_dict() if isinstance(vlm, PretrainedConfig) else dict(vlm)
+        vlm["text_config"] = _rope_fields_for_both_lines(vlm["text_config"])
+        output["vlm_config"] = vlm
+        return output
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == OFFICIAL_MODEL_TYPE:
+            config_dict = from_official_config_dict(config_dict)
+        return config_dict, kwargs
+
+
+def from_official_config_dict(config_dict: dict) -> dict:
+    """Translate a `config.json` written by the official code (`model_type: "mibot"`) into ours. The shared
+    fields mean the same; the official class names and remote-code map would point at code we do not ship."""
+    config_dict = dict(config_dict)
+    config_dict["model_type"] = XR0Config.model_type
+    for key in ("auto_map", "architectures"):
+        config_dict.pop(key, None)
+    return config_dict
+
+
+__all__ = ["XR0Config"]

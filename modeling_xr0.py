@@ -1,0 +1,716 @@
+"""Xiaomi-Robotics-0 (XR0): a Qwen3-VL-4B backbone whose KV cache conditions a DiT action expert.
+
+Inference, as published:
+    1. `encode_observation`: one VLM prefill over images + prompt; keep the KV cache of the last
+       `dit_config.num_hidden_layers` VLM layers, the prompt's padding mask, the DiT's position ids and rotary
+       tables, and the [sink, state] tokens.
+    2. `sample_actions`: integrate the flow from noise (t=0) to actions (t=1) with `num_inference_steps` Euler
+       steps of `velocity`, one DiT pass over [sink, state, T noisy actions] that attends to the cache.
+`forward` composes the two. Actions are normalized; the processor de-normalizes them.
+
+Shapes: B batch, L prompt length, T = action_length, A = action_dim, S = state_length, Q = 1 + S + T DiT
+tokens, H = DiT hidden size, h = DiT query heads, D = head_dim.
+"""
+
+import inspect
+import json
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.qwen3_vl.modeling_qwen3_vl import (
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLModel,
+    Qwen3VLTextRMSNorm,
+)
+from transformers.utils import ModelOutput
+
+from .configuration_xr0 import XR0Config
+
+
+# transformers 5.x needs the token types (text 0, image 1, video 2) to place images in MRoPE; 4.57 reads
+# them off input_ids itself.
+_ROPE_INDEX_TAKES_TOKEN_TYPES = "mm_token_type_ids" in inspect.signature(Qwen3VLModel.get_rope_index).parameters
+
+# Top-level submodules of the published state dict; training checkpoints may wrap them in these prefixes.
+_TOP_LEVEL_MODULES = (
+    "vlm",
+    "dit",
+    "state_projector",
+    "action_projector",
+    "action_output_layer",
+    "t_embedder",
+    "t_projector",
+    "sink",
+)
+_WRAPPER_PREFIXES = ("module.model.", "module.", "model.")
+
+
+@dataclass
+class XR0ActionOutput(ModelOutput):
+    """
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): training loss (when targets are given).
+        actions (`torch.FloatTensor` of shape `(B, T, A)`): normalized action chunk, float32.
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    actions: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class XR0Observation:
+    """Everything the DiT needs from one observation; computed once, reused by every Euler step.
+
+    Args:
+        cache_keys, cache_values: one (B, h, L, D) tensor per DiT layer: the cached K/V of VLM layer
+            (L_vlm - N_dit + i), already rotated and repeated from the VLM's KV heads to the DiT's query heads;
+            zero at padded prompt positions.
+        attention_mask: (B, 1, Q, L + Q) bool, True = may attend. Keys are [prompt cache | DiT tokens].
+        position_ids: (3, B, Q) MRoPE position ids of the DiT tokens (noisy-action offset included).
+        position_embeddings: (cos, sin), each (B, Q, D), the rotary tables for `position_ids`.
+        context_tokens: (B, 1 + S, H) the [sink, state] tokens that precede the action tokens.
+    """
+
+    cache_keys: tuple[torch.Tensor, ...]
+    cache_values: tuple[torch.Tensor, ...]
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    context_tokens: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.context_tokens.shape[0]
+
+    def replace(self, **changes) -> "XR0Observation":
+        return replace(self, **changes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small functions
+
+
+def timestep_sinusoid(timestep: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
+    """(B,) flow time in [0, 1] -> (B, dim) float32 [cos | sin] features of t·1000."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half)
+    args = (timestep.float() * 1000.0)[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, h, Q, D); cos/sin (B, Q, D) from the VLM's text rotary module."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos + rotate_half(x) * sin
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+def build_dit_attention_mask(
+    cache_mask: torch.Tensor, state_length: int, action_length: int, window: Optional[int] = None
+) -> torch.Tensor:
+    """
+    Args:
+        cache_mask: (B, L) bool, True at real (non-padded) prompt tokens.
+        window: `None` = causal over all DiT tokens (published). An int `w` = Λ-shape: an action token sees
+            the action tokens of the previous `w` steps only (itself included); sink and state stay visible.
+    Returns:
+        (B, 1, Q, L + Q) bool, True = may attend.
+    """
+    num_tokens = 1 + state_length + action_length
+    idx = torch.arange(num_tokens, device=cache_mask.device)
+    own = idx[:, None] >= idx[None, :]  # (Q, Q) causal
+    if window is not None:
+        is_action = idx >= 1 + state_length
+        too_old = idx[:, None] - idx[None, :] >= window
+        own = own & ~(is_action[:, None] & is_action[None, :] & too_old)
+    batch_size, prompt_length = cache_mask.shape
+    cache_part = cache_mask.bool()[:, None, None, :].expand(batch_size, 1, num_tokens, prompt_length)
+    own_part = own[None, None].expand(batch_size, 1, num_tokens, num_tokens)
+    return torch.cat([cache_part, own_part], dim=-1)
+
+
+def sdpa_attention(query, key, value, mask):
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+
+
+def eager_attention(query, key, value, mask):
+    scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(query.shape[-1])
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    return torch.matmul(probs, value)
+
+
+# The DiT's own attention. Its mask (prompt padding + causal/Λ over DiT tokens) is not a plain causal or
+# padding mask, so flash-attention kernels cannot take it: any implementation other than "eager" uses
+# PyTorch SDPA, which runs on CPU and GPU without extra packages.
+DIT_ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Modules, smallest first
+
+
+class XR0Projector(nn.Module):
+    """Linear -> GELU(tanh) -> Linear, no bias (published as `layers.0` / `layers.2`)."""
+
+    def __init__(self, in_features: int, out_features: int, hidden_features: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(in_features, hidden_features, bias=False),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden_features, out_features, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class XR0TimestepEmbedder(nn.Module):
+    """(B,) flow time -> (B, H)."""
+
+    def __init__(self, hidden_size: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_dim, hidden_size, bias=False),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=False),
+        )
+
+    def forward(self, timestep: torch.Tensor) -> torch.Tensor:
+        features = timestep_sinusoid(timestep, self.frequency_dim)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
+
+
+class XR0TimeModulation(nn.Module):
+    """(B, H) time embedding -> (B, 6, H) adaLN shifts/scales/gates shared by all DiT layers."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(hidden_size, 6 * hidden_size, bias=True))
+
+    def forward(self, time_embedding: torch.Tensor) -> torch.Tensor:
+        return self.layers(time_embedding).view(time_embedding.shape[0], 6, -1)
+
+
+class XR0MLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class XR0DiTAttention(nn.Module):
+    """Self-attention of the DiT tokens whose keys/values are prefixed by one VLM layer's cached K/V."""
+
+    def __init__(self, config: XR0Config):
+        super().__init__()
+        self.config = config
+        hidden_size = config.dit_config["hidden_size"]
+        self.head_dim = config.dit_config["head_dim"]
+        self.num_heads = config.num_dit_attention_heads
+        self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size, bias=True)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.q_norm = Qwen3VLTextRMSNorm(self.head_dim, eps=config.dit_config["rms_norm_eps"])
+        self.k_norm = Qwen3VLTextRMSNorm(self.head_dim, eps=config.dit_config["rms_norm_eps"])
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, Q, H)
+        cache_key: torch.Tensor,  # (B, h, L, D)
+        cache_value: torch.Tensor,  # (B, h, L, D)
+        attention_mask: torch.Tensor,  # (B, 1, Q, L + Q) bool
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],  # (B, Q, D) each
+    ) -> torch.Tensor:
+        batch_size, num_tokens, _ = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch_size, num_tokens, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.unbind(dim=2)  # (B, Q, h, D) each
+        query = self.q_norm(query).transpose(1, 2)  # (B, h, Q, D)
+        key = self.k_norm(key).transpose(1, 2)
+        value = value.transpose(1, 2)
+        cos, sin = position_embeddings
+        query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+
+        key = torch.cat([cache_key.to(key.dtype), key], dim=2)  # (B, h, L + Q, D)
+        value = torch.cat([cache_value.to(value.dtype), value], dim=2)
+        attend = DIT_ATTENTION_FUNCTIONS.get(self.config._attn_implementation, sdpa_attention)
+        output = attend(query, key, value, attention_mask)  # (B, h, Q, D)
+        output = output.transpose(1, 2).reshape(batch_size, num_tokens, -1)
+        return self.o_proj(output)
+
+
+class XR0DiTLayer(GradientCheckpointingLayer):
+    """adaLN-modulated pre-norm block with an extra norm after each residual branch."""
+
+    def __init__(self, config: XR0Config):
+        super().__init__()
+        hidden_size, eps = config.dit_config["hidden_size"], config.dit_config["rms_norm_eps"]
+        self.attn = XR0DiTAttention(config)
+        self.mlp = XR0MLP(hidden_size, config.dit_config["intermediate_size"])
+        self.input_layernorm = Qwen3VLTextRMSNorm(hidden_size, eps=eps)
+        self.middle_layernorm = Qwen3VLTextRMSNorm(hidden_size, eps=eps)
+        self.post_layernorm = Qwen3VLTextRMSNorm(hidden_size, eps=eps)
+        self.final_layernorm = Qwen3VLTextRMSNorm(hidden_size, eps=eps)
+        self.adaln_table = nn.Parameter(torch.zeros(6, hidden_size))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, Q, H)
+        time_modulation: torch.Tensor,  # (B, 6, H)
+        cache_key: torch.Tensor,
+        cache_value: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        modulation = (self.adaln_table[None] + time_modulation).unsqueeze(2)  # (B, 6, 1, H)
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = modulation.unbind(dim=1)
+
+        attn_input = modulate(self.input_layernorm(hidden_states), shift_attn, scale_attn)
+        attn_output = self.attn(attn_input, cache_key, cache_value, attention_mask, position_embeddings)
+        hidden_states = self.middle_layernorm(hidden_states + gate_attn * attn_output)
+
+        mlp_output = self.mlp(modulate(self.post_layernorm(hidden_states), shift_mlp, scale_mlp))
+        return self.final_layernorm(hidden_states + gate_mlp * mlp_output)
+
+
+class XR0DiT(nn.Module):
+    def __init__(self, config: XR0Config):
+        super().__init__()
+        self.layers = nn.ModuleList(XR0DiTLayer(config) for _ in range(config.dit_config["num_hidden_layers"]))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class XR0PreTrainedModel(PreTrainedModel):
+    config_class = XR0Config
+    base_model_prefix = "xr0"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["XR0DiTLayer", "Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _supports_attention_backend = True
+    # Trainer must not rescale our loss by the number of items in the batch.
+    accepts_loss_kwargs = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only the action expert lives here; the VLM submodel initializes itself.
+        std = self.config.vlm_config.text_config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, Qwen3VLTextRMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, XR0DiTLayer):
+            nn.init.normal_(module.adaln_table, mean=0.0, std=std)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Loads our layout and the published one (`model_type: "mibot"`, keys possibly wrapped in
+        `module.`/`model.` by a training run). Only safetensors are read: nothing is unpickled."""
+        kwargs.setdefault("use_safetensors", True)
+        if kwargs.get("key_mapping") is None:
+            prefix = _checkpoint_wrapper_prefix(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+            if prefix:
+                kwargs["key_mapping"] = {"^" + prefix.replace(".", r"\."): ""}
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+def _checkpoint_wrapper_prefix(path, subfolder: str = "") -> Optional[str]:
+    """The wrapper prefix of a local checkpoint's keys (e.g. "module."), read from its index or safetensors
+    header, or None when keys are unwrapped or the path is not a local directory."""
+    directory = os.path.join(str(path), subfolder)
+    if not os.path.isdir(directory):
+        return None
+    index_file = os.path.join(directory, "model.safetensors.index.json")
+    single_file = os.path.join(directory, "model.safetensors")
+    if os.path.isfile(index_file):
+        with open(index_file) as f:
+            keys = list(json.load(f)["weight_map"])
+    elif os.path.isfile(single_file):
+        from safetensors import safe_open
+
+        with safe_open(single_file, framework="pt") as f:
+            keys = list(f.keys())
+    else:
+        return None
+    for prefix in _WRAPPER_PREFIXES:
+        if keys and all(
+            key.startswith(prefix) and key[len(prefix) :].split(".")[0] in _TOP_LEVEL_MODULES for key in keys
+        ):
+            return prefix
+    return None
+
+
+class XR0ForActionGeneration(XR0PreTrainedModel):
+    """
+    The XR0 policy: observation (images + prompt + state) -> normalized action chunk (B, T, A).
+
+    Parameter names follow the published checkpoints: `vlm.*` (stock Qwen3VLForConditionalGeneration),
+    `dit.layers.{i}.*`, `state_projector`, `action_projector`, `action_output_layer`, `t_embedder`,
+    `t_projector`, `sink`. The DiT's rotary tables come from the VLM's own text rotary module.
+    """
+
+    def __init__(self, config: XR0Config):
+        super().__init__(config)
+        hidden_size = config.dit_config["hidden_size"]
+        self.vlm = Qwen3VLForConditionalGeneration(config.vlm_config)
+        self.dit = XR0DiT(config)
+        self.state_projector = XR0Projector(config.state_dim, hidden_size, hidden_size)
+        self.action_projector = XR0Projector(config.action_dim, hidden_size, hidden_size)
+        self.action_output_layer = XR0Projector(hidden_size, config.action_dim, hidden_size)
+        self.t_embedder = XR0TimestepEmbedder(hidden_size)
+        self.t_projector = XR0TimeModulation(hidden_size)
+        self.sink = nn.Embedding(1, hidden_size)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vlm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.vlm.set_input_embeddings(value)
+
+    # ---- observation encoding -------------------------------------------------------------------------------
+
+    def vlm_position_ids(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        image_grid_thw: Optional[torch.LongTensor],
+        mm_token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.LongTensor:
+        """(3, B, L) MRoPE position ids of the prompt, the same on transformers 4.57 and 5.x at real tokens."""
+        vlm_model = self.vlm.model
+        if _ROPE_INDEX_TAKES_TOKEN_TYPES:
+            if mm_token_type_ids is None:
+                mm_token_type_ids = self.token_types(input_ids)
+            position_ids, _ = vlm_model.get_rope_index(
+                input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
+            )
+        else:
+            position_ids, _ = vlm_model.get_rope_index(input_ids, image_grid_thw, None, attention_mask=attention_mask)
+        return position_ids
+
+    def token_types(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """(B, L) modality of each token: text 0, image 1, video 2 (what the 5.x processor returns)."""
+        vlm_config = self.config.vlm_config
+        types = torch.zeros_like(input_ids, dtype=torch.int32)
+        types[input_ids == vlm_config.image_token_id] = 1
+        types[input_ids == vlm_config.video_token_id] = 2
+        return types
+
+    def encode_observation(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: Optional[torch.Tensor],
+        pixel_values: Optional[torch.Tensor],
+        image_grid_thw: Optional[torch.LongTensor],
+        state: torch.Tensor,
+        mm_token_type_ids: Optional[torch.Tensor] = None,
+    ) -> XR0Observation:
+        """
+        Runs the VLM once over the prompt and prepares everything the DiT reads at every Euler step.
+
+        Args:
+            input_ids: (B, L) prompt token ids (left or right padded).
+            attention_mask: (B, L), 1 at real tokens; `None` = no padding.
+            pixel_values: (N_patches, C·t·p·p) from the Qwen3-VL image processor, or None for a text-only prompt.
+            image_grid_thw: (num_images, 3) patch grid per image.
+            state: (B, S, state_dim) raw robot state, zero-padded to `state_dim`.
+            mm_token_type_ids: (B, L) optional; derived from `input_ids` when absent.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self._check_observation(input_ids, attention_mask, pixel_values, image_grid_thw, state)
+        config = self.config
+        position_ids = self.vlm_position_ids(input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
+        vlm_outputs = self.vlm.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            use_cache=True,
+            return_dict=True,
+        )
+        cache = getattr(vlm_outputs, "cache", None)  # 5.x name
+        if cache is None:
+            cache = getattr(vlm_outputs, "past_key_values", None)  # 4.57 name
+        if cache is None:
+            raise RuntimeError(
+                "The VLM returned no KV cache; XR0 reads its last layers' keys/values. Gradient checkpointing on "
+                "the VLM disables its cache in training mode: call `model.eval()` or disable it on `model.vlm`."
+            )
+
+        # Padded prompt positions are masked out below; zero their K/V too so that values a padded query
+        # produced inside the VLM (possibly NaN for fully masked rows) cannot leak through 0 * NaN.
+        cache_mask = attention_mask.bool()  # (B, L)
+        keep = cache_mask[:, None, :, None]
+        repeats = config.num_dit_attention_heads // config.dit_config["num_key_value_heads"]
+        num_vlm_layers = config.vlm_config.text_config.num_hidden_layers
+        first_layer = num_vlm_layers - config.dit_config["num_hidden_layers"]
+        cache_keys, cache_values = [], []
+        for layer in cache.layers[first_layer:num_vlm_layers]:
+            # (B, H_kv, L, D) -> (B, h, L, D)
+            cache_keys.append(layer.keys.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
+            cache_values.append(layer.values.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
+
+        # DiT tokens continue the prompt's positions on all three MRoPE axes.
+        num_tokens = 1 + config.state_length + config.action_length
+        next_position = position_ids.masked_fill(~cache_mask[None], 0).amax(dim=(0, 2)) + 1  # (B,)
+        dit_position_ids = next_position[None, :, None] + torch.arange(num_tokens, device=input_ids.device)
+        dit_position_ids = dit_position_ids.expand(3, -1, -1).clone()  # (3, B, Q)
+        dit_position_ids[..., 1 + config.state_length :] += config.noisy_action_position_offset
+
+        state_tokens = self.state_projector(state.to(self.dtype))  # (B, S, H)
+        sink = self.sink.weight[None].expand(state.shape[0], -1, -1)  # (B, 1, H)
+        return XR0Observation(
+            cache_keys=tuple(cache_keys),
+            cache_values=tuple(cache_values),
+            attention_mask=build_dit_attention_mask(
+                cache_mask, config.state_length, config.action_length, config.action_attention_window
+            ),
+            position_ids=dit_position_ids,
+            position_embeddings=self.dit_position_embeddings(dit_position_ids, cache_keys[0]),
+            context_tokens=torch.cat([sink, state_tokens], dim=1),
+        )
+
+    def dit_position_embeddings(self, position_ids: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3, B, Q) position ids -> (cos, sin), each (B, Q, D) in `like`'s dtype, from the VLM's text rotary."""
+        return self.vlm.model.language_model.rotary_emb(like, position_ids)
+
+    # ---- flow ------------------------------------------------------------------------------------------------
+
+    def velocity(
+        self,
+        noisy_actions: torch.Tensor,
+        timestep: torch.Tensor,
+        observation: XR0Observation,
+        action_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """
+        One DiT evaluation of the flow's velocity field.
+
+        Args:
+            noisy_actions: (B, T, A) x_t.
+            timestep: (B,) flow time t in [0, 1] (0 = noise, 1 = data).
+            observation: from `encode_observation`.
+            action_mask: (B, T, A), 1 at the robot's active action dims.
+        Returns:
+            (B, T, A) velocity, in the model's dtype.
+        """
+        dtype = self.action_projector.layers[0].weight.dtype
+        action_tokens = self.action_projector((noisy_actions * action_mask).to(dtype))  # (B, T, H)
+        hidden_states = torch.cat([observation.context_tokens.to(dtype), action_tokens], dim=1)  # (B, Q, H)
+        time_modulation = self.t_projector(self.t_embedder(timestep))  # (B, 6, H)
+        for layer, cache_key, cache_value in zip(self.dit.layers, observation.cache_keys, observation.cache_values):
+            hidden_states = layer(
+                hidden_states,
+                time_modulation,
+                cache_key,
+                cache_value,
+                observation.attention_mask,
+                observation.position_embeddings,
+            )
+        return self.action_output_layer(hidden_states[:, -noisy_actions.shape[1] :])
+
+    def sample_noise(
+        self, batch_size: int, generator: Optional[torch.Generator] = None, seed: Optional[int] = None
+    ) -> torch.Tensor:
+        """(B, T, A) standard normal float32 noise on the model's device. `seed` draws it from a fresh CPU
+        generator, so a seed gives the same noise on every device; the global RNG is never touched."""
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("Pass either `seed` or `generator`, not both.")
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        shape = (batch_size, self.config.action_length, self.config.action_dim)
+        device = generator.device if generator is not None else self.device
+        noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        return noise.to(self.device)
+
+    def sample_actions(
+        self,
+        observation: XR0Observation,
+        action_mask: torch.Tensor,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        num_steps: Optional[int] = None,
+    ) -> torch.Tensor:
+        """
+        Euler integration of the flow from noise (t=0) to actions (t=1): x <- x + v(x, k/N)·(1/N), k = 0..N-1.
+
+        Args:
+            observation: from `encode_observation`.
+            action_mask: (B, T, A).
+            noise: (B, T, A) initial x_0; drawn from `generator` (or fresh) when None.
+            num_steps: N, defaults to `config.num_inference_steps`.
+        Returns:
+            (B, T, A) float32 normalized actions.
+        """
+        num_steps = self.config.num_inference_steps if num_steps is None else num_steps
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+        batch_size = observation.batch_size
+        self._check_action_tensor("action_mask", action_mask, batch_size)
+        if noise is None:
+            noise = self.sample_noise(batch_size, generator=generator)
+        else:
+            self._check_action_tensor("noise", noise, batch_size)
+        actions = noise.to(device=self.device, dtype=torch.float32)
+        action_mask = action_mask.to(self.device)
+        dt = 1.0 / num_steps
+        for step in range(num_steps):
+            timestep = torch.full((batch_size,), step * dt, device=self.device, dtype=torch.float32)
+            actions = actions + dt * self.velocity(actions, timestep, observation, action_mask).float()
+        return actions
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        image_grid_thw: Optional[torch.LongTensor] = None,
+        state: Optional[torch.Tensor] = None,
+        action_mask: Optional[torch.Tensor] = None,
+        *,
+        mm_token_type_ids: Optional[torch.Tensor] = None,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        num_steps: Optional[int] = None,
+        **kwargs,
+    ) -> XR0ActionOutput:
+        """
+        Generates a normalized action chunk, called like the official model:
+        `model(**processor_outputs, state=state, action_mask=action_mask, seed=seed)`.
+
+        Args:
+            input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids: processor outputs.
+            state: (B, S, state_dim) raw state, zero-padded.
+            action_mask: (B, T, A), 1 at the robot's active action dims.
+            noise: (B, T, A) initial noise; overrides `generator`/`seed`.
+            generator: a `torch.Generator` for the noise. seed: an int, same as a CPU generator seeded with it
+                (equal to the official code's noise on CPU). Neither touches the global RNG; with none of
+                noise/generator/seed, fresh noise is drawn.
+            num_steps: Euler steps, defaults to `config.num_inference_steps`.
+        Returns:
+            `XR0ActionOutput` with `actions` (B, T, A), float32, normalized.
+        """
+        unexpected = set(kwargs) - {"return_dict", "num_items_in_batch", "use_cache", "token_type_ids"}
+        if unexpected:
+            raise TypeError(f"XR0ForActionGeneration.forward got unexpected arguments {sorted(unexpected)}.")
+        if input_ids is None:
+            raise ValueError("`input_ids` is required: (B, L) prompt token ids from the XR0 processor.")
+        if state is None:
+            raise ValueError(f"`state` is required: (B, {self.config.state_length}, {self.config.state_dim}).")
+        if action_mask is None:
+            raise ValueError(
+                f"`action_mask` is required: (B, {self.config.action_length}, {self.config.action_dim}), "
+                "1 at the robot's active action dims (see the processor's `get_action_mask`)."
+            )
+        observation = self.encode_observation(
+            input_ids, attention_mask, pixel_values, image_grid_thw, state, mm_token_type_ids=mm_token_type_ids
+        )
+        if noise is None:
+            noise = self.sample_noise(observation.batch_size, generator=generator, seed=seed)
+        actions = self.sample_actions(observation, action_mask, noise=noise, num_steps=num_steps)
+        return XR0ActionOutput(actions=actions)
+
+    # ---- input checks ----------------------------------------------------------------------------------------
+
+    def _check_action_tensor(self, name: str, tensor: torch.Tensor, batch_size: int) -> None:
+        expected = (batch_size, self.config.action_length, self.config.action_dim)
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor of shape {expected}, got {type(tensor).__name__}.")
+        if tuple(tensor.shape) != expected:
+            raise ValueError(f"`{name}` must have shape (B, T, A) = {expected}, got {tuple(tensor.shape)}.")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+
+    def _check_observation(self, input_ids, attention_mask, pixel_values, image_grid_thw, state) -> None:
+        config = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+            raise ValueError(f"`input_ids` must be a (B, L) tensor, got {_describe(input_ids)}.")
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
+                f"got {_describe(attention_mask)}."
+            )
+        if not attention_mask.bool().any(dim=1).all():
+            raise ValueError("`attention_mask` has a row with no real token.")
+        batch_size = input_ids.shape[0]
+        expected_state = (batch_size, config.state_length, config.state_dim)
+        if not isinstance(state, torch.Tensor) or tuple(state.shape) != expected_state:
+            raise ValueError(
+                f"`state` must have shape (B, S, state_dim) = {expected_state} (zero-pad the robot state to "
+                f"state_dim), got {_describe(state)}."
+            )
+        if not torch.isfinite(state).all():
+            raise ValueError("`state` contains NaN or infinite values.")
+
+        vision_config = config.vlm_config.vision_config
+        merge = vision_config.spatial_merge_size**2
+        num_image_tokens = int(((input_ids == config.vlm_config.image_token_id) & attention_mask.bool()).sum())
+        if pixel_values is None or image_grid_thw is None:
+            if num_image_tokens:
+                raise ValueError(
+                    f"The prompt holds {num_image_tokens} image tokens but `pixel_values`/`image_grid_thw` are "
+                    "missing: pass the images through the processor."
+                )
+            if pixel_values is not None or image_grid_thw is not None:
+                raise ValueError("`pixel_values` and `image_grid_thw` must be given together.")
+            return
+        if not isinstance(image_grid_thw, torch.Tensor) or image_grid_thw.ndim != 2 or image_grid_thw.shape[1] != 3:
+            raise ValueError(f"`image_grid_thw` must be a (num_images, 3) tensor, got {_describe(image_grid_thw)}.")
+        patch_features = (
+            vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size**2
+        )
+        num_patches = int(image_grid_thw.prod(dim=-1).sum())
+        if not isinstance(pixel_values, torch.Tensor) or tuple(pixel_values.shape) != (num_patches, patch_features):
+            raise ValueError(
+                f"`pixel_values` must have shape (num_patches, C·t·p·p) = ({num_patches}, {patch_features}) for "
+                f"`image_grid_thw` {image_grid_thw.tolist()}, got {_describe(pixel_values)}."
+            )
+        if num_image_tokens != num_patches // merge:
+            raise ValueError(
+                f"The prompt holds {num_image_tokens} image tokens but `image_grid_thw` {image_grid_thw.tolist()} "
+                f"gives {num_patches // merge} ({num_patches} patches / {merge} merged): each image needs "
+                "t·h·w/merge² `<|image_pad|>` tokens."
+            )
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__}"
+
+
+XR0Config.register_for_auto_class()
+XR0ForActionGeneration.register_for_auto_class("AutoModel")
+
+__all__ = ["XR0PreTrainedModel", "XR0ForActionGeneration", "XR0Observation", "XR0ActionOutput"]
