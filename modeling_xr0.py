@@ -449,36 +449,38 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         self._check_observation(input_ids, attention_mask, pixel_values, image_grid_thw, state)
         config = self.config
         position_ids = self.vlm_position_ids(input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
-        vlm_outputs = self.vlm.model(
+        num_vlm_layers = config.vlm_config.text_config.num_hidden_layers
+        first_layer = num_vlm_layers - config.dit_config["num_hidden_layers"]
+        vlm_inputs = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
-            use_cache=True,
             return_dict=True,
         )
-        cache = getattr(vlm_outputs, "cache", None)  # 5.x name
-        if cache is None:
-            cache = getattr(vlm_outputs, "past_key_values", None)  # 4.57 name
-        if cache is None:
-            raise RuntimeError(
-                "The VLM returned no KV cache; XR0 reads its last layers' keys/values. Gradient checkpointing on "
-                "the VLM disables its cache in training mode: call `model.eval()` or disable it on `model.vlm`."
-            )
+        if self.training and self.vlm.is_gradient_checkpointing:
+            # Checkpointed VLM layers run without a cache; rebuild the K/V of the layers we read from their
+            # input hidden states instead (cheap: only those layers' k/v projections).
+            hidden_states = self.vlm.model(**vlm_inputs, use_cache=False, output_hidden_states=True).hidden_states
+            layer_kv = self._vlm_keys_values(hidden_states, position_ids, first_layer)
+        else:
+            vlm_outputs = self.vlm.model(**vlm_inputs, use_cache=True)
+            cache = getattr(vlm_outputs, "cache", None)  # 5.x name
+            if cache is None:
+                cache = vlm_outputs.past_key_values  # 4.57 name
+            layer_kv = [(layer.keys, layer.values) for layer in cache.layers[first_layer:num_vlm_layers]]
 
         # Padded prompt positions are masked out below; zero their K/V too so that values a padded query
         # produced inside the VLM (possibly NaN for fully masked rows) cannot leak through 0 * NaN.
         cache_mask = attention_mask.bool()  # (B, L)
         keep = cache_mask[:, None, :, None]
         repeats = config.num_dit_attention_heads // config.dit_config["num_key_value_heads"]
-        num_vlm_layers = config.vlm_config.text_config.num_hidden_layers
-        first_layer = num_vlm_layers - config.dit_config["num_hidden_layers"]
         cache_keys, cache_values = [], []
-        for layer in cache.layers[first_layer:num_vlm_layers]:
+        for keys, values in layer_kv:
             # (B, H_kv, L, D) -> (B, h, L, D)
-            cache_keys.append(layer.keys.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
-            cache_values.append(layer.values.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
+            cache_keys.append(keys.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
+            cache_values.append(values.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
 
         # DiT tokens continue the prompt's positions on all three MRoPE axes.
         num_tokens = 1 + config.state_length + config.action_length
@@ -503,6 +505,22 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
     def dit_position_embeddings(self, position_ids: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(3, B, Q) position ids -> (cos, sin), each (B, Q, D) in `like`'s dtype, from the VLM's text rotary."""
         return self.vlm.model.language_model.rotary_emb(like, position_ids)
+
+    def _vlm_keys_values(self, hidden_states, position_ids, first_layer):
+        """K/V of VLM layers `first_layer`.. recomputed from their input hidden states, as each layer's attention
+        computes them (input norm, k/v projections, k_norm, RoPE). Used only when the VLM returns no cache."""
+        language_model = self.vlm.model.language_model
+        cos, sin = language_model.rotary_emb(hidden_states[first_layer], position_ids)
+        layer_kv = []
+        for index in range(first_layer, len(language_model.layers)):
+            layer = language_model.layers[index]
+            attention = layer.self_attn
+            x = layer.input_layernorm(hidden_states[index])  # (B, L, hidden)
+            shape = (*x.shape[:-1], -1, attention.head_dim)
+            keys = attention.k_norm(attention.k_proj(x).view(shape)).transpose(1, 2)  # (B, H_kv, L, D)
+            values = attention.v_proj(x).view(shape).transpose(1, 2)
+            layer_kv.append((apply_rotary(keys, cos, sin), values))
+        return layer_kv
 
     # ---- flow ------------------------------------------------------------------------------------------------
 
