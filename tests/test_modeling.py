@@ -1,0 +1,379 @@
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoConfig, AutoModel
+
+from tiny import action_mask, observation, row, tiny_config, tiny_model
+from reference_xr0 import reference_actions
+from xr0.modeling_xr0 import XR0ForActionGeneration, build_dit_attention_mask
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def run(model, batch, **kwargs):
+    with torch.no_grad():
+        return model(**batch, action_mask=action_mask(batch["input_ids"].shape[0], model.config), **kwargs).actions
+
+
+def noise_for(model, batch_size, seed=0):
+    return model.sample_noise(batch_size, seed=seed)
+
+
+# ---- outputs and noise control ------------------------------------------------------------------------------
+
+
+def test_actions_shape_dtype_and_finite(model):
+    batch = observation(num_text_tokens=(3, 8))
+    actions = run(model, batch, seed=1)
+    assert actions.shape == (2, model.config.action_length, model.config.action_dim)
+    assert actions.dtype == torch.float32
+    assert torch.isfinite(actions).all()
+
+
+def test_same_seed_same_actions_and_global_rng_untouched(model):
+    batch = observation()
+    cpu_state = torch.get_rng_state()
+    first = run(model, batch, seed=7)
+    assert torch.equal(torch.get_rng_state(), cpu_state), "forward(seed=...) must not touch the global RNG"
+    second = run(model, batch, seed=7)
+    other = run(model, batch, seed=8)
+    assert torch.equal(first, second)
+    assert not torch.allclose(first, other)
+
+
+def test_seed_generator_and_noise_agree(model):
+    batch = observation()
+    by_seed = run(model, batch, seed=3)
+    by_generator = run(model, batch, generator=torch.Generator().manual_seed(3))
+    by_noise = run(model, batch, noise=torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(by_seed, by_generator)
+    assert torch.equal(by_seed, by_noise)
+
+
+def test_seed_noise_matches_official_global_seeding_on_cpu(model):
+    # The official code calls torch.manual_seed(seed) then torch.randn on the device; on CPU ours is identical.
+    state = torch.get_rng_state()
+    torch.manual_seed(11)
+    official = torch.randn(2, 6, 32)
+    torch.set_rng_state(state)
+    assert torch.equal(model.sample_noise(2, seed=11), official)
+
+
+def test_without_noise_control_draws_fresh_noise(model):
+    batch = observation()
+    assert not torch.allclose(run(model, batch), run(model, batch))
+
+
+def test_num_steps_changes_integration(model):
+    batch = observation()
+    noise = noise_for(model, 1)
+    five = run(model, batch, noise=noise)
+    assert torch.equal(five, run(model, batch, noise=noise, num_steps=5))
+    assert not torch.allclose(five, run(model, batch, noise=noise, num_steps=2))
+
+
+# ---- the published math -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_matches_independent_reference(model, padding_side):
+    batch = observation(num_text_tokens=(2, 9), padding_side=padding_side)
+    noise = noise_for(model, 2, seed=5)
+    mask = action_mask(2, model.config)
+    with torch.no_grad():
+        ours = model(**batch, action_mask=mask, noise=noise).actions
+        ref_batch = {k: v for k, v in batch.items()}
+        expected = reference_actions(model.vlm, model.state_dict(), model.config, action_mask=mask, noise=noise,
+                                     **ref_batch)
+    assert torch.isfinite(expected).all()
+    assert (ours - expected).abs().max() <= 1e-4
+
+
+def test_encode_once_sample_many(model):
+    batch = observation()
+    mask = action_mask(1, model.config)
+    noise = noise_for(model, 1)
+    with torch.no_grad():
+        obs = model.encode_observation(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                       batch["image_grid_thw"], batch["state"])
+        assert len(obs.cache_keys) == model.config.dit_config["num_hidden_layers"]
+        L = batch["input_ids"].shape[1]
+        assert obs.cache_keys[0].shape == (1, model.config.num_dit_attention_heads, L, 16)
+        assert obs.attention_mask.shape == (1, 1, 8, L + 8)
+        assert obs.position_embeddings[0].shape == (1, 8, 16)
+        assert obs.context_tokens.shape == (1, 2, 64)
+        a = model.sample_actions(obs, mask, noise=noise)
+        b = model.sample_actions(obs, mask, noise=noise)
+    assert torch.equal(a, b)
+    assert torch.equal(a, run(model, batch, noise=noise))
+
+
+def test_dit_positions_continue_prompt_positions(model):
+    batch = observation(num_text_tokens=(2, 9), padding_side="left")
+    with torch.no_grad():
+        positions = model.vlm_position_ids(batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"])
+        obs = model.encode_observation(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                       batch["image_grid_thw"], batch["state"])
+    for b in range(2):
+        real = batch["attention_mask"][b].bool()
+        start = int(positions[:, b][:, real].max()) + 1
+        assert obs.position_ids[:, b].tolist() == [list(range(start, start + 8))] * 3
+
+
+def test_action_mask_hides_inactive_dims_from_the_dit(model):
+    batch = observation()
+    noise = noise_for(model, 1)
+    mask = action_mask(1, model.config)
+    obs = model.encode_observation(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                   batch["image_grid_thw"], batch["state"])
+    t = torch.zeros(1)
+    changed = noise.clone()
+    changed[..., 10:] += 3.0  # inactive dims only
+    with torch.no_grad():
+        assert torch.equal(model.velocity(noise, t, obs, mask), model.velocity(changed, t, obs, mask))
+
+
+def test_dit_attention_mask_pattern():
+    cache = torch.tensor([[0, 1, 1]], dtype=torch.bool)
+    causal = build_dit_attention_mask(cache, state_length=1, action_length=4)[0, 0]
+    assert causal.shape == (6, 9)
+    assert causal[:, :3].tolist() == [[False, True, True]] * 6
+    assert torch.equal(causal[:, 3:], torch.ones(6, 6, dtype=torch.bool).tril())
+    windowed = build_dit_attention_mask(cache, state_length=1, action_length=4, window=2)[0, 0, :, 3:]
+    expected = torch.ones(6, 6, dtype=torch.bool).tril()
+    expected[4, 2] = expected[5, 2] = expected[5, 3] = False  # actions see only themselves and the previous one
+    assert torch.equal(windowed, expected)
+
+
+def test_position_offset_and_window_change_actions():
+    batch = observation()
+    base = tiny_model()
+    shifted = tiny_model(noisy_action_position_offset=10)
+    windowed = tiny_model(action_attention_window=2)
+    noise = noise_for(base, 1)
+    reference = run(base, batch, noise=noise)
+    assert not torch.allclose(reference, run(shifted, batch, noise=noise))
+    assert not torch.allclose(reference, run(windowed, batch, noise=noise))
+    obs = shifted.encode_observation(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                     batch["image_grid_thw"], batch["state"])
+    positions = obs.position_ids[0, 0].tolist()
+    assert positions[2] - positions[1] == 11 and positions[1] - positions[0] == 1
+
+
+# ---- padding, attention implementations, dtypes --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_padded_batch_rows_equal_single_rows(model, padding_side):
+    batch = observation(num_text_tokens=(1, 12, 5), padding_side=padding_side, seed=2)
+    noise = noise_for(model, 3, seed=9)
+    batched = run(model, batch, noise=noise)
+    for i in range(3):
+        alone = run(model, row(batch, i), noise=noise[i : i + 1])
+        assert (batched[i] - alone[0]).abs().max() < 1e-5, f"row {i}"
+
+
+def test_eager_and_sdpa_agree(tmp_path, model):
+    model.save_pretrained(tmp_path)
+    batch = observation(num_text_tokens=(2, 7))
+    noise = noise_for(model, 2)
+    results = {}
+    for implementation in ("eager", "sdpa"):
+        loaded = XR0ForActionGeneration.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+        assert loaded.vlm.model.language_model.config._attn_implementation == implementation
+        results[implementation] = run(loaded, batch, noise=noise)
+    assert (results["eager"] - results["sdpa"]).abs().max() < 1e-5
+
+
+def test_flash_attention_request_reaches_the_vlm_config():
+    # Requesting flash_attention_2 is accepted by our class attributes; without flash-attn installed
+    # transformers itself refuses, naming the package, instead of our model refusing the request.
+    config = tiny_config()
+    try:
+        loaded = XR0ForActionGeneration._check_and_adjust_attn_implementation(
+            XR0ForActionGeneration(config), "flash_attention_2"
+        )
+    except (ImportError, ValueError) as error:
+        assert "flash" in str(error).lower()
+    else:
+        assert loaded == "flash_attention_2"
+
+
+def test_bfloat16_runs():
+    model = tiny_model(dtype=torch.bfloat16)
+    batch = observation(num_text_tokens=(2, 5))
+    batch["pixel_values"] = batch["pixel_values"].bfloat16()
+    actions = run(model, batch, seed=0)
+    assert actions.dtype == torch.float32 and torch.isfinite(actions).all()
+    reference = run(tiny_model(), observation(num_text_tokens=(2, 5)), seed=0)
+    assert (actions - reference).abs().max() < 0.25  # bf16 keeps the same function, up to its precision
+
+
+def test_gradients_flow_through_one_velocity_evaluation(model):
+    model = tiny_model()
+    model.train()
+    batch = observation()
+    obs = model.encode_observation(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                   batch["image_grid_thw"], batch["state"])
+    v = model.velocity(torch.randn(1, 6, 32), torch.tensor([0.3]), obs, action_mask(1, model.config))
+    v.pow(2).mean().backward()
+    for name in ("dit.layers.0.attn.qkv_proj.weight", "dit.layers.1.adaln_table", "sink.weight",
+                 "state_projector.layers.0.weight", "action_projector.layers.2.weight",
+                 "t_projector.layers.0.bias", "t_embedder.mlp.0.weight",
+                 "vlm.model.language_model.layers.3.self_attn.k_proj.weight", "vlm.model.visual.blocks.0.mlp.linear_fc1.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_gradient_checkpointing_trains_and_rebuilds_the_cache_exactly():
+    model = tiny_model()
+    batch = observation(num_text_tokens=(2, 6))
+    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"], batch["state"])
+    with torch.no_grad():
+        cached = model.encode_observation(*args)
+    model.gradient_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.dit.layers)
+    model.train()
+    rebuilt = model.encode_observation(*args)
+    for a, b in zip(cached.cache_keys + cached.cache_values, rebuilt.cache_keys + rebuilt.cache_values):
+        assert (a - b).abs().max() < 1e-5
+    v = model.velocity(torch.randn(2, 6, 32), torch.tensor([0.5, 0.1]), rebuilt, action_mask(2, model.config))
+    v.pow(2).mean().backward()
+    params = dict(model.named_parameters())
+    for name in ("dit.layers.0.attn.qkv_proj.weight", "vlm.model.language_model.layers.2.self_attn.k_proj.weight",
+                 "vlm.model.language_model.layers.0.mlp.up_proj.weight"):
+        assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+    model.eval()
+    assert torch.isfinite(run(model, batch, seed=0)).all()
+
+
+def test_no_split_modules_name_real_classes(model):
+    classes = {type(m).__name__ for m in model.modules()}
+    assert set(model._no_split_modules) <= classes
+
+
+# ---- saving and loading --------------------------------------------------------------------------------------
+
+
+def test_save_load_roundtrip_and_automodel(tmp_path, model):
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "configuration_xr0.py", "modeling_xr0.py"} <= files
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "xr0"
+    assert saved["auto_map"]["AutoModel"] == "modeling_xr0.XR0ForActionGeneration"
+    batch = observation(num_text_tokens=(3, 4))
+    noise = noise_for(model, 2)
+    expected = run(model, batch, noise=noise)
+
+    loaded, info = XR0ForActionGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert torch.equal(run(loaded.eval(), batch, noise=noise), expected)
+
+    auto = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert type(auto).__name__ == "XR0ForActionGeneration"
+    assert type(AutoConfig.from_pretrained(tmp_path, trust_remote_code=True)).__name__ == "XR0Config"
+    assert (run(auto, batch, noise=noise) - expected).abs().max() < 1e-6
+
+
+def published_state_dict(model, prefix=""):
+    """The published layout: same names, tied lm_head not stored, no rotary buffers."""
+    return {prefix + k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("vlm.lm_head.")}
+
+
+def write_published_config(model, directory):
+    config = model.config.to_dict()
+    official = {
+        "architectures": ["MiBoTForActionGeneration"],
+        "auto_map": {"AutoConfig": "configuration_mibot.MiBoTConfig", "AutoModel": "modeling_mibot.MiBoTForActionGeneration"},
+        "model_type": "mibot",
+        "torch_dtype": "float32",
+        "vlm_config": config["vlm_config"],
+        "dit_config": {k: config["dit_config"][k] for k in ("hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads")},
+        "action_length": config["action_length"],
+        "action_dim": config["action_dim"],
+        "state_dim": config["state_dim"],
+    }
+    # The published vlm_config is in the 4.57 form only.
+    official["vlm_config"]["text_config"].pop("rope_parameters", None)
+    (directory / "config.json").write_text(json.dumps(official))
+
+
+@pytest.mark.parametrize("layout", ["single", "sharded", "module_prefix", "model_prefix"])
+def test_loads_published_layout(tmp_path, model, layout):
+    write_published_config(model, tmp_path)
+    prefix = {"module_prefix": "module.", "model_prefix": "model."}.get(layout, "")
+    tensors = published_state_dict(model, prefix)
+    if layout == "sharded":
+        names = sorted(tensors)
+        halves = [names[: len(names) // 2], names[len(names) // 2 :]]
+        weight_map = {}
+        for i, part in enumerate(halves, start=1):
+            file = f"model-0000{i}-of-00002.safetensors"
+            save_file({k: tensors[k] for k in part}, str(tmp_path / file), metadata={"format": "pt"})
+            weight_map.update({k: file for k in part})
+        (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    else:
+        save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+
+    loaded, info = XR0ForActionGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert not [k for k in info["missing_keys"] if "lm_head" not in k]
+    assert not info["unexpected_keys"]
+    assert loaded.config.model_type == "xr0"
+    assert torch.equal(loaded.vlm.lm_head.weight, loaded.vlm.model.language_model.embed_tokens.weight)
+    batch = observation()
+    noise = noise_for(model, 1)
+    assert torch.equal(run(loaded.eval(), batch, noise=noise), run(model, batch, noise=noise))
+
+
+def test_pickled_weights_are_never_loaded(tmp_path, model):
+    write_published_config(model, tmp_path)
+    torch.save(published_state_dict(model), tmp_path / "pytorch_model.bin")
+    with pytest.raises(EnvironmentError):
+        XR0ForActionGeneration.from_pretrained(tmp_path)
+
+
+# ---- the real model, on the meta device ----------------------------------------------------------------------
+
+
+def test_real_config_builds_the_published_model_on_meta():
+    from xr0.configuration_xr0 import XR0Config
+
+    with torch.device("meta"):
+        real = XR0ForActionGeneration(XR0Config())
+    state = {k: tuple(v.shape) for k, v in real.state_dict().items() if not k.startswith("vlm.lm_head.")}
+    total = sum(p.numel() for p in real.parameters())  # the tied lm_head is counted once
+    assert 4.4e9 <= total <= 4.9e9, total
+    assert {k.split(".")[0] for k in state} == {"vlm", "dit", "state_projector", "action_projector",
+                                               "action_output_layer", "t_embedder", "t_projector", "sink"}
+    assert sum(1 for k in state if k.startswith("dit.layers.") and k.endswith(".adaln_table")) == 16
+    layer = {k[len("dit.layers.0."):]: v for k, v in state.items() if k.startswith("dit.layers.0.")}
+    assert layer == {
+        "attn.qkv_proj.weight": (3072, 1024), "attn.qkv_proj.bias": (3072,), "attn.o_proj.weight": (1024, 1024),
+        "attn.q_norm.weight": (128,), "attn.k_norm.weight": (128,),
+        "mlp.gate_proj.weight": (4096, 1024), "mlp.up_proj.weight": (4096, 1024), "mlp.down_proj.weight": (1024, 4096),
+        "input_layernorm.weight": (1024,), "middle_layernorm.weight": (1024,), "post_layernorm.weight": (1024,),
+        "final_layernorm.weight": (1024,), "adaln_table": (6, 1024),
+    }
+    expected = {
+        "state_projector.layers.0.weight": (1024, 32), "state_projector.layers.2.weight": (1024, 1024),
+        "action_projector.layers.0.weight": (1024, 32), "action_projector.layers.2.weight": (1024, 1024),
+        "action_output_layer.layers.0.weight": (1024, 1024), "action_output_layer.layers.2.weight": (32, 1024),
+        "t_embedder.mlp.0.weight": (1024, 256), "t_embedder.mlp.2.weight": (1024, 1024),
+        "t_projector.layers.0.weight": (6144, 1024), "t_projector.layers.0.bias": (6144,),
+        "sink.weight": (1, 1024),
+        "vlm.model.language_model.embed_tokens.weight": (151936, 2560),
+        "vlm.model.language_model.layers.35.self_attn.k_proj.weight": (1024, 2560),
+        "vlm.model.visual.merger.linear_fc2.weight": (2560, 4096),
+    }
+    for key, shape in expected.items():
+        assert state[key] == shape, key
+    assert not any("rotary" in k for k in state)
+    expert = sum(p.numel() for n, p in real.named_parameters() if not n.startswith("vlm."))
+    assert 0.25e9 < expert < 0.31e9
