@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
 # Runs the test suite on both supported transformers lines, the newest 5.x and 4.57.x, each in its own
-# virtual environment with the CPU build of torch. Offline: nothing is downloaded at test time.
+# virtual environment with the CPU build of torch, then checks that a directory saved on either line loads
+# on the other and acts the same. Offline: nothing is downloaded at test time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-for line in "5:transformers>=5,<6" "4.57:transformers==4.57.*"; do
+LINES=("5:transformers>=5,<6" "4.57:transformers==4.57.*")
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+venv_of() { echo ".venv-tests/transformers-$1"; }
+
+for line in "${LINES[@]}"; do
   name=${line%%:*}
-  spec=${line#*:}
-  venv=".venv-tests/transformers-$name"
+  venv=$(venv_of "$name")
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0
-  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt "$spec" pytest
+  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt "${line#*:}" pytest
   echo "== tests on $("$venv/bin/python" -c 'import transformers, torch; print("transformers", transformers.__version__, "/ torch", torch.__version__)')"
-  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "$venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
+  "$venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
 done
+
+echo "== a directory saved on one transformers line, loaded on the other"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+"$(venv_of 5)/bin/python" tests/cross_line.py save "$scratch/from-5"
+"$(venv_of 4.57)/bin/python" tests/cross_line.py check "$scratch/from-5"
+"$(venv_of 4.57)/bin/python" tests/cross_line.py save "$scratch/from-4.57"
+"$(venv_of 5)/bin/python" tests/cross_line.py check "$scratch/from-4.57"

@@ -1,0 +1,469 @@
+"""Processor of Xiaomi-Robotics-0 (XR0): observation -> model inputs, and normalized actions -> robot actions.
+
+It owns what the published checkpoints were trained with: the multi-view prompt, the Qwen3-VL image pipeline
+(patch 16, merge 2, temporal patch 2, mean/std 0.5), state padding, and a registry of robot types with their
+camera views and action statistics (the published `action_config` is read as is).
+
+Two ways to call it:
+    # as published: a prompt with one <|image_pad|> per image
+    processor(text=[prompt], images=[img_base, img_wrist], padding=True, return_tensors="pt")
+    # one observation (or a list of them): everything `XR0ForActionGeneration.forward` needs
+    processor(images={"base": img, "wrist": img}, instruction="pick up the bowl", state=q, robot_type="libero_all")
+"""
+
+import copy
+import json
+import os
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+from transformers.utils import cached_file
+
+
+IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
+# Prompt of training and evaluation (spec §5): a titled block per camera view, then the task.
+PROMPT_HEADER = "<|im_start|>user\nThe following observations are captured from multiple views.\n"
+PROMPT_VIEW = "# {title} View\n" + IMAGE_PLACEHOLDER + "\n"
+PROMPT_TASK = "Generate robot actions for the task:\n{instruction} /no_cot<|im_end|>\n<|im_start|>assistant\n<cot></cot><|im_end|>\n"
+# Dims whose std is at most this are padding (the published rule for the action mask).
+ACTIVE_STD_THRESHOLD = 1e-5
+
+# Camera layouts of the published robot types (view key, prompt title). Their statistics come with a checkpoint.
+PUBLISHED_ROBOT_TYPES = {
+    "libero_all": {"views": [["base", "Base"], ["wrist", "Left-Wrist"]], "active_action_dims": 7},
+    "calvin_abcd_orig": {"views": [["base", "Base"], ["wrist", "Left-Wrist"]], "active_action_dims": 7},
+    "calvin_abc_orig": {"views": [["base", "Base"], ["wrist", "Left-Wrist"]], "active_action_dims": 7},
+    "bridge_delta": {"views": [["base", "Base"]], "active_action_dims": 7},
+    "fractal_delta": {"views": [["ego", "Ego"]], "active_action_dims": 7},
+}
+ROBOT_SPEC_KEYS = ("views", "active_action_dims", "action_mean", "action_std", "state_mean", "state_std")
+
+
+def format_prompt(instruction: str, view_titles: list) -> str:
+    """The published XR0 prompt for one observation, one image placeholder per view title."""
+    views = "".join(PROMPT_VIEW.format(title=title) for title in view_titles)
+    return PROMPT_HEADER + views + PROMPT_TASK.format(instruction=instruction)
+
+
+def _as_list(value):
+    return value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
+
+
+class XR0Processor(ProcessorMixin):
+    r"""
+    Args:
+        image_processor: a Qwen2-VL/Qwen3-VL image processor (patch 16, merge 2, temporal patch 2, mean/std 0.5).
+        tokenizer: the Qwen3-VL tokenizer.
+        robot_types (`dict`, *optional*): registry `{robot_type: spec}`; a spec has `views` (list of
+            `[view_key, title]` in prompt order), `active_action_dims` (int), `action_mean`/`action_std`
+            ((T, action_dim) or a vector of at most action_dim values, padded with mean 0 / std 0) and optional
+            `state_mean`/`state_std` (the published checkpoints feed the state raw). The published robot types
+            are always known with their view layouts.
+        action_config (`dict`, *optional*): the published `{robot_type: {"mean", "std"}}` statistics, merged
+            into the registry.
+        action_length, action_dim, state_dim (`int`): T and the padded widths of the model.
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        robot_types: Optional[dict] = None,
+        action_config: Optional[dict] = None,
+        action_length: int = 30,
+        action_dim: int = 32,
+        state_dim: int = 32,
+        chat_template: Optional[str] = None,
+        **kwargs,
+    ):
+        self.action_length = action_length
+        self.action_dim = action_dim
+        self.state_dim = state_dim
+        self.robot_types = copy.deepcopy(PUBLISHED_ROBOT_TYPES)
+        for name, spec in (robot_types or {}).items():
+            self.register_robot_type(name, **spec)
+        # The published statistics are folded into the registry, which is what gets saved.
+        self.action_config = None
+        self.merge_action_config(action_config or {})
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    # ---- robot registry --------------------------------------------------------------------------------------
+
+    def register_robot_type(
+        self,
+        name: str,
+        views: Optional[list] = None,
+        active_action_dims: Optional[int] = None,
+        action_mean=None,
+        action_std=None,
+        state_mean=None,
+        state_std=None,
+    ) -> None:
+        """Add or update a robot type. Fields left as None keep their current value."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"robot type name must be a non-empty str, got {name!r}.")
+        spec = self.robot_types.setdefault(name, {})
+        if views is not None:
+            if not views or not all(isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) for x in v) for v in views):
+                raise ValueError(f"robot type {name!r}: `views` must be a list of [view_key, title] pairs, got {views!r}.")
+            spec["views"] = [list(v) for v in views]
+        if active_action_dims is not None:
+            if not isinstance(active_action_dims, int) or not 1 <= active_action_dims <= self.action_dim:
+                raise ValueError(
+                    f"robot type {name!r}: `active_action_dims` must be an int in [1, {self.action_dim}], got {active_action_dims!r}."
+                )
+            spec["active_action_dims"] = active_action_dims
+        for key, value, width in (
+            ("action_mean", action_mean, self.action_dim),
+            ("action_std", action_std, self.action_dim),
+            ("state_mean", state_mean, self.state_dim),
+            ("state_std", state_std, self.state_dim),
+        ):
+            if value is not None:
+                spec[key] = self._checked_statistic(name, key, value, width)
+        if ("action_mean" in spec) != ("action_std" in spec):
+            raise ValueError(f"robot type {name!r}: give `action_mean` and `action_std` together.")
+        if ("state_mean" in spec) != ("state_std" in spec):
+            raise ValueError(f"robot type {name!r}: give `state_mean` and `state_std` together.")
+
+    def merge_action_config(self, action_config: dict) -> None:
+        """Fold the published `action_config` ({robot_type: {"mean": (T, 32), "std": (T, 32)}}) into the registry."""
+        for name, stats in action_config.items():
+            if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
+                raise ValueError(f"action_config[{name!r}] must be a dict with `mean` and `std`.")
+            self.register_robot_type(name, action_mean=stats["mean"], action_std=stats["std"])
+
+    def _checked_statistic(self, name: str, key: str, value, width: int) -> list:
+        array = np.asarray(_as_list(value), dtype=np.float64)
+        if key.startswith("action") and array.ndim == 2:
+            if array.shape != (self.action_length, width):
+                raise ValueError(
+                    f"robot type {name!r}: `{key}` must be (T, {width}) = ({self.action_length}, {width}) or a "
+                    f"vector of at most {width} values, got shape {array.shape}."
+                )
+        elif array.ndim != 1 or not 1 <= array.shape[0] <= width:
+            raise ValueError(
+                f"robot type {name!r}: `{key}` must be a vector of at most {width} values"
+                f"{' or (T, ' + str(width) + ')' if key.startswith('action') else ''}, got shape {array.shape}."
+            )
+        if not np.isfinite(array).all():
+            raise ValueError(f"robot type {name!r}: `{key}` contains NaN or infinite values.")
+        if key.endswith("std") and (array < 0).any():
+            raise ValueError(f"robot type {name!r}: `{key}` has negative values.")
+        return array.tolist()
+
+    def robot_spec(self, robot_type: str) -> dict:
+        if robot_type not in self.robot_types:
+            raise ValueError(f"Unknown robot_type {robot_type!r}; known robot types: {sorted(self.robot_types)}.")
+        return self.robot_types[robot_type]
+
+    def _statistic(self, robot_type: str, key: str, width: int, length: Optional[int]) -> np.ndarray:
+        """A registered statistic as float32 (T, width) for actions or (width,) for the state; vectors shorter
+        than `width` are padded with 0 (mean) / 0 (std = inactive)."""
+        spec = self.robot_spec(robot_type)
+        if key not in spec:
+            raise ValueError(
+                f"robot_type {robot_type!r} has no `{key}`: register its statistics (register_robot_type, or the "
+                "checkpoint's action_config)."
+            )
+        array = np.asarray(spec[key], dtype=np.float32)
+        if array.ndim == 1:
+            array = np.pad(array, (0, width - array.shape[0]))
+            if length is not None:
+                array = np.broadcast_to(array, (length, width)).copy()
+        return array
+
+    def get_action_mask(self, robot_type: str) -> torch.Tensor:
+        """(T, action_dim) float32: 1 where the action std exceeds 1e-5 (the published rule); without statistics,
+        1 on the first `active_action_dims` dims."""
+        spec = self.robot_spec(robot_type)
+        if "action_std" in spec:
+            std = self._statistic(robot_type, "action_std", self.action_dim, self.action_length)
+            return torch.from_numpy((std > ACTIVE_STD_THRESHOLD).astype(np.float32))
+        if "active_action_dims" not in spec:
+            raise ValueError(f"robot_type {robot_type!r} has neither action statistics nor `active_action_dims`.")
+        mask = torch.zeros(self.action_length, self.action_dim)
+        mask[:, : spec["active_action_dims"]] = 1
+        return mask
+
+    def decode_action(self, actions, robot_type: str, active_only: bool = True):
+        """Normalized model actions (B, T, action_dim) or (T, action_dim) -> robot actions = actions·std + mean.
+
+        With `active_only`, only the robot's first `active_action_dims` columns are returned. Returns the input's
+        type (torch tensor or numpy array), float32.
+        """
+        is_tensor = isinstance(actions, torch.Tensor)
+        array = actions.detach().float().cpu().numpy() if is_tensor else np.asarray(actions, dtype=np.float32)
+        if array.ndim not in (2, 3) or array.shape[-2:] != (self.action_length, self.action_dim):
+            raise ValueError(
+                f"`actions` must be (B, T, A) or (T, A) with T={self.action_length}, A={self.action_dim}, got {array.shape}."
+            )
+        mean = self._statistic(robot_type, "action_mean", self.action_dim, self.action_length)
+        std = self._statistic(robot_type, "action_std", self.action_dim, self.action_length)
+        decoded = array * std + mean
+        if active_only:
+            decoded = decoded[..., : self._active_dims(robot_type)]
+        return torch.from_numpy(np.ascontiguousarray(decoded)) if is_tensor else decoded
+
+    def normalize_action(self, actions, robot_type: str):
+        """Robot actions (B, T, D) or (T, D), D <= action_dim -> normalized (…, T, action_dim) training targets;
+        dims with std <= 1e-5 become 0."""
+        is_tensor = isinstance(actions, torch.Tensor)
+        array = actions.detach().float().cpu().numpy() if is_tensor else np.asarray(actions, dtype=np.float32)
+        if array.ndim not in (2, 3) or array.shape[-2] != self.action_length or array.shape[-1] > self.action_dim:
+            raise ValueError(
+                f"`actions` must be (B, T, D) or (T, D) with T={self.action_length}, D <= {self.action_dim}, got {array.shape}."
+            )
+        if not np.isfinite(array).all():
+            raise ValueError("`actions` contains NaN or infinite values.")
+        padding = [(0, 0)] * (array.ndim - 1) + [(0, self.action_dim - array.shape[-1])]
+        array = np.pad(array, padding)
+        mean = self._statistic(robot_type, "action_mean", self.action_dim, self.action_length)
+        std = self._statistic(robot_type, "action_std", self.action_dim, self.action_length)
+        active = std > ACTIVE_STD_THRESHOLD
+        normalized = np.where(active, (array - mean) / np.where(active, std, 1.0), 0.0).astype(np.float32)
+        return torch.from_numpy(normalized) if is_tensor else normalized
+
+    def _active_dims(self, robot_type: str) -> int:
+        spec = self.robot_spec(robot_type)
+        if "active_action_dims" in spec:
+            return spec["active_action_dims"]
+        return int(self.get_action_mask(robot_type).amax(dim=0).nonzero().max()) + 1
+
+    # ---- calls -----------------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        images=None,
+        text=None,
+        videos=None,
+        *,
+        instruction=None,
+        state=None,
+        robot_type=None,
+        return_tensors: Optional[str] = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """With `robot_type`: observations -> model inputs (see `prepare_observations`). Otherwise the published
+        low-level call: `text` prompts holding one `<|image_pad|>` per image in `images`."""
+        if robot_type is not None or instruction is not None or state is not None:
+            if text is not None or videos is not None:
+                raise ValueError("Pass either `text` (low-level call) or `instruction`/`state`/`robot_type`, not both.")
+            return self.prepare_observations(images, instruction, state, robot_type)
+        if videos is not None:
+            raise ValueError("XR0 takes camera images, not videos.")
+        return self.encode_prompts(text, images, return_tensors=return_tensors, **kwargs)
+
+    def encode_prompts(self, text, images=None, return_tensors="pt", padding=True, padding_side=None, **tokenizer_kwargs) -> BatchFeature:
+        """Prompts with `<|image_pad|>` placeholders + their images (in order) -> input_ids, attention_mask,
+        pixel_values, image_grid_thw, mm_token_type_ids."""
+        if isinstance(text, str):
+            text = [text]
+        if not isinstance(text, (list, tuple)) or not text or not all(isinstance(t, str) for t in text):
+            raise ValueError(f"`text` must be a str or a non-empty list of str, got {type(text).__name__}.")
+        if images is not None and not isinstance(images, (list, tuple)):
+            images = [images]
+        images = list(images or [])
+        num_placeholders = sum(t.count(IMAGE_PAD) for t in text)
+        if num_placeholders != len(images):
+            raise ValueError(
+                f"The prompts hold {num_placeholders} `{IMAGE_PAD}` placeholders but {len(images)} images were given: "
+                "each image needs exactly one placeholder."
+            )
+        if any(VIDEO_PAD in t for t in text):
+            raise ValueError(f"`{VIDEO_PAD}` placeholders are not supported: XR0 takes camera images.")
+
+        image_inputs = {}
+        if images:
+            arrays = [_to_hwc_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
+            image_inputs = dict(self.image_processor(images=arrays, return_tensors="pt"))
+            merge = self.image_processor.merge_size**2
+            tokens_per_image = iter((image_inputs["image_grid_thw"].prod(dim=-1) // merge).tolist())
+            expanded = []
+            for prompt in text:
+                pieces = prompt.split(IMAGE_PAD)
+                prompt = pieces[0] + "".join(IMAGE_PAD * next(tokens_per_image) + piece for piece in pieces[1:])
+                expanded.append(prompt)
+            text = expanded
+
+        if padding_side is not None:
+            tokenizer_kwargs["padding_side"] = padding_side
+        encoding = self.tokenizer(text, padding=padding, return_tensors="pt", **tokenizer_kwargs)
+        input_ids = encoding["input_ids"]
+        token_types = torch.zeros_like(input_ids, dtype=torch.int32)
+        token_types[input_ids == self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)] = 1
+        data = {
+            "input_ids": input_ids,
+            "attention_mask": encoding["attention_mask"],
+            **image_inputs,
+            "mm_token_type_ids": token_types,
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def prepare_observations(self, images, instruction, state, robot_type) -> BatchFeature:
+        """
+        One observation or a list of them -> everything `XR0ForActionGeneration.forward` needs.
+
+        Args:
+            images: `{view_key: image}` (or a list of such dicts), the robot type's views; an image is a PIL image,
+                a uint8 (H, W, 3) array or a uint8 (3, H, W) tensor.
+            instruction: the task (str, or a list of str).
+            state: the raw robot state, (D,) or (B, D) with D <= state_dim (array, tensor or list).
+            robot_type: a registered robot type (str, or a list of str, one per observation).
+        Returns:
+            `BatchFeature` with input_ids/attention_mask (B, L) padded on the left, pixel_values, image_grid_thw,
+            mm_token_type_ids, `state` (B, 1, state_dim) float32 and `action_mask` (B, T, action_dim) float32.
+        """
+        batched = isinstance(images, (list, tuple))
+        image_rows = list(images) if batched else [images]
+        batch_size = len(image_rows)
+        if batch_size == 0:
+            raise ValueError("`images` is an empty list: give one {view_key: image} dict per observation.")
+        for i, views in enumerate(image_rows):
+            if not isinstance(views, dict):
+                where = f"images[{i}]" if batched else "images"
+                raise ValueError(
+                    f"`{where}` must be a dict {{view_key: image}}; `images` is one such dict per observation, or a "
+                    f"list of them for a batch. Got {type(views).__name__}."
+                )
+        instructions = _per_row("instruction", instruction, batch_size, batched, str)
+        robot_types = _per_row("robot_type", robot_type, batch_size, batched, str)
+        states = self._state_rows(state, batch_size, batched)
+
+        prompts, ordered_images, masks, state_rows = [], [], [], []
+        for i, (views, task, robot, raw_state) in enumerate(zip(image_rows, instructions, robot_types, states)):
+            spec = self.robot_spec(robot)
+            if "views" not in spec:
+                raise ValueError(f"robot_type {robot!r} has no camera `views` registered (register_robot_type).")
+            keys = [key for key, _ in spec["views"]]
+            where = f"images[{i}]" if batched else "images"
+            if sorted(views) != sorted(keys):
+                raise ValueError(
+                    f"`{where}` has views {sorted(views)} but robot_type {robot!r} takes {len(keys)} camera images "
+                    f"with keys {keys}."
+                )
+            if not task.strip():
+                raise ValueError(f"`instruction` of observation {i} is empty.")
+            prompts.append(format_prompt(task, [title for _, title in spec["views"]]))
+            ordered_images += [_to_hwc_uint8(views[key], f"{where}[{key!r}]") for key in keys]
+            masks.append(self.get_action_mask(robot))
+            state_rows.append(self._prepare_state(raw_state, robot, i))
+
+        inputs = self.encode_prompts(prompts, ordered_images, padding_side="left")
+        inputs["state"] = torch.from_numpy(np.stack(state_rows))[:, None, :]  # (B, 1, state_dim)
+        inputs["action_mask"] = torch.stack(masks)  # (B, T, action_dim)
+        return inputs
+
+    def _state_rows(self, state, batch_size: int, batched: bool) -> list:
+        if state is None:
+            raise ValueError(f"`state` is required: the raw robot state, (D,) or (B, D) with D <= {self.state_dim}.")
+        array = state.detach().cpu().numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
+        if array.dtype == object or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"`state` must be numeric, got dtype {array.dtype}.")
+        if not batched and array.ndim == 1:
+            array = array[None]
+        if array.ndim != 2 or array.shape[0] != batch_size:
+            raise ValueError(f"`state` must be (D,) for one observation or (B, D) for B={batch_size}, got shape {array.shape}.")
+        if array.shape[1] > self.state_dim:
+            raise ValueError(
+                f"`state` has {array.shape[1]} values, more than state_dim={self.state_dim}: nothing is truncated, "
+                "reduce it to the robot's state layout."
+            )
+        return list(array.astype(np.float32))
+
+    def _prepare_state(self, raw_state: np.ndarray, robot_type: str, index: int) -> np.ndarray:
+        if not np.isfinite(raw_state).all():
+            raise ValueError(f"`state` of observation {index} contains NaN or infinite values.")
+        state = np.pad(raw_state, (0, self.state_dim - raw_state.shape[0]))
+        if "state_mean" in self.robot_spec(robot_type):
+            mean = self._statistic(robot_type, "state_mean", self.state_dim, None)
+            std = self._statistic(robot_type, "state_std", self.state_dim, None)
+            active = std > ACTIVE_STD_THRESHOLD
+            state = np.where(active, (state - mean) / np.where(active, std, 1.0), 0.0)
+        return state.astype(np.float32)
+
+    # ---- saving / loading ------------------------------------------------------------------------------------
+
+    def to_dict(self, *args, **kwargs) -> dict:
+        output = super().to_dict(*args, **kwargs)
+        output.pop("action_config", None)  # folded into robot_types
+        return output
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        # transformers 5.x writes `extra_special_tokens` as a list, which 4.57 cannot read (it expects a dict);
+        # `additional_special_tokens` means the same to both lines.
+        path = os.path.join(save_directory, "tokenizer_config.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                tokenizer_config = json.load(f)
+            if isinstance(tokenizer_config.get("extra_special_tokens"), list):
+                tokenizer_config["additional_special_tokens"] = tokenizer_config.pop("extra_special_tokens")
+                with open(path, "w") as f:
+                    json.dump(tokenizer_config, f, indent=2, ensure_ascii=False)
+        return result
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Loads our saved processors and the published layout, whose per-robot statistics sit in
+        `preprocessor_config.json` under `action_config`."""
+        processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        published = cached_file(
+            pretrained_model_name_or_path,
+            "preprocessor_config.json",
+            subfolder=kwargs.get("subfolder", ""),
+            _raise_exceptions_for_missing_entries=False,
+        )
+        if published:
+            with open(published) as f:
+                action_config = json.load(f).get("action_config")
+            if action_config:
+                processor.merge_action_config(action_config)
+        return processor
+
+    @property
+    def model_input_names(self) -> list:
+        return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "state", "action_mask"]
+
+
+def _per_row(name: str, value, batch_size: int, batched: bool, kind: type) -> list:
+    if isinstance(value, kind):
+        return [value] * batch_size
+    if batched and isinstance(value, (list, tuple)) and len(value) == batch_size and all(isinstance(v, kind) for v in value):
+        return list(value)
+    expected = f"a {kind.__name__}" + (f" or a list of {batch_size} {kind.__name__}" if batched else "")
+    raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
+
+
+def _to_hwc_uint8(image, name: str) -> np.ndarray:
+    """PIL image, uint8 (H, W, 3) array or uint8 (3, H, W) tensor -> uint8 (H, W, 3) array."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(
+                f"`{name}`: a tensor image must be uint8 of shape (3, H, W), got {image.dtype} {tuple(image.shape)}."
+            )
+        return image.permute(1, 2, 0).cpu().numpy()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(
+                f"`{name}`: an array image must be uint8 of shape (H, W, 3), got {image.dtype} {image.shape}."
+            )
+        return image
+    raise ValueError(f"`{name}` must be a PIL image, a uint8 (H, W, 3) array or a uint8 (3, H, W) tensor, got {type(image).__name__}.")
+
+
+XR0Processor.register_for_auto_class()
+
+__all__ = ["XR0Processor", "format_prompt"]

@@ -1,0 +1,268 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, AutoTokenizer
+
+from conftest import REPO_ROOT
+from tiny import tiny_model
+from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES, XR0Processor, format_prompt
+
+LIBERO_INSTRUCTION = "Put both the alphabet soup and the tomato sauce in the basket."
+# The LIBERO prompt (one <|image_pad|> per view) encoded by tiktoken on the same qwen.tiktoken ranks: an
+# encoder independent of ours (scripts/build_tokenizer.py --verify compares the two on thousands of texts).
+LIBERO_PROMPT_IDS = [
+    151644, 872, 198, 785, 2701, 23722, 525, 17006, 504, 5248, 6194, 624, 2, 5351, 2738, 198, 151652, 151655,
+    151653, 198, 2, 13727, 13002, 2819, 2738, 198, 151652, 151655, 151653, 198, 31115, 12305, 6168, 369, 279,
+    3383, 510, 19103, 2176, 279, 27790, 19174, 323, 279, 41020, 19187, 304, 279, 14024, 13, 608, 2152, 666,
+    354, 151645, 198, 151644, 77091, 198, 63889, 354, 1472, 64498, 29, 151645, 198,
+]
+SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
+               "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656, "<tool_call>": 151657,
+               "<think>": 151667, "</think>": 151668}
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(REPO_ROOT)
+
+
+def image(seed=0, size=(224, 224)):
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+def libero_observation(**overrides):
+    observation = dict(images={"base": image(0), "wrist": image(1)}, instruction=LIBERO_INSTRUCTION,
+                       state=np.arange(8, dtype=np.float32) / 10, robot_type="libero_all")
+    observation.update(overrides)
+    return observation
+
+
+# ---- tokenizer -----------------------------------------------------------------------------------------------
+
+
+def test_known_token_ids(tokenizer):
+    assert tokenizer("Hello world")["input_ids"] == [9707, 1879]
+    assert tokenizer("<|im_start|>user\n")["input_ids"] == [151644, 872, 198]
+    assert {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_IDS} == SPECIAL_IDS
+    assert len(tokenizer) == 151669
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|endoftext|>")
+
+
+def test_digits_are_single_tokens(tokenizer):
+    assert len(tokenizer("2026")["input_ids"]) == 4
+    assert tokenizer.decode(tokenizer("2026")["input_ids"]) == "2026"
+
+
+@pytest.mark.parametrize("text", ["机器人抓取红色的杯子, 然后放下", "x=3.14159; y=-2.71828 // 12345678901234567890",
+                                  "  tabs\tand\nnewlines\r\n  ", "emoji 🤖🦾 naïve café", "Привет, こんにちは, 한국어",
+                                  "<|im_start|>user\nhi<|im_end|>"])
+def test_round_trip(tokenizer, text):
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_libero_prompt_ids(processor):
+    prompt = format_prompt(LIBERO_INSTRUCTION, ["Base", "Left-Wrist"])
+    assert processor.tokenizer(prompt)["input_ids"] == LIBERO_PROMPT_IDS
+
+
+def test_tokenizer_files_are_what_the_build_script_writes():
+    config = json.loads((REPO_ROOT / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "Qwen2Tokenizer"
+    assert len((REPO_ROOT / "merges.txt").read_text().splitlines()) == 1 + 151387
+    assert len(json.loads((REPO_ROOT / "vocab.json").read_text())) == 151643
+
+
+# ---- prompts and images --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("robot_type, titles", [("libero_all", ["Base", "Left-Wrist"]),
+                                                ("calvin_abcd_orig", ["Base", "Left-Wrist"]),
+                                                ("calvin_abc_orig", ["Base", "Left-Wrist"]),
+                                                ("bridge_delta", ["Base"]), ("fractal_delta", ["Ego"])])
+def test_prompt_per_published_robot_type(processor, robot_type, titles):
+    views = {key: image(i) for i, (key, _) in enumerate(PUBLISHED_ROBOT_TYPES[robot_type]["views"])}
+    inputs = processor(images=views, instruction="Open the drawer.", state=np.zeros(7), robot_type=robot_type)
+    text = processor.tokenizer.decode(inputs["input_ids"][0])
+    expected = format_prompt("Open the drawer.", titles).replace("<|image_pad|>", "<|image_pad|>" * 49)
+    assert text == expected
+    assert text.startswith("<|im_start|>user\nThe following observations are captured from multiple views.\n# "
+                           + titles[0] + " View\n<|vision_start|>")
+    assert text.endswith("Open the drawer. /no_cot<|im_end|>\n<|im_start|>assistant\n<cot></cot><|im_end|>\n")
+
+
+def test_two_224_views_give_98_image_tokens(processor):
+    inputs = processor(**libero_observation())
+    assert int((inputs["input_ids"] == 151655).sum()) == 98
+    assert inputs["image_grid_thw"].tolist() == [[1, 14, 14], [1, 14, 14]]
+    assert inputs["pixel_values"].shape == (392, 1536)
+    assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == 151655).int())
+    assert inputs["state"].shape == (1, 1, 32) and inputs["action_mask"].shape == (1, 30, 32)
+    assert torch.equal(inputs["state"][0, 0, :8], torch.arange(8, dtype=torch.float32) / 10)
+    assert not inputs["state"][0, 0, 8:].any()
+
+
+def test_image_formats_agree(processor):
+    array = image(3)
+    as_pil = processor(**libero_observation(images={"base": Image.fromarray(array), "wrist": array}))
+    as_tensor = processor(**libero_observation(images={"base": torch.from_numpy(array).permute(2, 0, 1), "wrist": array}))
+    as_array = processor(**libero_observation(images={"base": array, "wrist": array}))
+    assert torch.equal(as_pil["pixel_values"], as_array["pixel_values"])
+    assert torch.equal(as_tensor["pixel_values"], as_array["pixel_values"])
+
+
+def test_batch_pads_on_the_left(processor):
+    rows = [libero_observation(), libero_observation(instruction="Pick up the bowl.", state=np.ones(8))]
+    batch = processor(images=[r["images"] for r in rows], instruction=[r["instruction"] for r in rows],
+                      state=np.stack([r["state"] for r in rows]), robot_type="libero_all")
+    single = [processor(**r) for r in rows]
+    short = single[1]["input_ids"].shape[1]
+    pad = batch["input_ids"].shape[1] - short
+    assert pad > 0
+    assert batch["attention_mask"][1, :pad].sum() == 0 and batch["attention_mask"][1, pad:].all()
+    assert (batch["input_ids"][1, :pad] == processor.tokenizer.pad_token_id).all()
+    assert torch.equal(batch["input_ids"][1, pad:], single[1]["input_ids"][0])
+    assert torch.equal(batch["input_ids"][0], single[0]["input_ids"][0])
+    assert torch.equal(batch["pixel_values"], torch.cat([s["pixel_values"] for s in single]))
+    assert batch["state"].shape == (2, 1, 32) and batch["action_mask"].shape == (2, 30, 32)
+
+
+def test_low_level_call_as_published(processor):
+    prompt = format_prompt(LIBERO_INSTRUCTION, ["Base", "Left-Wrist"])
+    low = processor(text=[prompt], images=[image(0), image(1)], videos=None, padding=True, return_tensors="pt")
+    high = processor(**libero_observation())
+    assert set(low) == {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
+    for key in low:
+        assert torch.equal(low[key], high[key]), key
+
+
+# ---- robot registry, mask, decode ----------------------------------------------------------------------------
+
+
+def published_action_config(T=30):
+    mean = np.zeros((T, 32))
+    std = np.zeros((T, 32))
+    mean[:, :7] = [0.1, -0.2, 0.3, 0.0, 0.01, -0.01, 0.5]
+    std[:, :7] = [0.5, 0.5, 0.8, 0.05, 0.05, 0.1, 1.0]
+    return {"libero_all": {"mean": mean.tolist(), "std": std.tolist()}}
+
+
+def write_published_processor_dir(directory, action_config):
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        shutil.copy(REPO_ROOT / name, directory / name)
+    preprocessor = json.loads((REPO_ROOT / "preprocessor_config.json").read_text())
+    preprocessor.update(processor_class="MiBoTProcessor", action_config=action_config,
+                        auto_map={"AutoProcessor": "processing_mibot.MiBoTProcessor"})
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+
+
+def test_published_action_config_drives_mask_and_decode(tmp_path):
+    write_published_processor_dir(tmp_path, published_action_config())
+    processor = XR0Processor.from_pretrained(tmp_path)
+    mask = processor.get_action_mask("libero_all")
+    assert mask.shape == (30, 32) and mask[:, :7].all() and not mask[:, 7:].any()
+    normalized = torch.randn(2, 30, 32)
+    decoded = processor.decode_action(normalized, "libero_all")
+    std = torch.tensor(published_action_config()["libero_all"]["std"], dtype=torch.float32)
+    mean = torch.tensor(published_action_config()["libero_all"]["mean"], dtype=torch.float32)
+    assert decoded.shape == (2, 30, 7)
+    assert torch.allclose(decoded, (normalized * std + mean)[..., :7])
+    full = processor.decode_action(normalized.numpy(), "libero_all", active_only=False)
+    assert isinstance(full, np.ndarray) and full.shape == (2, 30, 32)
+    assert torch.allclose(processor.normalize_action(decoded, "libero_all"), normalized * mask, atol=1e-5)
+    assert torch.equal(processor(**libero_observation())["action_mask"][0], mask)
+
+
+def test_mask_threshold_is_the_published_rule(processor):
+    p = XR0Processor(processor.image_processor, processor.tokenizer)
+    std = [1.0, 2e-5, 1e-5, 0.0, 3.0]
+    p.register_robot_type("arm", views=[["front", "Front"]], action_mean=[0.0] * 5, action_std=std)
+    assert p.get_action_mask("arm")[0, :6].tolist() == [1, 1, 0, 0, 1, 0]
+    assert p.get_action_mask("bridge_delta")[0, :8].tolist() == [1] * 7 + [0]  # no stats: active dims
+
+
+def test_registry_round_trip_with_state_statistics(tmp_path, processor):
+    p = XR0Processor(processor.image_processor, processor.tokenizer)
+    p.register_robot_type("my_arm", views=[["front", "Front"], ["hand", "Hand"]], active_action_dims=6,
+                          action_mean=[0.1] * 6, action_std=[2.0] * 6, state_mean=[1.0] * 4, state_std=[0.5] * 4)
+    p.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert loaded.robot_types["my_arm"] == p.robot_types["my_arm"]
+    assert set(PUBLISHED_ROBOT_TYPES) <= set(loaded.robot_types)
+    inputs = loaded(images={"front": image(0), "hand": image(1)}, instruction="wave", state=[2.0, 1.0, 0.0, 1.0],
+                    robot_type="my_arm")
+    assert inputs["state"][0, 0, :5].tolist() == [2.0, 0.0, -2.0, 0.0, 0.0]  # (s - 1) / 0.5, padding stays 0
+    assert "# Front View" in loaded.tokenizer.decode(inputs["input_ids"][0])
+
+
+def test_statistics_accept_time_arrays_and_vectors(processor):
+    p = XR0Processor(processor.image_processor, processor.tokenizer, action_length=4)
+    p.register_robot_type("a", views=[["c", "C"]], action_mean=np.zeros((4, 32)), action_std=np.ones((4, 32)))
+    p.register_robot_type("b", views=[["c", "C"]], action_mean=np.zeros(32), action_std=np.ones(32))
+    assert torch.equal(p.get_action_mask("a"), p.get_action_mask("b"))
+    with pytest.raises(ValueError, match=r"robot type 'c': `action_mean` must be \(T, 32\) = \(4, 32\)"):
+        p.register_robot_type("c", action_mean=np.zeros((5, 32)), action_std=np.ones((5, 32)))
+    with pytest.raises(ValueError, match="give `action_mean` and `action_std` together"):
+        p.register_robot_type("d", action_mean=np.zeros(32))
+
+
+# ---- errors --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"robot_type": "ur5"}, r"Unknown robot_type 'ur5'; known robot types: \['bridge_delta'"),
+        ({"images": {"base": image(0)}}, r"robot_type 'libero_all' takes 2 camera images with keys \['base', 'wrist'\]"),
+        ({"images": [image(0), image(1)]}, r"`images\[0\]` must be a dict"),
+        ({"state": np.zeros(33)}, r"`state` has 33 values, more than state_dim=32"),
+        ({"state": np.array([0.0, np.nan])}, r"`state` of observation 0 contains NaN"),
+        ({"state": None}, r"`state` is required"),
+        ({"images": {"base": image(0).astype(np.float32), "wrist": image(1)}}, r"`images\['base'\]`: an array image must be uint8"),
+        ({"images": {"base": image(0)[..., :1], "wrist": image(1)}}, r"`images\['base'\]`: an array image must be uint8 of shape \(H, W, 3\)"),
+        ({"images": {"base": torch.zeros(224, 224, 3, dtype=torch.uint8), "wrist": image(1)}}, r"a tensor image must be uint8 of shape \(3, H, W\)"),
+        ({"instruction": 3}, r"`instruction` must be a str"),
+        ({"instruction": "  "}, r"`instruction` of observation 0 is empty"),
+    ],
+)
+def test_observation_errors_name_the_field(processor, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        processor(**libero_observation(**overrides))
+
+
+def test_prompt_placeholders_must_match_images(processor):
+    prompt = format_prompt("x", ["Base", "Left-Wrist"])
+    with pytest.raises(ValueError, match=r"The prompts hold 2 `<\|image_pad\|>` placeholders but 1 images"):
+        processor(text=[prompt], images=[image(0)])
+
+
+def test_decode_needs_statistics_and_shapes(processor):
+    with pytest.raises(ValueError, match="robot_type 'bridge_delta' has no `action_mean`"):
+        processor.decode_action(torch.zeros(30, 32), "bridge_delta")
+    with pytest.raises(ValueError, match=r"`actions` must be \(B, T, A\) or \(T, A\) with T=30, A=32"):
+        processor.decode_action(torch.zeros(30, 7), "libero_all")
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+
+
+def test_processor_to_tiny_model_to_decoded_actions(processor):
+    model = tiny_model()
+    T = model.config.action_length
+    p = XR0Processor(processor.image_processor, processor.tokenizer, action_length=T)
+    p.register_robot_type("libero_all", action_mean=np.r_[np.full(7, 0.5), np.zeros(25)],
+                          action_std=np.r_[np.full(7, 2.0), np.zeros(25)])
+    inputs = p(**libero_observation())
+    with torch.no_grad():
+        actions = model(**inputs, seed=0).actions
+    decoded = p.decode_action(actions, "libero_all")
+    assert decoded.shape == (1, T, 7) and torch.isfinite(decoded).all()
+    assert torch.allclose(decoded, actions[..., :7] * 2.0 + 0.5)
