@@ -1,9 +1,8 @@
-"""XR0 demo: camera images + state -> image processor -> model -> normalized action chunk, with per-stage timings.
+"""XR0 demo: camera images + instruction + state -> processor -> model -> decoded action chunk, with timings.
 
-    python scripts/demo.py            # tiny model with RANDOM weights (the real 4.7B model needs its checkpoint)
+    python scripts/demo.py     # tiny model with RANDOM weights and the real tokenizer / image pipeline
 
-The prompt is built from the published template's token ids by hand until the tokenizer and processor land
-(issue #3); the images go through the real Qwen3-VL image pipeline (patch 16, merge 2, mean/std 0.5).
+The real 4.7B model needs its checkpoint (see the variants); this tiny one shows the whole path works.
 """
 
 import argparse
@@ -11,21 +10,24 @@ import time
 
 import numpy as np
 import torch
-import transformers
+from transformers import AutoProcessor
 
 from tiny_model import tiny_model
+from xr0_import import REPO_ROOT
 
-IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, NEWLINE = 151644, 151645, 151652, 151653, 151655, 198
+ROBOT_TYPE = "libero_all"
+INSTRUCTION = "Put both the alphabet soup and the tomato sauce in the basket."
 
 
-def sample_images(size: int, seed: int) -> list:
-    """Two synthetic 224x224 uint8 HWC camera views (base and wrist): smooth gradients plus noise."""
+def sample_images(size: int, seed: int) -> dict:
+    """Two synthetic uint8 HWC camera views (base and wrist): smooth gradients plus noise."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 255, size, dtype=np.float32)
-    views = []
-    for offset in (0, 90):
+    views = {}
+    for key, offset in (("base", 0), ("wrist", size // 3)):
         image = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), np.full((size, size), 128.0)], -1)
-        views.append(np.clip(np.roll(image, offset, axis=1) + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8))
+        noisy = np.roll(image, offset, axis=1) + rng.normal(0, 8, image.shape)
+        views[key] = np.clip(noisy, 0, 255).astype(np.uint8)
     return views
 
 
@@ -37,28 +39,17 @@ def main() -> None:
 
     model = tiny_model()
     config = model.config
+    processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=config.action_length)
+    # Random weights have no statistics of their own: these stand in for a checkpoint's action_config.
+    processor.register_robot_type(ROBOT_TYPE, action_mean=np.zeros(7), action_std=np.full(7, 0.1))
     print(f"XR0 demo on a TINY model with RANDOM weights ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
           "parameters): the actions below show the pipeline works, not a trained policy.")
 
     timings = {}
     start = time.perf_counter()
-    # transformers 5.x names the torchvision-free processor `...Pil`; 4.57's plain class is that processor.
-    processor_class = getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor
-    image_processor = processor_class(
-        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    )
-    images = image_processor(images=sample_images(224, args.seed), return_tensors="pt")
-    merge = image_processor.merge_size**2
-    ids = [IM_START, 872, NEWLINE]
-    for grid in images["image_grid_thw"]:
-        ids += [VISION_START] + [IMAGE_PAD] * (int(grid.prod()) // merge) + [VISION_END, NEWLINE]
-    ids += [IM_END, NEWLINE]
-    input_ids = torch.tensor([ids])
-    state = torch.zeros(1, config.state_length, config.state_dim)
-    state[0, 0, :8] = torch.tensor([0.1, -0.2, 0.3, 0.0, 0.5, 0.0, 0.04, -0.04])
-    action_mask = torch.zeros(1, config.action_length, config.action_dim)
-    action_mask[..., :7] = 1
-    timings["image processing"] = time.perf_counter() - start
+    state = np.array([0.1, -0.2, 0.3, 0.0, 0.5, 0.0, 0.04, -0.04], dtype=np.float32)
+    inputs = processor(images=sample_images(224, args.seed), instruction=INSTRUCTION, state=state, robot_type=ROBOT_TYPE)
+    timings["processor"] = time.perf_counter() - start
 
     step_times = []
     first, last = model.dit.layers[0], model.dit.layers[-1]
@@ -68,21 +59,23 @@ def main() -> None:
     with torch.inference_mode():
         start = time.perf_counter()
         observation = model.encode_observation(
-            input_ids, torch.ones_like(input_ids), images["pixel_values"], images["image_grid_thw"], state
+            inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], inputs["image_grid_thw"], inputs["state"]
         )
         timings["VLM prefill"] = time.perf_counter() - start
         actions = model.sample_actions(
-            observation, action_mask, generator=torch.Generator().manual_seed(args.seed), num_steps=args.steps
+            observation, inputs["action_mask"], generator=torch.Generator().manual_seed(args.seed), num_steps=args.steps
         )
+    decoded = processor.decode_action(actions, ROBOT_TYPE)[0]
 
-    print(f"prompt: {input_ids.shape[1]} tokens ({len(images['image_grid_thw'])} views of 224x224); "
-          f"action chunk: {tuple(actions.shape)} (normalized), active dims 0-6:")
+    print(f"robot type {ROBOT_TYPE}: 2 views of 224x224 -> {inputs['input_ids'].shape[1]} prompt tokens; "
+          f"instruction: {INSTRUCTION!r}")
+    print(f"action chunk: {tuple(decoded.shape)} (T x active dims, de-normalized):")
     np.set_printoptions(precision=3, suppress=True, linewidth=120)
-    print(actions[0, :, :7].numpy())
+    print(decoded.numpy())
     for name, seconds in timings.items():
-        print(f"  {name:<18} {seconds * 1e3:8.2f} ms")
+        print(f"  {name:<19} {seconds * 1e3:8.2f} ms")
     for k, seconds in enumerate(step_times):
-        print(f"  DiT step {k} (t={k / len(step_times):.1f}) {seconds * 1e3:6.2f} ms")
+        print(f"  DiT step {k} (t={k / len(step_times):.1f}) {seconds * 1e3:8.2f} ms")
 
 
 if __name__ == "__main__":

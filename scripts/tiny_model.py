@@ -53,5 +53,5 @@ def tiny_model(seed: int = 0, dtype=torch.float32, **overrides) -> XR0ForActionG
             if name.endswith("norm.weight"):
                 param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator))
             else:
-                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+                param.copy_(0.15 * torch.randn(param.shape, generator=generator))
     return model.to(dtype).eval()

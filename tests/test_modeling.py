@@ -78,6 +78,19 @@ def test_num_steps_changes_integration(model):
     assert not torch.allclose(five, run(model, batch, noise=noise, num_steps=2))
 
 
+def test_every_part_of_the_observation_moves_the_actions(model):
+    # Guards the invariance tests below: with a model whose actions ignored the prompt they would pass vacuously.
+    batch = observation(seed=0)
+    other = observation(seed=1)
+    noise = noise_for(model, 1)
+    reference = run(model, batch, noise=noise)
+    for field in ("pixel_values", "state"):
+        changed = dict(batch, **{field: other[field]})
+        assert (run(model, changed, noise=noise) - reference).abs().max() > 0.05, field
+    longer = observation(num_text_tokens=(9,), seed=0)
+    assert (run(model, longer, noise=noise) - reference).abs().max() > 0.05
+
+
 # ---- the published math -------------------------------------------------------------------------------------
 
 
