@@ -335,13 +335,13 @@ class XR0PreTrainedModel(PreTrainedModel):
         `module.`/`model.` by a training run). Only safetensors are read: nothing is unpickled."""
         kwargs.setdefault("use_safetensors", True)
         if kwargs.get("key_mapping") is None:
-            prefix = _checkpoint_wrapper_prefix(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+            prefix = checkpoint_wrapper_prefix(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
             if prefix:
                 kwargs["key_mapping"] = {"^" + prefix.replace(".", r"\."): ""}
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
-def _checkpoint_wrapper_prefix(path, subfolder: str = "") -> Optional[str]:
+def checkpoint_wrapper_prefix(path, subfolder: str = "") -> Optional[str]:
     """The wrapper prefix of a local checkpoint's keys (e.g. "module."), read from its index or safetensors
     header, or None when keys are unwrapped or the path is not a local directory."""
     directory = os.path.join(str(path), subfolder)
@@ -459,7 +459,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             image_grid_thw=image_grid_thw,
             return_dict=True,
         )
-        if self.training and self.vlm.is_gradient_checkpointing:
+        if self.training and _is_checkpointing(self.vlm):
             # Checkpointed VLM layers run without a cache; rebuild the K/V of the layers we read from their
             # input hidden states instead (cheap: only those layers' k/v projections).
             hidden_states = self.vlm.model(**vlm_inputs, use_cache=False, output_hidden_states=True).hidden_states
@@ -720,6 +720,13 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 f"gives {num_patches // merge} ({num_patches} patches / {merge} merged): each image needs "
                 "t·h·w/merge² `<|image_pad|>` tokens."
             )
+
+
+def _is_checkpointing(model: PreTrainedModel) -> bool:
+    # transformers 5.x renamed the property (the old name warns); 4.57 has only the old one.
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
 
 
 def _describe(value) -> str:
