@@ -1,23 +1,48 @@
 """Write the repository root's configuration files for the real XR0 base model, deterministically:
 
-    preprocessor_config.json   the Qwen3-VL image processor as XR0 uses it (patch 16, merge 2, mean/std 0.5;
-                               a 224x224 view stays 224x224 -> 49 image tokens)
-    processor_config.json      XR0Processor: chunk sizes and the robot-type registry (published view layouts)
+    config.json                    XR0Config defaults (the published 4.7B model) + auto_map for the Auto classes
+    model.safetensors.index.json   the weight index of the real layout: key names from the meta-device model,
+                                   bf16 sizes, greedy shards of at most 5 GB, model-0000k-of-0000n.safetensors
+    preprocessor_config.json       the Qwen3-VL image processor as XR0 uses it (a 224x224 view -> 49 tokens)
+    processor_config.json          XR0Processor: chunk sizes and the robot-type registry (published view layouts)
 
     python scripts/write_root_files.py [--output .]
+
+The functions here also serve the converter and the tiny checkpoint, so every directory is written one way.
 """
 
 import argparse
 import json
 from pathlib import Path
 
-from xr0_import import xr0  # noqa: F401
+import torch
+
+from xr0_import import REPO_ROOT, xr0  # noqa: F401
+from xr0.configuration_xr0 import QWEN3_VL_4B_CONFIG, XR0Config
+from xr0.modeling_xr0 import XR0ForActionGeneration
 from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES
 
-AUTO_MAP = {"AutoProcessor": "processing_xr0.XR0Processor"}
+REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+MAX_SHARD_BYTES = 5 * 10**9  # "5GB" as transformers counts it
+AUTO_MAP = {
+    "AutoConfig": "configuration_xr0.XR0Config",
+    "AutoModel": "modeling_xr0.XR0ForActionGeneration",
+    "AutoProcessor": "processing_xr0.XR0Processor",
+}
+PROCESSOR_AUTO_MAP = {"AutoProcessor": AUTO_MAP["AutoProcessor"]}
+CONFIG_FIELDS = (
+    "action_length",
+    "action_dim",
+    "state_dim",
+    "state_length",
+    "num_inference_steps",
+    "action_attention_window",
+    "noisy_action_position_offset",
+)
 
 IMAGE_PROCESSOR_CONFIG = {
-    "auto_map": AUTO_MAP,
+    "auto_map": PROCESSOR_AUTO_MAP,
     "processor_class": "XR0Processor",
     "image_processor_type": "Qwen2VLImageProcessor",
     "do_convert_rgb": True,
@@ -38,15 +63,57 @@ IMAGE_PROCESSOR_CONFIG = {
 }
 
 
-def processor_config(action_length: int = 30, action_dim: int = 32, state_dim: int = 32) -> dict:
+def config_dict(config: XR0Config, vlm_config: dict, dtype: str = "bfloat16") -> dict:
+    """A compact, transformers-line-independent config.json: the published schema plus our fields."""
     return {
+        "architectures": ["XR0ForActionGeneration"],
         "auto_map": AUTO_MAP,
+        "model_type": "xr0",
+        "dtype": dtype,
+        "vlm_config": vlm_config,
+        "dit_config": dict(config.dit_config),
+        **{name: getattr(config, name) for name in CONFIG_FIELDS},
+    }
+
+
+def processor_config(action_length: int = 30, action_dim: int = 32, state_dim: int = 32, robot_types=None) -> dict:
+    return {
+        "auto_map": PROCESSOR_AUTO_MAP,
         "processor_class": "XR0Processor",
         "action_length": action_length,
         "action_dim": action_dim,
         "state_dim": state_dim,
-        "robot_types": PUBLISHED_ROBOT_TYPES,
+        "robot_types": robot_types if robot_types is not None else PUBLISHED_ROBOT_TYPES,
     }
+
+
+def stored_tensor_shapes(config: XR0Config) -> dict:
+    """{name: shape} of every tensor a checkpoint stores (the tied lm_head is not stored), from a meta model."""
+    with torch.device("meta"):
+        model = XR0ForActionGeneration(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items() if not name.startswith("vlm.lm_head.")}
+
+
+def shard_plan(tensor_bytes: dict, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
+    """{name: file}: tensors in order, a new shard whenever the next one would overflow (as transformers does)."""
+    shards, current, current_bytes = [], [], 0
+    for name, size in tensor_bytes.items():
+        if current and current_bytes + size > max_shard_bytes:
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append(name)
+        current_bytes += size
+    if current:
+        shards.append(current)
+    if len(shards) == 1:
+        return {name: "model.safetensors" for name in shards[0]}
+    return {
+        name: f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i, names in enumerate(shards, start=1) for name in names
+    }
+
+
+def index_dict(tensor_bytes: dict, weight_map: dict) -> dict:
+    return {"metadata": {"total_size": sum(tensor_bytes.values())}, "weight_map": weight_map}
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -56,8 +123,16 @@ def write_json(path: Path, data: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("--output", type=Path, default=REPO_ROOT)
     args = parser.parse_args()
+
+    config = XR0Config()
+    bytes_per_value = torch.finfo(torch.bfloat16).bits // 8
+    tensor_bytes = {
+        name: bytes_per_value * int(torch.Size(shape).numel()) for name, shape in stored_tensor_shapes(config).items()
+    }
+    write_json(args.output / "config.json", config_dict(config, QWEN3_VL_4B_CONFIG))
+    write_json(args.output / "model.safetensors.index.json", index_dict(tensor_bytes, shard_plan(tensor_bytes)))
     write_json(args.output / "preprocessor_config.json", IMAGE_PROCESSOR_CONFIG)
     write_json(args.output / "processor_config.json", processor_config())
 
