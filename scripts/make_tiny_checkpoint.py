@@ -1,0 +1,94 @@
+"""Write the embedded tiny checkpoint `fixtures/tiny-xr0/`: the real architecture and tokenizer with RANDOM
+weights, small enough to ship in the repository (~5 MB, bf16), so the demo and the tests run the whole path
+(processor -> model -> decoded actions) on a fresh clone without downloading anything.
+
+    python scripts/make_tiny_checkpoint.py [--output fixtures/tiny-xr0]
+
+Tokenizer and remote-code files are symlinks to the repository root, so there is one copy of each.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tiny_model import tiny_model
+from write_root_files import (
+    IMAGE_PROCESSOR_CONFIG,
+    REMOTE_CODE_FILES,
+    TOKENIZER_FILES,
+    config_dict,
+    processor_config,
+    write_json,
+)
+from xr0_import import REPO_ROOT
+from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES
+
+CHECKPOINT_VLM_CONFIG = {
+    "text_config": {
+        "vocab_size": 151936,  # the real vocabulary: the embeddings are most of the file
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 8,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "rope_scaling": {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True},
+        "tie_word_embeddings": True,
+    },
+    "vision_config": {
+        "depth": 2,
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_heads": 2,
+        "out_hidden_size": 16,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "deepstack_visual_indexes": [0],
+        "num_position_embeddings": 64,
+    },
+    "tie_word_embeddings": True,
+}
+CHECKPOINT_DIT_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "head_dim": 8, "num_key_value_heads": 1}
+DEFAULT_OUTPUT = REPO_ROOT / "fixtures" / "tiny-xr0"
+ROBOT_TYPE = "libero_all"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args()
+    output = args.output
+    output.mkdir(parents=True, exist_ok=True)
+
+    model = tiny_model(seed=0, vlm_config=CHECKPOINT_VLM_CONFIG, dit_config=CHECKPOINT_DIT_CONFIG, action_length=30)
+    model.to(torch.bfloat16).save_pretrained(output)
+    # save_pretrained wrote copies of the code files and a line-dependent config; replace both.
+    for name in REMOTE_CODE_FILES:
+        (output / name).unlink(missing_ok=True)
+    write_json(output / "config.json", config_dict(model.config, CHECKPOINT_VLM_CONFIG))
+
+    # Made-up statistics: these weights were never trained, so there is nothing real to de-normalize with.
+    robot = dict(PUBLISHED_ROBOT_TYPES[ROBOT_TYPE])
+    robot["action_mean"] = np.r_[np.zeros(6), 0.0, np.zeros(25)].tolist()
+    robot["action_std"] = np.r_[np.full(6, 0.05), 1.0, np.zeros(25)].tolist()
+    robot_types = {**PUBLISHED_ROBOT_TYPES, ROBOT_TYPE: robot}
+    write_json(output / "preprocessor_config.json", IMAGE_PROCESSOR_CONFIG)
+    write_json(output / "processor_config.json", processor_config(action_length=30, robot_types=robot_types))
+
+    for name in REMOTE_CODE_FILES + TOKENIZER_FILES:
+        link = output / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(REPO_ROOT / name, output))
+    size = (output / "model.safetensors").stat().st_size
+    print(f"wrote {output} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+          f"model.safetensors {size / 1e6:.1f} MB, random weights)")
+
+
+if __name__ == "__main__":
+    main()
