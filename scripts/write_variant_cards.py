@@ -1,0 +1,109 @@
+"""Render each variant's model card, variants/<name>/README.md, from its variants/<name>/variant.json, so the
+facts of a variant are written once.
+
+    python scripts/write_variant_cards.py
+"""
+
+import json
+
+from xr0_import import REPO_ROOT
+
+VARIANTS_DIR = REPO_ROOT / "variants"
+
+FRONT_MATTER = """---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: robotics
+base_model: {base_model}
+tags:
+  - robotics
+  - vision-language-action
+  - flow-matching
+  - xiaomi-robotics-0
+{extra_tags}---
+"""
+
+
+def render(variant: dict) -> str:
+    base_model = "Qwen/Qwen3-VL-4B-Instruct" if variant["name"] == "base" else "XiaomiRobotics/Xiaomi-Robotics-0"
+    extra_tags = f"  - {variant['robot_type']}\n" if variant["robot_type"] else ""
+    lines = [FRONT_MATTER.format(base_model=base_model, extra_tags=extra_tags), f"# {variant['title']}", ""]
+    lines += [
+        variant["use"],
+        "",
+        f"Converted from the published checkpoint [`{variant['repo_id']}`](https://huggingface.co/{variant['repo_id']}) "
+        "with `scripts/convert_official.py`: weights unchanged, loaded by this repository's remote code "
+        "(transformers 4.57 and 5.x, CPU or GPU, eager/sdpa/flash-attention).",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "import torch",
+        "from transformers import AutoModel, AutoProcessor",
+        "",
+        'model = AutoModel.from_pretrained("path/to/this/folder", trust_remote_code=True, dtype=torch.bfloat16)',
+        'processor = AutoProcessor.from_pretrained("path/to/this/folder", trust_remote_code=True)',
+    ]
+    if variant["robot_type"]:
+        views = ", ".join(f'"{key}": image_{key}' for key, _ in variant["views"])
+        lines += [
+            f'inputs = processor(images={{{views}}}, instruction="...", state=state, robot_type="{variant["robot_type"]}")',
+            "actions = model(**inputs.to(model.device), seed=0).actions",
+            f'robot_actions = processor.decode_action(actions, "{variant["robot_type"]}")  # (1, T, {variant["active_action_dims"]})',
+        ]
+    lines += ["```", ""]
+    if variant["robot_type"]:
+        titles = ", ".join(f"`{key}` (prompt title “{title}”)" for key, title in variant["views"])
+        image = variant["image"]
+        size = f"{image['size'][0]}×{image['size'][1]}" if image["size"] else "as the simulator renders them"
+        lines += [
+            "## Inputs and execution",
+            "",
+            f"- Robot type: `{variant['robot_type']}`",
+            f"- Camera views, in prompt order: {titles}",
+            f"- Images: {size}; {image['preprocessing']}",
+            f"- State: {variant['state_layout']}",
+            f"- Actions: {variant['active_action_dims']} active dims, de-normalized with the checkpoint's statistics",
+            f"- Steps executed per chunk: {variant['steps_per_chunk']}",
+            f"- Evaluation protocol: {variant['protocol']}",
+            "",
+            "## Results (as reported)",
+            "",
+            f"| Benchmark | {variant['results']['metric']} |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {value} |" for name, value in variant["results"]["rows"]]
+        lines += ["", f"Source: {variant['source']}.", ""]
+    else:
+        lines += [
+            "## Fine-tuning",
+            "",
+            "The pre-trained base has no robot statistics of its own: register your robot type with its camera views "
+            "and action statistics in the processor, then fine-tune (see `training/`).",
+            "",
+        ]
+    lines += [
+        "## Citation",
+        "",
+        "```bibtex",
+        "@article{xiaomirobotics0,",
+        "  title   = {Xiaomi-Robotics-0},",
+        "  author  = {Xiaomi Robotics},",
+        "  journal = {arXiv preprint arXiv:2602.12684},",
+        "  year    = {2026}",
+        "}",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for path in sorted(VARIANTS_DIR.glob("*/variant.json")):
+        card = path.parent / "README.md"
+        card.write_text(render(json.loads(path.read_text())))
+        print(f"wrote {card}")
+
+
+if __name__ == "__main__":
+    main()
