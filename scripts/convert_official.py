@@ -1,0 +1,209 @@
+"""Convert a published XiaomiRobotics checkpoint into a complete, loadable directory of this repository.
+
+    python scripts/convert_official.py --source XiaomiRobotics/Xiaomi-Robotics-0-LIBERO --output out/libero
+    python scripts/convert_official.py --source /data/Xiaomi-Robotics-0-LIBERO --output out/libero --variant libero
+
+The source is a Hugging Face repo id (downloaded with `huggingface_hub.snapshot_download`, JSON and safetensors
+only, at `--revision`; the resolved commit is recorded) or a local directory in the published layout
+(config.json with `model_type: "mibot"`, safetensors single or sharded, preprocessor_config.json with
+`action_config`). The output holds our code files, our config schema, the processor (tokenizer, image
+processor, the variant's robot type with the checkpoint's statistics), the weights as safetensors with an
+index (names unchanged, wrapper prefixes removed) and the variant's model card. Every tensor is checked
+against the model the config describes (names and shapes) before anything is written.
+"""
+
+import argparse
+import contextlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from write_root_files import MAX_SHARD_BYTES, REMOTE_CODE_FILES, config_dict, index_dict, shard_plan, stored_tensor_shapes, write_json
+from xr0_import import REPO_ROOT
+from xr0.configuration_xr0 import OFFICIAL_MODEL_TYPE, XR0Config, from_official_config_dict
+from xr0.modeling_xr0 import checkpoint_wrapper_prefix
+from xr0.processing_xr0 import XR0Processor
+
+VARIANTS_DIR = REPO_ROOT / "variants"
+
+
+class ConversionError(Exception):
+    pass
+
+
+def load_variant(name: str) -> dict:
+    path = VARIANTS_DIR / name / "variant.json"
+    if not path.is_file():
+        known = sorted(p.name for p in VARIANTS_DIR.iterdir() if (p / "variant.json").is_file())
+        raise ConversionError(f"unknown variant {name!r}; known variants: {known}")
+    return json.loads(path.read_text())
+
+
+def guess_variant(source: str, action_config: dict) -> str:
+    """The variant whose repo id is the source, else the one whose robot type the statistics name, else base."""
+    variants = [json.loads(p.read_text()) for p in sorted(VARIANTS_DIR.glob("*/variant.json"))]
+    for variant in variants:
+        if variant["repo_id"].lower() == source.lower().rstrip("/"):
+            return variant["name"]
+    for variant in variants:
+        if variant["robot_type"] and variant["robot_type"] in action_config:
+            return variant["name"]
+    return "base"
+
+
+def resolve_source(source: str, revision: str) -> tuple:
+    """(local directory, provenance) for a directory or a Hugging Face repo id."""
+    path = Path(source)
+    if path.is_dir():
+        return path, {"source": str(path.resolve())}
+    from huggingface_hub import snapshot_download
+
+    local = Path(snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors"]))
+    # snapshot folders are named after the commit they hold: that commit pins what was converted.
+    return local, {"source": source, "revision": local.name}
+
+
+def read_weight_files(directory: Path) -> dict:
+    """{stored key: file} from the index, or from the single safetensors file."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        return {key: directory / file for key, file in json.loads(index.read_text())["weight_map"].items()}
+    single = directory / "model.safetensors"
+    if single.is_file():
+        with safe_open(str(single), framework="pt") as f:
+            return {key: single for key in f.keys()}
+    raise ConversionError(f"{directory}: no model.safetensors or model.safetensors.index.json (only safetensors are read)")
+
+
+def tensor_metadata(files: dict) -> dict:
+    """{stored key: (shape, dtype)} read from the safetensors headers, without loading tensors."""
+    metadata = {}
+    for file in sorted(set(files.values())):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                if files.get(key) == file:
+                    view = f.get_slice(key)
+                    metadata[key] = (tuple(view.get_shape()), view.get_dtype())
+    return metadata
+
+
+def check_tensors(renamed: dict, expected: dict) -> None:
+    missing = sorted(set(expected) - set(renamed))
+    unexpected = sorted(set(renamed) - set(expected) - {"vlm.lm_head.weight"})
+    mismatched = [f"{k}: {renamed[k][0]} != {expected[k]}" for k in sorted(set(renamed) & set(expected)) if tuple(renamed[k][0]) != expected[k]]
+    if missing or unexpected or mismatched:
+        lines = []
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+            if items:
+                lines.append(f"{len(items)} {title}: " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
+        raise ConversionError("the checkpoint does not match its config:\n  " + "\n  ".join(lines))
+
+
+def convert(
+    source: str, output: Path, variant_name: str = None, revision: str = "main", max_shard_bytes: int = MAX_SHARD_BYTES
+) -> dict:
+    directory, provenance = resolve_source(source, revision)
+    official = json.loads((directory / "config.json").read_text())
+    if official.get("model_type") not in (OFFICIAL_MODEL_TYPE, XR0Config.model_type):
+        raise ConversionError(f"{directory}/config.json: model_type {official.get('model_type')!r} is not an XR0 checkpoint")
+    config = XR0Config(**{k: v for k, v in from_official_config_dict(official).items() if k != "model_type"})
+    preprocessor = directory / "preprocessor_config.json"
+    action_config = json.loads(preprocessor.read_text()).get("action_config", {}) if preprocessor.is_file() else {}
+    variant = load_variant(variant_name or guess_variant(source, action_config))
+
+    files = read_weight_files(directory)
+    prefix = checkpoint_wrapper_prefix(directory) or ""
+    stored = tensor_metadata(files)
+    renamed = {key[len(prefix):]: meta for key, meta in stored.items()}
+    check_tensors(renamed, stored_tensor_shapes(config))
+    source_key = {key[len(prefix):]: key for key in stored}
+    names = [name for name in stored_tensor_shapes(config)]  # the model's order
+
+    output.mkdir(parents=True, exist_ok=True)
+    tensor_bytes = {}
+    for name in names:
+        shape, dtype = renamed[name]
+        tensor_bytes[name] = torch.Size(shape).numel() * torch.tensor([], dtype=_torch_dtype(dtype)).element_size()
+    weight_map = shard_plan(tensor_bytes, max_shard_bytes)
+    shards = {}
+    for name in names:
+        shards.setdefault(weight_map[name], []).append(name)
+    with contextlib.ExitStack() as stack, tqdm(
+        total=sum(tensor_bytes.values()), unit="B", unit_scale=True, desc="copying weights"
+    ) as progress:
+        readers = {file: stack.enter_context(safe_open(str(file), framework="pt")) for file in set(files.values())}
+        for file, shard_names in shards.items():
+            tensors = {}
+            for name in shard_names:
+                tensors[name] = readers[files[source_key[name]]].get_tensor(source_key[name])
+                progress.update(tensor_bytes[name])
+            save_file(tensors, str(output / file), metadata={"format": "pt"})
+            del tensors
+    if len(shards) > 1:
+        write_json(output / "model.safetensors.index.json", index_dict(tensor_bytes, weight_map))
+
+    dtype = official.get("dtype") or official.get("torch_dtype") or "bfloat16"
+    write_json(output / "config.json", config_dict(config, official["vlm_config"], dtype=str(dtype).replace("torch.", "")))
+
+    processor = XR0Processor.from_pretrained(
+        REPO_ROOT, action_length=config.action_length, action_dim=config.action_dim, state_dim=config.state_dim
+    )
+    if variant["robot_type"]:
+        processor.register_robot_type(
+            variant["robot_type"], views=variant["views"], active_action_dims=variant["active_action_dims"]
+        )
+    processor.merge_action_config(action_config)
+    processor.save_pretrained(output)
+    for name in REMOTE_CODE_FILES:
+        shutil.copy(REPO_ROOT / name, output / name)
+    shutil.copy(VARIANTS_DIR / variant["name"] / "README.md", output / "README.md")
+
+    report = {
+        **provenance,
+        "variant": variant["name"],
+        "tensors": len(names),
+        "parameters": sum(torch.Size(renamed[n][0]).numel() for n in names),
+        "bytes": sum(tensor_bytes.values()),
+        "shards": len(shards),
+        "stripped_prefix": prefix or None,
+        "robot_types_with_statistics": sorted(action_config),
+    }
+    write_json(output / "conversion.json", report)
+    return report
+
+
+def _torch_dtype(safetensors_dtype: str) -> torch.dtype:
+    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
+             "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+    if safetensors_dtype not in names:
+        raise ConversionError(f"unsupported tensor dtype {safetensors_dtype}")
+    return names[safetensors_dtype]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="published repo id or local directory in the published layout")
+    parser.add_argument("--output", required=True, type=Path, help="directory to write")
+    parser.add_argument("--variant", default=None, help="variant name under variants/ (default: guessed from the source)")
+    parser.add_argument("--revision", default="main", help="revision of a hub source (branch, tag or commit)")
+    args = parser.parse_args(argv)
+    try:
+        report = convert(args.source, args.output, args.variant, args.revision)
+    except ConversionError as error:
+        sys.exit(f"convert_official: {error}")
+    print(
+        f"converted {report['source']} -> {args.output} as variant {report['variant']}: {report['tensors']} tensors, "
+        f"{report['parameters'] / 1e9:.3f} B parameters, {report['bytes'] / 1e9:.2f} GB in {report['shards']} shard(s)"
+        + (f", stripped prefix {report['stripped_prefix']!r}" if report["stripped_prefix"] else "")
+        + f"; statistics for {report['robot_types_with_statistics'] or 'no robot type'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
