@@ -1,61 +1,109 @@
-"""XR0 demo: camera images + instruction + state -> processor -> model -> decoded action chunk, with timings.
+"""XR0 demo: camera images + instruction + state -> processor -> model -> decoded action chunk, with per-stage
+timings and a plot of the action trajectories.
 
-    python scripts/demo.py     # tiny model with RANDOM weights and the real tokenizer / image pipeline
+    python scripts/demo.py                                  # embedded tiny checkpoint, RANDOM weights
+    python scripts/demo.py --model out/libero               # a converted checkpoint (scripts/convert_official.py)
+    python scripts/demo.py --model out/libero --image base=cam0.png --image wrist=cam1.png --state 0.1 0.2 ...
 
-The real 4.7B model needs its checkpoint (see the variants); this tiny one shows the whole path works.
+Without --image, synthetic camera views stand in for real ones.
 """
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoProcessor
+from PIL import Image, ImageDraw
+from transformers import AutoModel, AutoProcessor
 
-from tiny_model import tiny_model
 from xr0_import import REPO_ROOT
 
-ROBOT_TYPE = "libero_all"
-INSTRUCTION = "Put both the alphabet soup and the tomato sauce in the basket."
+TINY_CHECKPOINT = REPO_ROOT / "fixtures" / "tiny-xr0"
+DEFAULT_INSTRUCTION = "Put both the alphabet soup and the tomato sauce in the basket."
+DEFAULT_STATE = [0.1, -0.2, 0.3, 0.0, 0.5, 0.0, 0.04, -0.04]
 
 
-def sample_images(size: int, seed: int) -> dict:
-    """Two synthetic uint8 HWC camera views (base and wrist): smooth gradients plus noise."""
+def synthetic_view(size: int, seed: int) -> np.ndarray:
+    """A uint8 HWC stand-in camera view: smooth gradients plus noise."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 255, size, dtype=np.float32)
-    views = {}
-    for key, offset in (("base", 0), ("wrist", size // 3)):
-        image = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), np.full((size, size), 128.0)], -1)
-        noisy = np.roll(image, offset, axis=1) + rng.normal(0, 8, image.shape)
-        views[key] = np.clip(noisy, 0, 255).astype(np.uint8)
-    return views
+    image = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), np.full((size, size), 128.0)], -1)
+    return np.clip(np.roll(image, 37 * seed, axis=1) + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+
+
+def plot_actions(actions: np.ndarray, path: Path, title: str) -> None:
+    """(T, D) actions -> a PNG line plot, one panel per action dim."""
+    steps, dims = actions.shape
+    panel_w, panel_h, margin = 300, 150, 30
+    columns = min(dims, 4)
+    rows = (dims + columns - 1) // columns
+    canvas = Image.new("RGB", (columns * panel_w, rows * panel_h + margin), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((10, 8), title, fill="black")
+    for d in range(dims):
+        left, top = (d % columns) * panel_w, margin + (d // columns) * panel_h
+        box = (left + 35, top + 15, left + panel_w - 10, top + panel_h - 20)
+        draw.rectangle(box, outline="gray")
+        values = actions[:, d]
+        low, high = float(values.min()), float(values.max())
+        span = high - low or 1.0
+        points = [
+            (box[0] + (box[2] - box[0]) * t / max(steps - 1, 1), box[3] - (box[3] - box[1]) * (v - low) / span)
+            for t, v in enumerate(values)
+        ]
+        draw.line(points, fill=(31, 119, 180), width=2)
+        draw.text((left + 35, top + 2), f"dim {d}: [{low:.3g}, {high:.3g}]", fill="black")
+        draw.text((box[0], box[3] + 3), "t=0", fill="gray")
+        draw.text((box[2] - 30, box[3] + 3), f"t={steps - 1}", fill="gray")
+    canvas.save(path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=TINY_CHECKPOINT, help="checkpoint directory (default: embedded tiny one)")
+    parser.add_argument("--robot-type", default=None, help="default: the first robot type with statistics")
+    parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
+    parser.add_argument("--state", type=float, nargs="+", default=DEFAULT_STATE, help="raw robot state")
+    parser.add_argument("--image", action="append", default=[], metavar="VIEW=PATH", help="a camera image per view")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (a local generator; global RNG untouched)")
-    parser.add_argument("--steps", type=int, default=None, help="Euler steps (default: the config's, 5)")
+    parser.add_argument("--steps", type=int, default=None, help="Euler steps (default: the config's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--plot", type=Path, default=Path("xr0_demo_actions.png"))
     args = parser.parse_args()
 
-    model = tiny_model()
-    config = model.config
-    processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=config.action_length)
-    # Random weights have no statistics of their own: these stand in for a checkpoint's action_config.
-    processor.register_robot_type(ROBOT_TYPE, action_mean=np.zeros(7), action_std=np.full(7, 0.1))
-    print(f"XR0 demo on a TINY model with RANDOM weights ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M "
-          "parameters): the actions below show the pipeline works, not a trained policy.")
+    random_weights = args.model.resolve() == TINY_CHECKPOINT.resolve()
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=dtype).to(args.device).eval()
+    processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
+    robot_type = args.robot_type or next(
+        (name for name, spec in processor.robot_types.items() if "action_std" in spec), None
+    )
+    if robot_type is None:
+        raise SystemExit(f"{args.model}: no robot type with action statistics; pass --robot-type")
+    parameters = sum(p.numel() for p in model.parameters())
+    if random_weights:
+        print(f"XR0 demo on the embedded TINY checkpoint with RANDOM weights ({parameters / 1e6:.1f} M parameters): "
+              "the actions show the pipeline works, not a trained policy.")
+    else:
+        print(f"XR0 demo on {args.model} ({parameters / 1e9:.2f} B parameters, {dtype}, {args.device}).")
+
+    views = processor.robot_spec(robot_type)["views"]
+    given = dict(item.split("=", 1) for item in args.image)
+    images = {key: np.asarray(Image.open(given[key]).convert("RGB")) if key in given else synthetic_view(224, i)
+              for i, (key, _) in enumerate(views)}
+    if not given:
+        print(f"camera views {[key for key, _ in views]}: synthetic 224x224 images (pass --image VIEW=PATH)")
 
     timings = {}
     start = time.perf_counter()
-    state = np.array([0.1, -0.2, 0.3, 0.0, 0.5, 0.0, 0.04, -0.04], dtype=np.float32)
-    inputs = processor(images=sample_images(224, args.seed), instruction=INSTRUCTION, state=state, robot_type=ROBOT_TYPE)
+    inputs = processor(images=images, instruction=args.instruction, state=np.array(args.state), robot_type=robot_type)
+    inputs = inputs.to(args.device)
     timings["processor"] = time.perf_counter() - start
 
     step_times = []
-    first, last = model.dit.layers[0], model.dit.layers[-1]
-    first.register_forward_pre_hook(lambda *_: step_times.append(time.perf_counter()))
-    last.register_forward_hook(lambda *_: step_times.__setitem__(-1, time.perf_counter() - step_times[-1]))
-
+    model.dit.layers[0].register_forward_pre_hook(lambda *_: step_times.append(time.perf_counter()))
+    model.dit.layers[-1].register_forward_hook(lambda *_: step_times.__setitem__(-1, time.perf_counter() - step_times[-1]))
     with torch.inference_mode():
         start = time.perf_counter()
         observation = model.encode_observation(
@@ -65,17 +113,19 @@ def main() -> None:
         actions = model.sample_actions(
             observation, inputs["action_mask"], generator=torch.Generator().manual_seed(args.seed), num_steps=args.steps
         )
-    decoded = processor.decode_action(actions, ROBOT_TYPE)[0]
+    decoded = processor.decode_action(actions, robot_type)[0].numpy()
 
-    print(f"robot type {ROBOT_TYPE}: 2 views of 224x224 -> {inputs['input_ids'].shape[1]} prompt tokens; "
-          f"instruction: {INSTRUCTION!r}")
-    print(f"action chunk: {tuple(decoded.shape)} (T x active dims, de-normalized):")
+    print(f"robot type {robot_type}; instruction {args.instruction!r}; prompt {inputs['input_ids'].shape[1]} tokens")
+    print(f"action chunk {decoded.shape} (T x active dims, de-normalized):")
     np.set_printoptions(precision=3, suppress=True, linewidth=120)
-    print(decoded.numpy())
+    print(decoded)
     for name, seconds in timings.items():
         print(f"  {name:<19} {seconds * 1e3:8.2f} ms")
     for k, seconds in enumerate(step_times):
         print(f"  DiT step {k} (t={k / len(step_times):.1f}) {seconds * 1e3:8.2f} ms")
+    title = f"XR0 action chunk - {robot_type}" + (" - RANDOM weights" if random_weights else "")
+    plot_actions(decoded, args.plot, title)
+    print(f"plot of the action trajectories: {args.plot}")
 
 
 if __name__ == "__main__":
