@@ -127,6 +127,24 @@ class XR0Config(PretrainedConfig):
         noisy_action_position_offset (`int`, defaults to 0):
             Added to the position ids of noisy (non-prefix) action tokens; 10 after asynchronous
             post-training, 0 for the published checkpoints.
+
+        Training recipe (spec §6; saved with the checkpoint so inference knows how it was post-trained):
+        time_sampling_alpha (`float`, defaults to 1.5), time_max (`float`, defaults to 0.999):
+            flow time t = (1 - u)·time_max with u ~ Beta(alpha, 1), so most samples are near the noise (t=0).
+        training_repeat (`int`, defaults to 1): copies of each sample per batch, each with its own noise and t
+            (the released post-training uses 4).
+        action_prefix_probability (`float`, defaults to 0.0): probability that a sample is trained with a clean
+            prefix of p ~ U{1..min(max_action_prefix_length, T)} ground-truth actions (0.5 for asynchronous
+            post-training; 0 = synchronous training).
+        max_action_prefix_length (`int`, defaults to 6).
+        prefix_hide_probability (`float`, defaults to 0.5), prefix_keep_last (`int`, defaults to 2): during
+            training each prefix action token is hidden from the other action tokens with this probability,
+            except the last `prefix_keep_last` before the noisy part.
+        loss_reweighting (`bool`, defaults to False): weight the loss of prefixed samples by the L1 error of the
+            actions the model generates with that prefix, divided by its masked mean, clamped to
+            `loss_reweight_range` (defaults to (0.5, 5.0)).
+        frequency_loss_weight (`float`, defaults to 0.0): c in loss = 0.5·mse + c·frequency loss (off at 0,
+            then loss = mse).
     """
 
     model_type = "xr0"
@@ -143,6 +161,16 @@ class XR0Config(PretrainedConfig):
         num_inference_steps: int = 5,
         action_attention_window: Optional[int] = None,
         noisy_action_position_offset: int = 0,
+        time_sampling_alpha: float = 1.5,
+        time_max: float = 0.999,
+        training_repeat: int = 1,
+        action_prefix_probability: float = 0.0,
+        max_action_prefix_length: int = 6,
+        prefix_hide_probability: float = 0.5,
+        prefix_keep_last: int = 2,
+        loss_reweighting: bool = False,
+        loss_reweight_range: tuple = (0.5, 5.0),
+        frequency_loss_weight: float = 0.0,
         **kwargs,
     ):
         self.vlm_config = Qwen3VLConfig(**_vlm_config_dict(vlm_config))
@@ -165,6 +193,16 @@ class XR0Config(PretrainedConfig):
         self.num_inference_steps = num_inference_steps
         self.action_attention_window = action_attention_window
         self.noisy_action_position_offset = noisy_action_position_offset
+        self.time_sampling_alpha = time_sampling_alpha
+        self.time_max = time_max
+        self.training_repeat = training_repeat
+        self.action_prefix_probability = action_prefix_probability
+        self.max_action_prefix_length = max_action_prefix_length
+        self.prefix_hide_probability = prefix_hide_probability
+        self.prefix_keep_last = prefix_keep_last
+        self.loss_reweighting = loss_reweighting
+        self.loss_reweight_range = list(loss_reweight_range)
+        self.frequency_loss_weight = frequency_loss_weight
         kwargs.setdefault("tie_word_embeddings", self.vlm_config.tie_word_embeddings)
         super().__init__(**kwargs)
         self._validate()
@@ -174,8 +212,31 @@ class XR0Config(PretrainedConfig):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
 
-        for name in ("action_length", "action_dim", "state_dim", "state_length", "num_inference_steps"):
+        for name in (
+            "action_length",
+            "action_dim",
+            "state_dim",
+            "state_length",
+            "num_inference_steps",
+            "training_repeat",
+            "max_action_prefix_length",
+        ):
             positive_int(name, getattr(self, name))
+        if not isinstance(self.prefix_keep_last, int) or self.prefix_keep_last < 0:
+            raise ValueError(f"`prefix_keep_last` must be an int >= 0, got {self.prefix_keep_last!r}.")
+        for name in ("action_prefix_probability", "prefix_hide_probability"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be a probability in [0, 1], got {value!r}.")
+        if not isinstance(self.time_sampling_alpha, (int, float)) or self.time_sampling_alpha <= 0:
+            raise ValueError(f"`time_sampling_alpha` must be > 0, got {self.time_sampling_alpha!r}.")
+        if not isinstance(self.time_max, (int, float)) or not 0.0 < self.time_max <= 1.0:
+            raise ValueError(f"`time_max` must be in (0, 1], got {self.time_max!r}.")
+        low, high = self.loss_reweight_range if len(self.loss_reweight_range) == 2 else (None, None)
+        if low is None or not 0 < low <= high:
+            raise ValueError(f"`loss_reweight_range` must be (low, high) with 0 < low <= high, got {self.loss_reweight_range!r}.")
+        if not isinstance(self.frequency_loss_weight, (int, float)) or self.frequency_loss_weight < 0:
+            raise ValueError(f"`frequency_loss_weight` must be >= 0, got {self.frequency_loss_weight!r}.")
         for name in ("hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads", "intermediate_size"):
             positive_int(f"dit_config.{name}", self.dit_config[name])
         if self.action_attention_window is not None:

@@ -56,12 +56,15 @@ _WRAPPER_PREFIXES = ("module.model.", "module.", "model.")
 class XR0ActionOutput(ModelOutput):
     """
     Args:
-        loss (`torch.FloatTensor` of shape `()`, *optional*): training loss (when targets are given).
-        actions (`torch.FloatTensor` of shape `(B, T, A)`): normalized action chunk, float32.
+        loss (`torch.FloatTensor` of shape `()`, *optional*): training loss (when `actions` are given).
+        actions (`torch.FloatTensor` of shape `(B, T, A)`): normalized action chunk, float32 (inference).
+        flow_loss, frequency_loss (`torch.FloatTensor` of shape `()`, *optional*): the loss's parts, detached.
     """
 
     loss: Optional[torch.FloatTensor] = None
     actions: Optional[torch.FloatTensor] = None
+    flow_loss: Optional[torch.FloatTensor] = None
+    frequency_loss: Optional[torch.FloatTensor] = None
 
 
 @dataclass
@@ -72,14 +75,17 @@ class XR0Observation:
         cache_keys, cache_values: one (B, h, L, D) tensor per DiT layer: the cached K/V of VLM layer
             (L_vlm - N_dit + i), already rotated and repeated from the VLM's KV heads to the DiT's query heads;
             zero at padded prompt positions.
+        cache_mask: (B, L) bool, True at real (non-padded) prompt tokens.
         attention_mask: (B, 1, Q, L + Q) bool, True = may attend. Keys are [prompt cache | DiT tokens].
-        position_ids: (3, B, Q) MRoPE position ids of the DiT tokens (noisy-action offset included).
+        position_ids: (3, B, Q) MRoPE position ids of the DiT tokens (noisy-action offset on every action token:
+            the layout without a committed prefix; `XR0ForActionGeneration.condition_on_prefix` adapts it).
         position_embeddings: (cos, sin), each (B, Q, D), the rotary tables for `position_ids`.
         context_tokens: (B, 1 + S, H) the [sink, state] tokens that precede the action tokens.
     """
 
     cache_keys: tuple[torch.Tensor, ...]
     cache_values: tuple[torch.Tensor, ...]
+    cache_mask: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
@@ -91,6 +97,24 @@ class XR0Observation:
 
     def replace(self, **changes) -> "XR0Observation":
         return replace(self, **changes)
+
+    def repeat_interleave(self, repeats: int) -> "XR0Observation":
+        """Each sample `repeats` times in a row along the batch (training_repeat)."""
+        if repeats == 1:
+            return self
+
+        def rep(tensor, dim=0):
+            return tensor.repeat_interleave(repeats, dim=dim)
+
+        return XR0Observation(
+            cache_keys=tuple(rep(k) for k in self.cache_keys),
+            cache_values=tuple(rep(v) for v in self.cache_values),
+            cache_mask=rep(self.cache_mask),
+            attention_mask=rep(self.attention_mask),
+            position_ids=rep(self.position_ids, dim=1),
+            position_embeddings=tuple(rep(t) for t in self.position_embeddings),
+            context_tokens=rep(self.context_tokens),
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -121,13 +145,19 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 def build_dit_attention_mask(
-    cache_mask: torch.Tensor, state_length: int, action_length: int, window: Optional[int] = None
+    cache_mask: torch.Tensor,
+    state_length: int,
+    action_length: int,
+    window: Optional[int] = None,
+    hidden_actions: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """
     Args:
         cache_mask: (B, L) bool, True at real (non-padded) prompt tokens.
         window: `None` = causal over all DiT tokens (published). An int `w` = Λ-shape: an action token sees
             the action tokens of the previous `w` steps only (itself included); sink and state stay visible.
+        hidden_actions: (B, T) bool, action tokens no other token may attend to (training hides random prefix
+            tokens); each still sees itself.
     Returns:
         (B, 1, Q, L + Q) bool, True = may attend.
     """
@@ -141,6 +171,10 @@ def build_dit_attention_mask(
     batch_size, prompt_length = cache_mask.shape
     cache_part = cache_mask.bool()[:, None, None, :].expand(batch_size, 1, num_tokens, prompt_length)
     own_part = own[None, None].expand(batch_size, 1, num_tokens, num_tokens)
+    if hidden_actions is not None:
+        hidden = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=cache_mask.device)
+        hidden[:, 1 + state_length :] = hidden_actions.to(cache_mask.device)
+        own_part = own_part & ~(hidden[:, None, None, :] & ~torch.eye(num_tokens, dtype=torch.bool, device=idx.device))
     return torch.cat([cache_part, own_part], dim=-1)
 
 
@@ -494,6 +528,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         return XR0Observation(
             cache_keys=tuple(cache_keys),
             cache_values=tuple(cache_values),
+            cache_mask=cache_mask,
             attention_mask=build_dit_attention_mask(
                 cache_mask, config.state_length, config.action_length, config.action_attention_window
             ),
@@ -571,6 +606,34 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
         return noise.to(self.device)
 
+    def condition_on_prefix(
+        self,
+        observation: XR0Observation,
+        prefix_lengths: torch.Tensor,
+        hidden_actions: Optional[torch.Tensor] = None,
+    ) -> XR0Observation:
+        """
+        The observation laid out for a committed prefix: the first `prefix_lengths[b]` action tokens are clean,
+        so they lose the noisy-action position offset; `hidden_actions` (B, T) hides action tokens as keys.
+
+        Args:
+            prefix_lengths: (B,) int, 0 <= p <= T.
+        """
+        config = self.config
+        first_action = 1 + config.state_length
+        is_prefix = torch.arange(config.action_length, device=prefix_lengths.device)[None] < prefix_lengths[:, None]
+        position_ids = observation.position_ids.clone()
+        position_ids[..., first_action:] -= config.noisy_action_position_offset * is_prefix.to(position_ids)[None]
+        attention_mask = build_dit_attention_mask(
+            observation.cache_mask, config.state_length, config.action_length, config.action_attention_window,
+            hidden_actions=hidden_actions,
+        )
+        return observation.replace(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            position_embeddings=self.dit_position_embeddings(position_ids, observation.cache_keys[0]),
+        )
+
     def sample_actions(
         self,
         observation: XR0Observation,
@@ -578,6 +641,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         num_steps: Optional[int] = None,
+        action_prefix: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Euler integration of the flow from noise (t=0) to actions (t=1): x <- x + v(x, k/N)·(1/N), k = 0..N-1.
@@ -587,6 +651,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             action_mask: (B, T, A).
             noise: (B, T, A) initial x_0; drawn from `generator` (or fresh) when None.
             num_steps: N, defaults to `config.num_inference_steps`.
+            action_prefix: (B, p, A) normalized actions already committed for the first p steps of this chunk
+                (real-time execution). They stay clean through every step (zero velocity) and are returned as
+                given; the rest of the chunk is generated conditioned on them.
         Returns:
             (B, T, A) float32 normalized actions.
         """
@@ -599,13 +666,168 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             noise = self.sample_noise(batch_size, generator=generator)
         else:
             self._check_action_tensor("noise", noise, batch_size)
+        clean_actions, prefix_lengths = None, None
+        if action_prefix is not None:
+            clean_actions, prefix_lengths = self._prefix_as_chunk(action_prefix, batch_size)
+            observation = self.condition_on_prefix(observation, prefix_lengths)
+        return self._integrate(observation, action_mask, noise, num_steps, clean_actions, prefix_lengths)
+
+    def _integrate(self, observation, action_mask, noise, num_steps, clean_actions=None, prefix_lengths=None):
+        """The Euler loop shared by inference, prefix-conditioned inference and training's reweighting pass.
+        Positions below `prefix_lengths` (B,) hold `clean_actions` (B, T, A) throughout."""
         actions = noise.to(device=self.device, dtype=torch.float32)
         action_mask = action_mask.to(self.device)
+        is_prefix = None
+        if prefix_lengths is not None:
+            is_prefix = self._prefix_positions(prefix_lengths)[..., None]  # (B, T, 1)
+            actions = torch.where(is_prefix, clean_actions.to(actions), actions)
         dt = 1.0 / num_steps
         for step in range(num_steps):
-            timestep = torch.full((batch_size,), step * dt, device=self.device, dtype=torch.float32)
-            actions = actions + dt * self.velocity(actions, timestep, observation, action_mask).float()
+            timestep = torch.full((observation.batch_size,), step * dt, device=self.device, dtype=torch.float32)
+            velocity = self.velocity(actions, timestep, observation, action_mask).float()
+            if is_prefix is not None:
+                velocity = velocity.masked_fill(is_prefix, 0.0)
+            actions = actions + dt * velocity
         return actions
+
+    def _prefix_positions(self, prefix_lengths: torch.Tensor) -> torch.Tensor:
+        """(B,) prefix lengths -> (B, T) bool, True at committed (clean) positions."""
+        steps = torch.arange(self.config.action_length, device=prefix_lengths.device)
+        return (steps[None] < prefix_lengths[:, None]).to(self.device)
+
+    def _prefix_as_chunk(self, action_prefix: torch.Tensor, batch_size: int):
+        config = self.config
+        if not isinstance(action_prefix, torch.Tensor) or action_prefix.ndim != 3:
+            raise ValueError(f"`action_prefix` must be a (B, p, A) tensor, got {_describe(action_prefix)}.")
+        b, p, a = action_prefix.shape
+        if b != batch_size or a != config.action_dim or not 0 <= p <= config.action_length:
+            raise ValueError(
+                f"`action_prefix` must have shape (B, p, A) = ({batch_size}, p <= {config.action_length}, "
+                f"{config.action_dim}), got {tuple(action_prefix.shape)}."
+            )
+        if not torch.isfinite(action_prefix).all():
+            raise ValueError("`action_prefix` contains NaN or infinite values.")
+        clean = torch.zeros(batch_size, config.action_length, config.action_dim, device=self.device)
+        clean[:, :p] = action_prefix.to(device=self.device, dtype=torch.float32)
+        return clean, torch.full((batch_size,), p, dtype=torch.long, device=self.device)
+
+    # ---- training --------------------------------------------------------------------------------------------
+
+    def _uniform(self, shape, generator: Optional[torch.Generator]) -> torch.Tensor:
+        device = generator.device if generator is not None else self.device
+        return torch.rand(shape, generator=generator, device=device).to(self.device)
+
+    def sample_time(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B,) flow times t = (1 - u)·time_max, u ~ Beta(alpha, 1) drawn by inverse CDF (u = U^(1/alpha))."""
+        u = self._uniform((batch_size,), generator) ** (1.0 / self.config.time_sampling_alpha)
+        return (1.0 - u) * self.config.time_max
+
+    def sample_prefix(self, batch_size: int, generator: Optional[torch.Generator] = None):
+        """Training prefixes: (prefix_lengths (B,), hidden_actions (B, T) bool). With probability
+        `action_prefix_probability` a sample gets p ~ U{1..min(max_action_prefix_length, T)} clean actions;
+        each of them is hidden with `prefix_hide_probability`, except the last `prefix_keep_last`."""
+        config = self.config
+        longest = min(config.max_action_prefix_length, config.action_length)
+        use_prefix = self._uniform((batch_size,), generator) < config.action_prefix_probability
+        lengths = 1 + (self._uniform((batch_size,), generator) * longest).long().clamp(max=longest - 1)
+        prefix_lengths = torch.where(use_prefix, lengths, torch.zeros_like(lengths))
+        steps = torch.arange(config.action_length, device=self.device)[None]
+        in_prefix = steps < prefix_lengths[:, None]
+        kept = steps >= prefix_lengths[:, None] - config.prefix_keep_last
+        coin = self._uniform((batch_size, config.action_length), generator) < config.prefix_hide_probability
+        return prefix_lengths, in_prefix & ~kept & coin
+
+    def compute_loss(
+        self,
+        observation: XR0Observation,
+        actions: torch.Tensor,
+        action_mask: torch.Tensor,
+        action_is_pad: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> dict:
+        """
+        Flow-matching loss of the training recipe (spec §6), async post-training included.
+
+        Args:
+            observation: from `encode_observation` (with gradients where the VLM trains).
+            actions: (B, T, A) normalized ground-truth chunk.
+            action_mask: (B, T, A), the robot's active dims (also the DiT input mask, as at inference).
+            action_is_pad: (B, T) bool, steps past the episode end (excluded from the loss).
+            generator: source of every random draw (noise, t, prefixes, hidden tokens).
+        Returns:
+            dict with `loss` and its parts `flow_loss` (masked MSE) and `frequency_loss`, each a scalar tensor.
+        """
+        config = self.config
+        batch_size = observation.batch_size
+        self._check_action_tensor("actions", actions, batch_size)
+        self._check_action_tensor("action_mask", action_mask, batch_size)
+        valid = torch.ones(batch_size, config.action_length, dtype=torch.bool, device=self.device)
+        if action_is_pad is not None:
+            if tuple(action_is_pad.shape) != (batch_size, config.action_length):
+                raise ValueError(
+                    f"`action_is_pad` must have shape (B, T) = ({batch_size}, {config.action_length}), "
+                    f"got {tuple(action_is_pad.shape)}."
+                )
+            valid = ~action_is_pad.to(self.device).bool()
+
+        repeats = config.training_repeat
+        observation = observation.repeat_interleave(repeats)
+        actions = actions.to(self.device, torch.float32).repeat_interleave(repeats, dim=0)
+        action_mask = action_mask.to(self.device).repeat_interleave(repeats, dim=0)
+        valid = valid.repeat_interleave(repeats, dim=0)
+        batch_size *= repeats
+
+        noise = self.sample_noise(batch_size, generator=generator)
+        timestep = self.sample_time(batch_size, generator)
+        t = timestep[:, None, None]
+        noisy_actions = (1 - t) * noise + t * actions
+        target = actions - noise
+
+        prefix_lengths, hidden_actions = self.sample_prefix(batch_size, generator)
+        is_prefix = self._prefix_positions(prefix_lengths)  # (B, T)
+        if config.action_prefix_probability > 0:
+            observation = self.condition_on_prefix(observation, prefix_lengths, hidden_actions)
+            noisy_actions = torch.where(is_prefix[..., None], actions, noisy_actions)
+        velocity = self.velocity(noisy_actions, timestep, observation, action_mask).float()
+        velocity = velocity.masked_fill(is_prefix[..., None], 0.0)
+
+        loss_mask = action_mask.float() * (valid & ~is_prefix)[..., None].float()  # (B, T, A)
+        weight = torch.ones_like(loss_mask)
+        uses_prefix = prefix_lengths > 0
+        if config.loss_reweighting and bool(uses_prefix.any()):
+            weight = self._prefix_loss_weight(observation, actions, action_mask, prefix_lengths, loss_mask, generator)
+            weight = torch.where(uses_prefix[:, None, None], weight, torch.ones_like(weight))
+
+        count = loss_mask.sum().clamp(min=1.0)
+        flow_loss = ((velocity - target) ** 2 * loss_mask * weight).sum() / count
+        frequency_loss = self._frequency_loss(velocity, target, loss_mask)
+        if config.frequency_loss_weight > 0:
+            loss = 0.5 * flow_loss + config.frequency_loss_weight * frequency_loss
+        else:
+            loss = flow_loss
+        return {"loss": loss, "flow_loss": flow_loss.detach(), "frequency_loss": frequency_loss.detach()}
+
+    @torch.no_grad()
+    def _prefix_loss_weight(self, observation, actions, action_mask, prefix_lengths, loss_mask, generator):
+        """|actions generated with the prefix - ground truth| / its masked mean, clamped (spec §6)."""
+        noise = self.sample_noise(actions.shape[0], generator=generator)
+        generated = self._integrate(
+            observation, action_mask, noise, self.config.num_inference_steps, actions, prefix_lengths
+        )
+        error = (generated - actions).abs()
+        has_prefix = (prefix_lengths > 0)[:, None, None].float()
+        masked = loss_mask * has_prefix
+        mean_error = (error * masked).sum() / masked.sum().clamp(min=1.0)
+        low, high = self.config.loss_reweight_range
+        return (error / mean_error.clamp(min=1e-8)).clamp(low, high)
+
+    @staticmethod
+    def _frequency_loss(velocity, target, loss_mask):
+        """Mean squared magnitude of the rFFT (over the chunk axis) of the masked velocity error, per active dim."""
+        error = (velocity - target) * loss_mask  # (B, T, A)
+        spectrum = torch.fft.rfft(error, dim=1, norm="ortho")  # (B, T // 2 + 1, A)
+        active_dims = loss_mask.amax(dim=1, keepdim=True)  # (B, 1, A)
+        return (spectrum.abs() ** 2 * active_dims).sum() / (active_dims.sum() * spectrum.shape[1]).clamp(min=1.0)
 
     def forward(
         self,
@@ -617,6 +839,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         action_mask: Optional[torch.Tensor] = None,
         *,
         mm_token_type_ids: Optional[torch.Tensor] = None,
+        actions: Optional[torch.Tensor] = None,
+        action_is_pad: Optional[torch.Tensor] = None,
+        action_prefix: Optional[torch.Tensor] = None,
         noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
@@ -624,20 +849,24 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         **kwargs,
     ) -> XR0ActionOutput:
         """
-        Generates a normalized action chunk, called like the official model:
+        Inference (no `actions`): generates a normalized action chunk, called like the official model:
         `model(**processor_outputs, state=state, action_mask=action_mask, seed=seed)`.
+        Training (`actions` given): returns the flow-matching `loss` of `compute_loss` and its parts.
 
         Args:
             input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids: processor outputs.
             state: (B, S, state_dim) raw state, zero-padded.
             action_mask: (B, T, A), 1 at the robot's active action dims.
+            actions: (B, T, A) normalized ground truth (training). action_is_pad: (B, T) bool (training).
+            action_prefix: (B, p, A) committed normalized actions for the first p steps (inference).
             noise: (B, T, A) initial noise; overrides `generator`/`seed`.
-            generator: a `torch.Generator` for the noise. seed: an int, same as a CPU generator seeded with it
-                (equal to the official code's noise on CPU). Neither touches the global RNG; with none of
+            generator: a `torch.Generator` for all randomness. seed: an int, same as a CPU generator seeded with
+                it (equal to the official code's noise on CPU). Neither touches the global RNG; with none of
                 noise/generator/seed, fresh noise is drawn.
             num_steps: Euler steps, defaults to `config.num_inference_steps`.
         Returns:
-            `XR0ActionOutput` with `actions` (B, T, A), float32, normalized.
+            `XR0ActionOutput` with `actions` (B, T, A), float32, normalized; or `loss`, `flow_loss`,
+            `frequency_loss` when training.
         """
         unexpected = set(kwargs) - {"return_dict", "num_items_in_batch", "use_cache", "token_type_ids"}
         if unexpected:
@@ -651,12 +880,21 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 f"`action_mask` is required: (B, {self.config.action_length}, {self.config.action_dim}), "
                 "1 at the robot's active action dims (see the processor's `get_action_mask`)."
             )
+        if seed is not None:
+            if generator is not None:
+                raise ValueError("Pass either `seed` or `generator`, not both.")
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
         observation = self.encode_observation(
             input_ids, attention_mask, pixel_values, image_grid_thw, state, mm_token_type_ids=mm_token_type_ids
         )
-        if noise is None:
-            noise = self.sample_noise(observation.batch_size, generator=generator, seed=seed)
-        actions = self.sample_actions(observation, action_mask, noise=noise, num_steps=num_steps)
+        if actions is not None:
+            if action_prefix is not None or noise is not None:
+                raise ValueError("`action_prefix` and `noise` are inference inputs; training draws its own.")
+            losses = self.compute_loss(observation, actions, action_mask, action_is_pad, generator=generator)
+            return XR0ActionOutput(**losses)
+        actions = self.sample_actions(
+            observation, action_mask, noise=noise, generator=generator, num_steps=num_steps, action_prefix=action_prefix
+        )
         return XR0ActionOutput(actions=actions)
 
     # ---- input checks ----------------------------------------------------------------------------------------

@@ -65,6 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
+    for name in REMOTE_CODE_FILES + TOKENIZER_FILES:  # links of an earlier run: save_pretrained would write through them
+        (output / name).unlink(missing_ok=True)
 
     model = tiny_model(seed=0, vlm_config=CHECKPOINT_VLM_CONFIG, dit_config=CHECKPOINT_DIT_CONFIG, action_length=30)
     model.to(torch.bfloat16).save_pretrained(output)

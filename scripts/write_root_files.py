@@ -39,6 +39,16 @@ CONFIG_FIELDS = (
     "num_inference_steps",
     "action_attention_window",
     "noisy_action_position_offset",
+    "time_sampling_alpha",
+    "time_max",
+    "training_repeat",
+    "action_prefix_probability",
+    "max_action_prefix_length",
+    "prefix_hide_probability",
+    "prefix_keep_last",
+    "loss_reweighting",
+    "loss_reweight_range",
+    "frequency_loss_weight",
 )
 
 IMAGE_PROCESSOR_CONFIG = {
