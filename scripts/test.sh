@@ -15,7 +15,7 @@ for line in "${LINES[@]}"; do
   venv=$(venv_of "$name")
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0
-  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt "${line#*:}" pytest
+  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt -r training/requirements.txt "${line#*:}" pytest
   echo "== tests on $("$venv/bin/python" -c 'import transformers, torch; print("transformers", transformers.__version__, "/ torch", torch.__version__)')"
   "$venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
 done

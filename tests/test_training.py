@@ -1,0 +1,159 @@
+"""The fine-tuning pipeline: dataset readers, statistics, collator, and real Trainer runs on tiny data."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModel, AutoProcessor
+
+from conftest import REPO_ROOT
+from robot_datasets import TASKS, episodes, write_jsonl, write_lerobot
+from tiny import tiny_model
+
+sys.path.insert(0, str(REPO_ROOT / "training"))
+import finetune  # noqa: E402
+from data import XR0Collator, compute_statistics, open_dataset, register_dataset_robot  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lerobot_dir(tmp_path_factory):
+    return write_lerobot(tmp_path_factory.mktemp("lerobot") / "tiny_arm")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("checkpoint")
+    tiny_model().save_pretrained(directory)
+    return directory
+
+
+def test_lerobot_and_jsonl_readers_agree(lerobot_dir, tmp_path):
+    lerobot = open_dataset(lerobot_dir, action_length=6)
+    jsonl = open_dataset(write_jsonl(tmp_path / "jsonl"), action_length=6)
+    assert len(lerobot) == len(jsonl) == 48 and lerobot.cameras == jsonl.cameras == ["top", "wrist"]
+    frames = episodes()
+    for index in (0, 5, 11, 12, 47):
+        a, b = lerobot[index], jsonl[index]
+        for sample in (a, b):
+            assert sample["instruction"] == TASKS[frames[index]["task_index"]]
+            assert np.array_equal(sample["state"], frames[index]["state"])
+            assert np.array_equal(sample["images"]["top"], frames[index]["images"]["top"])
+        assert np.array_equal(a["actions"], b["actions"]) and np.array_equal(a["action_is_pad"], b["action_is_pad"])
+
+
+def test_action_chunks_pad_at_episode_ends(lerobot_dir):
+    dataset = open_dataset(lerobot_dir, action_length=6)
+    frames = episodes()
+    sample = dataset[9]  # episode 0 has frames 0..11: steps 9, 10, 11 are real, then 3 pads
+    assert sample["action_is_pad"].tolist() == [False] * 3 + [True] * 3
+    assert np.array_equal(sample["actions"][:3], np.stack([frames[i]["action"] for i in (9, 10, 11)]))
+    assert np.array_equal(sample["actions"][3:], np.stack([frames[11]["action"]] * 3)), "padded with the last action"
+    assert not dataset[0]["action_is_pad"].any()
+
+
+def test_statistics_registered_and_collated(lerobot_dir):
+    dataset = open_dataset(lerobot_dir, action_length=6)
+    stats = compute_statistics(dataset)
+    actions = np.stack([f["action"] for f in episodes()])
+    assert np.allclose(stats.action_mean, actions.mean(0), atol=1e-6) and np.allclose(stats.action_std, actions.std(0), atol=1e-6)
+    processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=6)
+    camera_map = register_dataset_robot(processor, "tiny_arm", dataset)
+    assert camera_map == {"top": "top", "wrist": "wrist"}
+    assert processor.robot_types["tiny_arm"]["views"] == [["top", "Top"], ["wrist", "Wrist"]]
+    batch = XR0Collator(processor, "tiny_arm", camera_map)([dataset[0], dataset[9]])
+    assert batch["actions"].shape == (2, 6, 32) and batch["action_is_pad"].shape == (2, 6)
+    expected = (dataset[0]["actions"] - stats.action_mean) / stats.action_std
+    assert torch.allclose(batch["actions"][0, :, :5], torch.from_numpy(expected).float(), atol=1e-5)
+    assert not batch["actions"][..., 5:].any()
+    assert batch["action_mask"][0, 0].tolist() == [1.0] * 5 + [0.0] * 27
+    # A published robot type keeps its views and maps the dataset cameras onto them in order.
+    assert register_dataset_robot(processor, "libero_all", dataset) == {"base": "top", "wrist": "wrist"}
+    with pytest.raises(ValueError, match="camera_map names cameras"):
+        register_dataset_robot(processor, "x", dataset, camera_map={"front": "nope"})
+
+
+def losses(trainer):
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def run_finetune(tiny_checkpoint, lerobot_dir, output, *extra):
+    argv = ["--model", str(tiny_checkpoint), "--dataset", str(lerobot_dir), "--robot_type", "tiny_arm",
+            "--output_dir", str(output), "--per_device_train_batch_size", "4", "--learning_rate", "2e-3",
+            "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no", "--seed", "0",
+            "--lr_scheduler_type", "constant", *extra]
+    parser = finetune.HfArgumentParser((finetune.ModelArguments, finetune.DataArguments, finetune.TrainingArguments))
+    return finetune.finetune(*parser.parse_args_into_dataclasses(args=argv))
+
+
+def predict(directory):
+    model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
+    rng = np.random.default_rng(0)
+    inputs = processor(images={"top": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+                               "wrist": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)},
+                       instruction=TASKS[0], state=np.zeros(6), robot_type="tiny_arm")
+    with torch.no_grad():
+        actions = model(**inputs, seed=0).actions
+    return model, processor, processor.decode_action(actions, "tiny_arm")
+
+
+def test_trainer_run_lowers_the_loss_and_saves_a_loadable_directory(tiny_checkpoint, lerobot_dir, tmp_path):
+    output = tmp_path / "finetuned"
+    trainer = run_finetune(tiny_checkpoint, lerobot_dir, output, "--max_steps", "30", "--recipe", "async",
+                           "--training_repeat", "2")
+    history = losses(trainer)
+    assert len(history) == 30
+    assert np.mean(history[-5:]) < 0.7 * np.mean(history[:5]), history
+    model, processor, decoded = predict(output)
+    assert decoded.shape == (1, 6, 5) and torch.isfinite(decoded).all()
+    saved = json.loads((output / "config.json").read_text())
+    assert (saved["action_attention_window"], saved["noisy_action_position_offset"]) == (4, 10)
+    assert saved["action_prefix_probability"] == 0.5 and saved["training_repeat"] == 2
+    assert model.config.action_attention_window == 4
+    stats = compute_statistics(open_dataset(lerobot_dir, 6))
+    assert np.allclose(processor.robot_types["tiny_arm"]["action_std"], stats.action_std)
+    embeddings = "vlm.model.language_model.embed_tokens.weight"
+    with safe_open(str(output / "model.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor(embeddings), tiny_model().state_dict()[embeddings]), "embeddings stay frozen"
+
+
+def test_lora_run_trains_adapters_and_saves_merged_weights(tiny_checkpoint, lerobot_dir, tmp_path):
+    output = tmp_path / "lora"
+    trainer = run_finetune(tiny_checkpoint, lerobot_dir, output, "--max_steps", "4", "--lora_rank", "4")
+    assert len(losses(trainer)) == 4
+    original = tiny_model().state_dict()
+    with safe_open(str(output / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        assert not any("lora" in key for key in keys)
+        q_proj = "vlm.model.language_model.layers.0.self_attn.q_proj.weight"
+        assert not torch.equal(f.get_tensor(q_proj), original[q_proj]), "merged LoRA changed the VLM"
+        vision = "vlm.model.visual.blocks.0.attn.qkv.weight"
+        assert torch.equal(f.get_tensor(vision), original[vision]), "LoRA leaves the vision tower untouched"
+        assert not torch.equal(f.get_tensor("dit.layers.0.adaln_table"), original["dit.layers.0.adaln_table"])
+    assert predict(output)[2].shape == (1, 6, 5)
+
+
+def test_freezing_options(tiny_checkpoint):
+    model, _ = finetune.load_model_and_processor(finetune.ModelArguments(model=str(tiny_checkpoint), robot_type="x",
+                                                                         freeze_vision=True))
+    finetune.freeze(model, finetune.ModelArguments(model="", robot_type="x", freeze_vision=True))
+    assert not any(p.requires_grad for p in model.vlm.model.visual.parameters())
+    assert not model.get_input_embeddings().weight.requires_grad
+    assert model.vlm.model.language_model.layers[0].self_attn.q_proj.weight.requires_grad
+    with pytest.raises(ValueError, match="--recipe must be"):
+        finetune.apply_recipe(model, finetune.ModelArguments(model="", robot_type="x", recipe="fast"))
+
+
+def test_scale_out_configs_name_real_block_classes():
+    import yaml
+
+    model = tiny_model()
+    classes = {type(module).__name__ for module in model.modules()}
+    fsdp = yaml.safe_load((REPO_ROOT / "training" / "accelerate" / "fsdp.yaml").read_text())
+    wrapped = fsdp["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(",")
+    assert set(wrapped) == set(model._no_split_modules) and set(wrapped) <= classes
+    zero2 = yaml.safe_load((REPO_ROOT / "training" / "accelerate" / "deepspeed_zero2.yaml").read_text())
+    assert zero2["distributed_type"] == "DEEPSPEED" and zero2["deepspeed_config"]["zero_stage"] == 2

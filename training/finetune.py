@@ -1,0 +1,164 @@
+"""Fine-tune XR0 on a robot dataset with Hugging Face `Trainer`.
+
+    python training/finetune.py --model <checkpoint dir> --dataset <LeRobot v3 or JSONL dir> \
+        --robot_type my_arm --output_dir out/my_arm --max_steps 30000 --recipe async \
+        --per_device_train_batch_size 8 --learning_rate 1e-4 --bf16 true
+
+`--model` is a directory of this repository (converted or fine-tuned) or of the published layout. The recipe
+follows the report (spec §6): flow matching with t ~ Beta(1.5, 1); `--recipe async` adds the clean-prefix
+training, Λ-shape mask (window 4), +10 position offset and loss reweighting, and records them in the saved
+config so inference uses the same layout. Token embeddings are frozen by default, as in the paper; the VLM and
+its vision tower train unless frozen. `--lora_rank N` trains LoRA adapters on the VLM's language model instead
+of its full weights (the action expert trains fully) and merges them before saving. The output directory holds
+code, config, processor (with the robot type's statistics) and weights, and loads with AutoModel/AutoProcessor.
+
+Multi-GPU: `accelerate launch --config_file training/accelerate/deepspeed_zero2.yaml training/finetune.py ...`
+(or fsdp.yaml).
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from xr0_import import REPO_ROOT  # noqa: E402
+from xr0.modeling_xr0 import XR0ForActionGeneration  # noqa: E402
+from xr0.processing_xr0 import XR0Processor  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import XR0Collator, open_dataset, register_dataset_robot  # noqa: E402
+
+# The asynchronous post-training of the report; the window and offset are what inference reads back.
+ASYNC_RECIPE = {
+    "action_prefix_probability": 0.5,
+    "max_action_prefix_length": 6,
+    "action_attention_window": 4,
+    "noisy_action_position_offset": 10,
+    "loss_reweighting": True,
+}
+LORA_TARGET = r"vlm\.model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(metadata={"help": "checkpoint directory (this repository's layout or the published one)"})
+    robot_type: str = field(metadata={"help": "robot type to train; registered in the saved processor"})
+    recipe: str = field(default="sync", metadata={"help": "'sync' or 'async' (clean-prefix post-training)"})
+    training_repeat: Optional[int] = field(default=None, metadata={"help": "copies per sample (report: 4)"})
+    frequency_loss_weight: Optional[float] = field(default=None, metadata={"help": "c in 0.5·mse + c·freq"})
+    freeze_vlm: bool = field(default=False, metadata={"help": "freeze the whole VLM (vision + language)"})
+    freeze_vision: bool = field(default=False, metadata={"help": "freeze the vision tower"})
+    freeze_embeddings: bool = field(default=True, metadata={"help": "freeze the token embeddings (paper: frozen)"})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank on the VLM's language model; 0 = full fine-tuning"})
+    lora_alpha: int = field(default=16)
+    lora_dropout: float = field(default=0.0)
+    attn_implementation: Optional[str] = field(default=None, metadata={"help": "eager, sdpa or flash_attention_2"})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(metadata={"help": "LeRobot v3.0 dataset directory or a JSONL dataset directory"})
+    dataset_format: str = field(default="auto", metadata={"help": "auto, lerobot or jsonl"})
+    camera_map: Optional[str] = field(
+        default=None, metadata={"help": "view=camera pairs, e.g. 'base=top,wrist=wrist' (default: in order)"}
+    )
+    normalize_state: bool = field(default=False, metadata={"help": "normalize the state with dataset statistics"})
+
+
+def parse_camera_map(text: Optional[str]) -> Optional[dict]:
+    if not text:
+        return None
+    pairs = [item.split("=", 1) for item in text.split(",")]
+    if any(len(pair) != 2 or not all(pair) for pair in pairs):
+        raise ValueError(f"--camera_map must look like 'view=camera,view=camera', got {text!r}")
+    return dict(pairs)
+
+
+def load_model_and_processor(args: ModelArguments):
+    kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
+    model = XR0ForActionGeneration.from_pretrained(args.model, **kwargs)
+    sizes = dict(action_length=model.config.action_length, action_dim=model.config.action_dim, state_dim=model.config.state_dim)
+    # A published-layout directory has the tokenizer and image processor; a bare weights directory may not.
+    has_processor = (Path(args.model) / "tokenizer_config.json").is_file()
+    processor = XR0Processor.from_pretrained(args.model if has_processor else REPO_ROOT, **sizes)
+    return model, processor
+
+
+def apply_recipe(model, args: ModelArguments) -> None:
+    if args.recipe not in ("sync", "async"):
+        raise ValueError(f"--recipe must be 'sync' or 'async', got {args.recipe!r}")
+    changes = dict(ASYNC_RECIPE) if args.recipe == "async" else {}
+    if args.training_repeat is not None:
+        changes["training_repeat"] = args.training_repeat
+    if args.frequency_loss_weight is not None:
+        changes["frequency_loss_weight"] = args.frequency_loss_weight
+    for name, value in changes.items():
+        setattr(model.config, name, value)
+    model.config._validate()
+
+
+def freeze(model, args: ModelArguments) -> None:
+    if args.freeze_vlm:
+        model.vlm.requires_grad_(False)
+    if args.freeze_vision:
+        model.vlm.model.visual.requires_grad_(False)
+    if args.freeze_embeddings:
+        model.get_input_embeddings().requires_grad_(False)
+
+
+def add_lora(model, args: ModelArguments):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=LORA_TARGET)
+    peft_model = get_peft_model(model, lora)
+    # LoRA freezes everything else; the action expert and projectors still train fully.
+    for name, param in model.named_parameters():
+        if not name.startswith("vlm."):
+            param.requires_grad_(True)
+    return peft_model
+
+
+def finetune(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> Trainer:
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["actions"]
+    model, processor = load_model_and_processor(model_args)
+    apply_recipe(model, model_args)
+    dataset = open_dataset(data_args.dataset, model.config.action_length, data_args.dataset_format)
+    camera_map = register_dataset_robot(
+        processor, model_args.robot_type, dataset, parse_camera_map(data_args.camera_map), data_args.normalize_state
+    )
+    freeze(model, model_args)
+    trained = add_lora(model, model_args) if model_args.lora_rank > 0 else model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    print(f"training {trainable / 1e6:.2f} M of {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters "
+          f"on {len(dataset)} frames ({model_args.recipe} recipe, robot type {model_args.robot_type!r})")
+
+    trainer = Trainer(
+        model=trained,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=XR0Collator(processor, model_args.robot_type, camera_map),
+    )
+    trainer.train()
+
+    output = Path(training_args.output_dir)
+    final = trained.merge_and_unload() if model_args.lora_rank > 0 else model
+    final.save_pretrained(output)
+    processor.save_pretrained(output)
+    print(f"saved {output} (load with AutoModel/AutoProcessor.from_pretrained(..., trust_remote_code=True))")
+    return trainer
+
+
+def main(argv=None) -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    torch.manual_seed(training_args.seed)
+    finetune(model_args, data_args, training_args)
+
+
+if __name__ == "__main__":
+    main()
