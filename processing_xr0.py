@@ -212,29 +212,33 @@ class XR0Processor(ProcessorMixin):
         std = self._statistic(robot_type, "action_std", self.action_dim, self.action_length)
         decoded = array * std + mean
         if active_only:
-            decoded = decoded[..., : self._active_dims(robot_type)]
+            decoded = decoded[..., : self.active_action_dims(robot_type)]
         return torch.from_numpy(np.ascontiguousarray(decoded)) if is_tensor else decoded
 
     def normalize_action(self, actions, robot_type: str):
-        """Robot actions (B, T, D) or (T, D), D <= action_dim -> normalized (…, T, action_dim) training targets;
-        dims with std <= 1e-5 become 0."""
+        """Robot actions (B, n, D) or (n, D), n <= T steps from the chunk's start, D <= action_dim -> normalized
+        (…, n, action_dim): training targets (n = T) or a committed action prefix (n = p). Dims with std <= 1e-5
+        become 0."""
         is_tensor = isinstance(actions, torch.Tensor)
         array = actions.detach().float().cpu().numpy() if is_tensor else np.asarray(actions, dtype=np.float32)
-        if array.ndim not in (2, 3) or array.shape[-2] != self.action_length or array.shape[-1] > self.action_dim:
+        if array.ndim not in (2, 3) or not 1 <= array.shape[-2] <= self.action_length or array.shape[-1] > self.action_dim:
             raise ValueError(
-                f"`actions` must be (B, T, D) or (T, D) with T={self.action_length}, D <= {self.action_dim}, got {array.shape}."
+                f"`actions` must be (B, n, D) or (n, D) with n <= T={self.action_length}, D <= {self.action_dim}, "
+                f"got {array.shape}."
             )
         if not np.isfinite(array).all():
             raise ValueError("`actions` contains NaN or infinite values.")
+        steps = array.shape[-2]
         padding = [(0, 0)] * (array.ndim - 1) + [(0, self.action_dim - array.shape[-1])]
         array = np.pad(array, padding)
-        mean = self._statistic(robot_type, "action_mean", self.action_dim, self.action_length)
-        std = self._statistic(robot_type, "action_std", self.action_dim, self.action_length)
+        mean = self._statistic(robot_type, "action_mean", self.action_dim, self.action_length)[:steps]
+        std = self._statistic(robot_type, "action_std", self.action_dim, self.action_length)[:steps]
         active = std > ACTIVE_STD_THRESHOLD
         normalized = np.where(active, (array - mean) / np.where(active, std, 1.0), 0.0).astype(np.float32)
         return torch.from_numpy(normalized) if is_tensor else normalized
 
-    def _active_dims(self, robot_type: str) -> int:
+    def active_action_dims(self, robot_type: str) -> int:
+        """How many leading action dims the robot uses: `active_action_dims`, or the last active dim of the mask."""
         spec = self.robot_spec(robot_type)
         if "active_action_dims" in spec:
             return spec["active_action_dims"]

@@ -400,3 +400,22 @@ def test_real_config_builds_the_published_model_on_meta():
     assert not any("rotary" in k for k in state)
     expert = sum(p.numel() for n, p in real.named_parameters() if not n.startswith("vlm."))
     assert 0.25e9 < expert < 0.31e9
+
+
+def test_action_prefix_is_kept_and_conditions_the_rest():
+    model = tiny_model(action_attention_window=4, noisy_action_position_offset=10)
+    batch = observation(num_text_tokens=(2, 5))
+    obs = model.encode_observation(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                   batch["image_grid_thw"], batch["state"])
+    mask = action_mask(2, model.config)
+    noise = noise_for(model, 2)
+    prefix = torch.randn(2, 3, 32)
+    with torch.no_grad():
+        free = model.sample_actions(obs, mask, noise=noise)
+        conditioned = model.sample_actions(obs, mask, noise=noise, action_prefix=prefix)
+        via_forward = model(**batch, action_mask=mask, noise=noise, action_prefix=prefix).actions
+    assert torch.equal(conditioned[:, :3], prefix)
+    assert (conditioned[:, 3:] - free[:, 3:]).abs().max() > 0.05
+    assert torch.equal(via_forward, conditioned)
+    with pytest.raises(ValueError, match=r"`action_prefix` must have shape \(B, p, A\) = \(2, p <= 6, 32\)"):
+        model.sample_actions(obs, mask, noise=noise, action_prefix=torch.zeros(2, 7, 32))

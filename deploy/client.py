@@ -1,0 +1,72 @@
+"""Client of the XR0 policy server (deploy/server.py). openpi's `WebsocketClientPolicy` works too; this one adds
+structured errors, a timeout and reconnection.
+
+    from client import XR0Client
+    with XR0Client("127.0.0.1", 8000) as policy:
+        reply = policy.infer({"images": {...}, "instruction": "...", "state": state, "robot_type": "libero_all"})
+        reply["actions"]  # (T, active dims), robot units
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from protocol import pack, unpack  # noqa: E402
+
+
+class ServerError(RuntimeError):
+    """The server refused a request; `field` names the observation field at fault (None if not one field)."""
+
+    def __init__(self, field: Optional[str], message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class XR0Client:
+    def __init__(self, host: str = "127.0.0.1", port: Optional[int] = 8000, token: Optional[str] = None,
+                 timeout: float = 60.0, max_message_bytes: int = 64 * 2**20):
+        self.uri = host if host.startswith("ws") else f"ws://{host}" + (f":{port}" if port is not None else "")
+        self.token = token
+        self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
+        self._connection = None
+        self.metadata: dict = {}
+        self.connect()
+
+    def connect(self) -> None:
+        headers = {"Authorization": f"Api-Key {self.token}"} if self.token else None
+        self._connection = connect(self.uri, additional_headers=headers, compression=None,
+                                   max_size=self.max_message_bytes, open_timeout=self.timeout)
+        self.metadata = unpack(self._connection.recv(timeout=self.timeout))
+
+    def infer(self, observation: dict) -> dict:
+        """One observation -> the server's reply (`actions`, `server_timing`, ...). Reconnects once if the
+        connection dropped; raises ServerError when the server refuses the request."""
+        try:
+            self._connection.send(pack(observation))
+        except ConnectionClosed:
+            self.connect()
+            self._connection.send(pack(observation))
+        reply = self._connection.recv(timeout=self.timeout)
+        if isinstance(reply, str):
+            try:
+                error = json.loads(reply)["error"]
+            except (ValueError, KeyError, TypeError):
+                raise ServerError(None, reply) from None
+            raise ServerError(error.get("field"), error.get("message", ""))
+        return unpack(reply)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+    def __enter__(self) -> "XR0Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
