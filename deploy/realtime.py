@@ -208,6 +208,7 @@ class RealtimeExecutor:
         metrics.chunks = 1
         pending = None  # (future, chunk start tick, submit time, commit steps)
         previous_action = None
+        holding = False
         end_tick = tick + num_ticks
         while tick < end_tick:
             self.clock.sleep_until(start_time + tick * self.dt)
@@ -239,8 +240,10 @@ class RealtimeExecutor:
                 action = current.actions[index]
             else:
                 action = previous_action
+                if not holding:
+                    logger.warning("tick %d: chunk exhausted and the next one is not ready: holding the last action", tick)
                 metrics.idle_ticks += 1
-                logger.warning("tick %d: no fresh action (chunk exhausted, next one not ready): holding", tick)
+            holding = index >= len(current.actions)
             self.send_action(action)
             if previous_action is not None and action is not previous_action:
                 delta = float(np.linalg.norm(action - previous_action))

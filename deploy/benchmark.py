@@ -1,0 +1,103 @@
+"""Benchmark of the policy server's round-trip overhead and of the real-time executor (numbers, not a test).
+
+    python deploy/benchmark.py [--model fixtures/tiny-xr0] [--requests 50]
+
+1. Round trip for one observation of two 224x224 views over a websocket on 127.0.0.1: client-measured
+   time minus the server's own inference time = protocol + validation + transport overhead.
+2. The executor on the wall clock against the server (30 Hz), and in simulation at latencies around the
+   committed window, reporting idle ticks, latency percentiles and seam vs inner-chunk action jumps.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from client import XR0Client  # noqa: E402
+from protocol import pack, unpack  # noqa: E402
+from realtime import FakeClock, LocalChunkSource, RealtimeExecutor, RemoteChunkSource, SimulatedRunner, ThreadedRunner  # noqa: E402
+from server import PolicyServer, load_policy, parse_request  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def observation(step: int) -> dict:
+    rng = np.random.default_rng(step)
+    return {
+        "images": {view: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for view in ("base", "wrist")},
+        "instruction": "Put both the alphabet soup and the tomato sauce in the basket.",
+        "state": rng.normal(size=8).astype(np.float32),
+        "robot_type": "libero_all",
+        "seed": step,
+    }
+
+
+def ms(values) -> str:
+    values = sorted(values)
+    return f"p50 {np.percentile(values, 50):7.2f} ms  p90 {np.percentile(values, 90):7.2f} ms  max {values[-1]:7.2f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(REPO_ROOT / "fixtures" / "tiny-xr0"))
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    policy = load_policy(args.model, args.device, dtype)
+    server = PolicyServer(policy, port=0).start_in_thread()
+    print(f"model {args.model} on {args.device}; server ws://127.0.0.1:{server.port}")
+
+    frame = pack(observation(0))
+    codec = []
+    for _ in range(200):
+        start = time.perf_counter()
+        parse_request(unpack(pack(observation(0))), policy.processor)
+        codec.append((time.perf_counter() - start) * 1e3)
+    print(f"observation message: {len(frame) / 1e3:.1f} kB; pack + unpack + validate: {ms(codec)}")
+
+    with XR0Client("127.0.0.1", server.port) as client:
+        for step in range(3):
+            client.infer(observation(step))  # warm-up
+        round_trips, infers, overheads = [], [], []
+        for step in range(args.requests):
+            start = time.perf_counter()
+            reply = client.infer(observation(step))
+            rtt = (time.perf_counter() - start) * 1e3
+            infer = reply["server_timing"]["infer_ms"]
+            round_trips.append(rtt)
+            infers.append(infer)
+            overheads.append(rtt - infer)
+        print(f"round trip ({args.requests} requests): {ms(round_trips)}")
+        print(f"server inference:           {ms(infers)}")
+        print(f"overhead (round trip - inference): {ms(overheads)}  (median share {statistics.median(o / r for o, r in zip(overheads, round_trips)):.1%})")
+
+        runner = ThreadedRunner(RemoteChunkSource(client))
+        executor = RealtimeExecutor(runner, lambda: observation(1), lambda action: None, control_hz=30,
+                                    execute_steps=10, commit_steps=5)
+        metrics = executor.run(150).summary()
+        runner.close()
+        print("executor, wall clock, remote server, 150 ticks at 30 Hz (T_e=10, Δt_c=5):")
+        print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    server.stop()
+
+    source = LocalChunkSource(policy, parse_request)
+    print("executor, simulated clock, 300 ticks at 30 Hz (T_e=10, Δt_c=5 = 167 ms):")
+    for latency_ms in (50, 150, 300, 1200):
+        clock = FakeClock()
+        executor = RealtimeExecutor(SimulatedRunner(source, clock, lambda k: latency_ms / 1e3), lambda: observation(2),
+                                    lambda action: None, clock=clock, execute_steps=10, commit_steps=5)
+        summary = executor.run(300).summary()
+        print(f"  latency {latency_ms:5d} ms: idle_ticks={summary['idle_ticks']:3d} late_switches={summary['late_switches']} "
+              f"commit_steps_last={summary['commit_steps_last']} seam_delta_mean={summary['seam_delta_mean']:.3f} "
+              f"inner_delta_mean={summary['inner_delta_mean']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
