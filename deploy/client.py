@@ -40,8 +40,10 @@ class XR0Client:
 
     def connect(self) -> None:
         headers = {"Authorization": f"Api-Key {self.token}"} if self.token else None
-        self._connection = connect(self.uri, additional_headers=headers, compression=None,
-                                   max_size=self.max_message_bytes, open_timeout=self.timeout)
+        connection = connect(self.uri, additional_headers=headers, compression=None,
+                             max_size=self.max_message_bytes, open_timeout=self.timeout)
+        # Entering the context is how websockets >= 17 wants a long-lived connection held; older ones return self.
+        self._connection = connection.__enter__()
         self.metadata = unpack(self._connection.recv(timeout=self.timeout))
 
     def infer(self, observation: dict) -> dict:
