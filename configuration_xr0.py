@@ -145,6 +145,8 @@ class XR0Config(PretrainedConfig):
             `loss_reweight_range` (defaults to (0.5, 5.0)).
         frequency_loss_weight (`float`, defaults to 0.0): c in loss = 0.5·mse + c·frequency loss (off at 0,
             then loss = mse).
+        language_loss_weight (`float`, defaults to 1.0): weight of the next-token loss of vision-language
+            co-training batches (`forward(language_batch=...)`), added to the action loss.
     """
 
     model_type = "xr0"
@@ -171,6 +173,7 @@ class XR0Config(PretrainedConfig):
         loss_reweighting: bool = False,
         loss_reweight_range: tuple = (0.5, 5.0),
         frequency_loss_weight: float = 0.0,
+        language_loss_weight: float = 1.0,
         **kwargs,
     ):
         self.vlm_config = Qwen3VLConfig(**_vlm_config_dict(vlm_config))
@@ -203,6 +206,7 @@ class XR0Config(PretrainedConfig):
         self.loss_reweighting = loss_reweighting
         self.loss_reweight_range = list(loss_reweight_range)
         self.frequency_loss_weight = frequency_loss_weight
+        self.language_loss_weight = language_loss_weight
         kwargs.setdefault("tie_word_embeddings", self.vlm_config.tie_word_embeddings)
         super().__init__(**kwargs)
         self._validate()
@@ -235,8 +239,10 @@ class XR0Config(PretrainedConfig):
         low, high = self.loss_reweight_range if len(self.loss_reweight_range) == 2 else (None, None)
         if low is None or not 0 < low <= high:
             raise ValueError(f"`loss_reweight_range` must be (low, high) with 0 < low <= high, got {self.loss_reweight_range!r}.")
-        if not isinstance(self.frequency_loss_weight, (int, float)) or self.frequency_loss_weight < 0:
-            raise ValueError(f"`frequency_loss_weight` must be >= 0, got {self.frequency_loss_weight!r}.")
+        for name in ("frequency_loss_weight", "language_loss_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
         for name in ("hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads", "intermediate_size"):
             positive_int(f"dit_config.{name}", self.dit_config[name])
         if self.action_attention_window is not None:

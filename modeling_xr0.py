@@ -58,13 +58,15 @@ class XR0ActionOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*): training loss (when `actions` are given).
         actions (`torch.FloatTensor` of shape `(B, T, A)`): normalized action chunk, float32 (inference).
-        flow_loss, frequency_loss (`torch.FloatTensor` of shape `()`, *optional*): the loss's parts, detached.
+        flow_loss, frequency_loss, language_loss (`torch.FloatTensor` of shape `()`, *optional*): the loss's
+            parts, detached.
     """
 
     loss: Optional[torch.FloatTensor] = None
     actions: Optional[torch.FloatTensor] = None
     flow_loss: Optional[torch.FloatTensor] = None
     frequency_loss: Optional[torch.FloatTensor] = None
+    language_loss: Optional[torch.FloatTensor] = None
 
 
 @dataclass
@@ -829,6 +831,33 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         active_dims = loss_mask.amax(dim=1, keepdim=True)  # (B, 1, A)
         return (spectrum.abs() ** 2 * active_dims).sum() / (active_dims.sum() * spectrum.shape[1]).clamp(min=1.0)
 
+    def language_loss(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        labels: torch.LongTensor,
+        pixel_values: Optional[torch.Tensor] = None,
+        image_grid_thw: Optional[torch.LongTensor] = None,
+        mm_token_type_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Next-token loss of the VLM (through its tied LM head) on vision-language samples: co-training keeps
+        the backbone's language ability while the action expert trains (report: 1 VL sample per 6 robot)."""
+        if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
+            raise ValueError(f"`language_batch['labels']` must have the shape of its `input_ids` {tuple(input_ids.shape)}.")
+        self._check_images(input_ids, attention_mask, pixel_values, image_grid_thw)
+        position_ids = self.vlm_position_ids(input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
+        outputs = self.vlm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            labels=labels,
+            use_cache=False,
+            return_dict=True,
+        )
+        return outputs.loss
+
     def forward(
         self,
         input_ids: torch.LongTensor = None,
@@ -842,6 +871,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         actions: Optional[torch.Tensor] = None,
         action_is_pad: Optional[torch.Tensor] = None,
         action_prefix: Optional[torch.Tensor] = None,
+        language_batch: Optional[dict] = None,
         noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
@@ -859,6 +889,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             action_mask: (B, T, A), 1 at the robot's active action dims.
             actions: (B, T, A) normalized ground truth (training). action_is_pad: (B, T) bool (training).
             action_prefix: (B, p, A) committed normalized actions for the first p steps (inference).
+            language_batch: vision-language co-training samples (training): a dict with `input_ids`,
+                `attention_mask`, `labels` (-100 = ignored) and optionally `pixel_values`, `image_grid_thw`
+                (see the processor's `encode_conversations`); their next-token loss is added with
+                `config.language_loss_weight`. The robot inputs may then be absent (a language-only batch).
             noise: (B, T, A) initial noise; overrides `generator`/`seed`.
             generator: a `torch.Generator` for all randomness. seed: an int, same as a CPU generator seeded with
                 it (equal to the official code's noise on CPU). Neither touches the global RNG; with none of
@@ -871,6 +905,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         unexpected = set(kwargs) - {"return_dict", "num_items_in_batch", "use_cache", "token_type_ids"}
         if unexpected:
             raise TypeError(f"XR0ForActionGeneration.forward got unexpected arguments {sorted(unexpected)}.")
+        language_loss = None if language_batch is None else self.language_loss(**language_batch)
+        if input_ids is None and language_loss is not None:
+            return XR0ActionOutput(loss=self.config.language_loss_weight * language_loss, language_loss=language_loss.detach())
         if input_ids is None:
             raise ValueError("`input_ids` is required: (B, L) prompt token ids from the XR0 processor.")
         if state is None:
@@ -891,7 +928,12 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             if action_prefix is not None or noise is not None:
                 raise ValueError("`action_prefix` and `noise` are inference inputs; training draws its own.")
             losses = self.compute_loss(observation, actions, action_mask, action_is_pad, generator=generator)
+            if language_loss is not None:
+                losses["loss"] = losses["loss"] + self.config.language_loss_weight * language_loss
+                losses["language_loss"] = language_loss.detach()
             return XR0ActionOutput(**losses)
+        if language_loss is not None:
+            raise ValueError("`language_batch` is a training input: pass it with `actions`, or alone.")
         actions = self.sample_actions(
             observation, action_mask, noise=noise, generator=generator, num_steps=num_steps, action_prefix=action_prefix
         )
@@ -928,7 +970,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             )
         if not torch.isfinite(state).all():
             raise ValueError("`state` contains NaN or infinite values.")
+        self._check_images(input_ids, attention_mask, pixel_values, image_grid_thw)
 
+    def _check_images(self, input_ids, attention_mask, pixel_values, image_grid_thw) -> None:
+        config = self.config
         vision_config = config.vlm_config.vision_config
         merge = vision_config.spatial_merge_size**2
         num_image_tokens = int(((input_ids == config.vlm_config.image_token_id) & attention_mask.bool()).sum())

@@ -30,7 +30,8 @@ VIDEO_PAD = "<|video_pad|>"
 # Prompt of training and evaluation (spec §5): a titled block per camera view, then the task.
 PROMPT_HEADER = "<|im_start|>user\nThe following observations are captured from multiple views.\n"
 PROMPT_VIEW = "# {title} View\n" + IMAGE_PLACEHOLDER + "\n"
-PROMPT_TASK = "Generate robot actions for the task:\n{instruction} /no_cot<|im_end|>\n<|im_start|>assistant\n<cot></cot><|im_end|>\n"
+ASSISTANT_START = "<|im_start|>assistant\n"
+PROMPT_TASK = "Generate robot actions for the task:\n{instruction} /no_cot<|im_end|>\n" + ASSISTANT_START + "<cot></cot><|im_end|>\n"
 # Dims whose std is at most this are padding (the published rule for the action mask).
 ACTIVE_STD_THRESHOLD = 1e-5
 
@@ -313,6 +314,31 @@ class XR0Processor(ProcessorMixin):
             "mm_token_type_ids": token_types,
         }
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def encode_conversations(self, images: list, prompts: list, answers: list) -> BatchFeature:
+        """Vision-language samples for co-training -> `encode_prompts` outputs plus `labels` (B, L): the answer
+        tokens (and the closing `<|im_end|>` and newline) as targets, -100 elsewhere. `images[i]` is the list of
+        images of sample i; they precede its prompt in the user turn. Padded on the right."""
+        if not (len(images) == len(prompts) == len(answers)) or not prompts:
+            raise ValueError("`images`, `prompts` and `answers` must be non-empty lists of the same length.")
+        texts, flat_images = [], []
+        for i, (sample_images, prompt, answer) in enumerate(zip(images, prompts, answers)):
+            if not isinstance(prompt, str) or not isinstance(answer, str) or not answer:
+                raise ValueError(f"conversation {i}: `prompt` must be a str and `answer` a non-empty str.")
+            texts.append(
+                "<|im_start|>user\n" + IMAGE_PLACEHOLDER * len(sample_images) + prompt
+                + "<|im_end|>\n" + ASSISTANT_START + answer + "<|im_end|>\n"
+            )
+            flat_images += list(sample_images)
+        inputs = self.encode_prompts(texts, flat_images or None, padding_side="right")
+        marker = self.tokenizer(ASSISTANT_START, add_special_tokens=False)["input_ids"]
+        labels = torch.full_like(inputs["input_ids"], -100)
+        for row, ids in enumerate(inputs["input_ids"].tolist()):
+            starts = [k for k in range(len(ids) - len(marker) + 1) if ids[k : k + len(marker)] == marker]
+            end = int(inputs["attention_mask"][row].sum())
+            labels[row, starts[-1] + len(marker) : end] = inputs["input_ids"][row, starts[-1] + len(marker) : end]
+        inputs["labels"] = labels
+        return inputs
 
     def prepare_observations(self, images, instruction, state, robot_type) -> BatchFeature:
         """

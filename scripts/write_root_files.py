@@ -49,6 +49,7 @@ CONFIG_FIELDS = (
     "loss_reweighting",
     "loss_reweight_range",
     "frequency_loss_weight",
+    "language_loss_weight",
 )
 
 IMAGE_PROCESSOR_CONFIG = {

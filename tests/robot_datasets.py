@@ -101,3 +101,17 @@ def write_jsonl(root, **kwargs) -> Path:
                                  "action": f["action"].tolist(), "images": paths}))
     (root / "frames.jsonl").write_text("\n".join(lines) + "\n")
     return root
+
+
+def write_conversations(root, count=5, seed=0) -> Path:
+    """A tiny vision-language dataset: conversations.jsonl with one image per sample."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i in range(count):
+        path = f"images/{i}.png"
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / path)
+        lines.append(json.dumps({"images": [path], "prompt": "What is on the table?", "answer": f"A red cube number {i}."}))
+    (root / "conversations.jsonl").write_text("\n".join(lines) + "\n")
+    return root

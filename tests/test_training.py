@@ -157,3 +157,55 @@ def test_scale_out_configs_name_real_block_classes():
     assert set(wrapped) == set(model._no_split_modules) and set(wrapped) <= classes
     zero2 = yaml.safe_load((REPO_ROOT / "training" / "accelerate" / "deepspeed_zero2.yaml").read_text())
     assert zero2["distributed_type"] == "DEEPSPEED" and zero2["deepspeed_config"]["zero_stage"] == 2
+
+
+# ---- vision-language co-training -----------------------------------------------------------------------------
+
+
+def test_conversation_labels_cover_only_the_answer():
+    processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True)
+    image = np.zeros((64, 64, 3), np.uint8)
+    batch = processor.encode_conversations([[image], []], ["What is this?", "Say hi."], ["A cube.", "Hi there!"])
+    for row, answer in enumerate(["A cube.", "Hi there!"]):
+        labeled = batch["labels"][row][batch["labels"][row] != -100]
+        assert processor.tokenizer.decode(labeled) == answer + "<|im_end|>\n"
+    assert batch["attention_mask"][1, -1] == 0, "padded on the right"
+    assert int((batch["input_ids"] == 151655).sum()) == 4  # one 64x64 image = 4 merged tokens
+
+
+def test_language_loss_trains_the_vlm_and_adds_to_the_action_loss(tmp_path):
+    from data import VisionLanguageDataset
+    from robot_datasets import write_conversations
+    from tiny import action_mask, observation
+
+    processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=6)
+    conversations = VisionLanguageDataset(write_conversations(tmp_path / "vl"))
+    samples = [conversations[0], conversations[1]]
+    language_batch = dict(processor.encode_conversations([s["images"] for s in samples], [s["prompt"] for s in samples],
+                                                         [s["answer"] for s in samples]))
+    model = tiny_model(language_loss_weight=0.5)
+    model.train()
+    language_only = model(language_batch=language_batch)
+    language_only.loss.backward()
+    assert language_only.loss == 0.5 * language_only.language_loss
+    assert model.vlm.model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    robot = dict(observation(num_text_tokens=(2, 5)), action_mask=action_mask(2, model.config), actions=torch.randn(2, 6, 32))
+    both = model(**robot, language_batch=language_batch, seed=0)
+    alone = model(**robot, seed=0)
+    assert torch.allclose(both.loss, alone.loss + 0.5 * language_only.language_loss, atol=1e-5)
+    with pytest.raises(ValueError, match="training input"):
+        model(**{k: v for k, v in robot.items() if k != "actions"}, language_batch=language_batch, seed=0)
+
+
+def test_cotraining_run_mixes_one_vl_sample_per_six(tiny_checkpoint, lerobot_dir, tmp_path):
+    from data import MixedDataset, VisionLanguageDataset
+    from robot_datasets import write_conversations
+
+    vl_dir = write_conversations(tmp_path / "vl")
+    mixed = MixedDataset(open_dataset(lerobot_dir, 6), VisionLanguageDataset(vl_dir), robot_per_vl=6)
+    kinds = ["vl" if "answer" in mixed[i] else "robot" for i in range(len(mixed))]
+    assert len(mixed) == 48 + 8 and kinds[:7] == ["robot"] * 6 + ["vl"] and kinds.count("vl") == 8
+    trainer = run_finetune(tiny_checkpoint, lerobot_dir, tmp_path / "out", "--max_steps", "6", "--vl_dataset", str(vl_dir),
+                           "--per_device_train_batch_size", "7")
+    assert len(losses(trainer)) == 6 and all(np.isfinite(losses(trainer)))
+    assert predict(tmp_path / "out")[2].shape == (1, 6, 5)

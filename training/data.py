@@ -14,6 +14,9 @@ Two on-disk formats are read, offline:
 
 Each sample is one frame: its camera images `{camera: uint8 (H, W, 3)}`, the instruction, the raw state (D_s,),
 the next T actions (T, D_a) from this frame on, padded with the episode's last action, and `action_is_pad` (T,).
+
+Vision-language co-training reads `conversations.jsonl` (one {"images": [paths], "prompt": str, "answer": str}
+per line) and `MixedDataset` interleaves it with the robot frames (report: 1 VL sample per 6 robot samples).
 """
 
 import io
@@ -195,6 +198,48 @@ def open_dataset(path, action_length: int, dataset_format: str = "auto") -> Robo
     raise ValueError(f"dataset_format must be 'auto', 'lerobot' or 'jsonl', got {dataset_format!r}")
 
 
+class VisionLanguageDataset(Dataset):
+    """`<dir>/conversations.jsonl`: {"images": ["rel/path.png", ...], "prompt": str, "answer": str} per line."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        path = self.root / "conversations.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (vision-language samples, one JSON object per line)")
+        self.samples = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for i, sample in enumerate(self.samples):
+            if not isinstance(sample.get("answer"), str) or not isinstance(sample.get("prompt"), str):
+                raise ValueError(f"{path}:{i + 1}: needs string `prompt` and `answer`")
+        if not self.samples:
+            raise ValueError(f"{path} holds no samples")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        images = [_load_image(self.root / image) for image in sample.get("images", [])]
+        return {"images": images, "prompt": sample["prompt"], "answer": sample["answer"]}
+
+
+class MixedDataset(Dataset):
+    """Robot frames with one vision-language sample after every `robot_per_vl` of them (the VL samples cycle)."""
+
+    def __init__(self, robot: Dataset, language: Dataset, robot_per_vl: int = 6):
+        if robot_per_vl < 1:
+            raise ValueError(f"robot_per_vl must be >= 1, got {robot_per_vl}")
+        self.robot, self.language, self.robot_per_vl = robot, language, robot_per_vl
+
+    def __len__(self) -> int:
+        return len(self.robot) + len(self.robot) // self.robot_per_vl
+
+    def __getitem__(self, index: int) -> dict:
+        block, position = divmod(index, self.robot_per_vl + 1)
+        if position == self.robot_per_vl:
+            return self.language[block % len(self.language)]
+        return self.robot[block * self.robot_per_vl + position]
+
+
 @dataclass
 class Statistics:
     action_mean: np.ndarray  # (D_a,)
@@ -236,7 +281,8 @@ def register_dataset_robot(processor, robot_type: str, dataset: RobotDataset, ca
 
 class XR0Collator:
     """Samples -> a training batch for `XR0ForActionGeneration.forward`: the processor's inputs plus `actions`
-    (B, T, 32) normalized with the robot type's statistics and `action_is_pad` (B, T)."""
+    (B, T, 32) normalized with the robot type's statistics and `action_is_pad` (B, T); vision-language samples
+    (those with an `answer`) go into `language_batch`."""
 
     def __init__(self, processor, robot_type: str, camera_map: dict):
         self.processor = processor
@@ -244,6 +290,18 @@ class XR0Collator:
         self.camera_map = camera_map
 
     def __call__(self, samples: list) -> dict:
+        conversations = [sample for sample in samples if "answer" in sample]
+        frames = [sample for sample in samples if "answer" not in sample]
+        batch = self._robot_batch(frames) if frames else {}
+        if conversations:
+            batch["language_batch"] = dict(self.processor.encode_conversations(
+                [sample["images"] for sample in conversations],
+                [sample["prompt"] for sample in conversations],
+                [sample["answer"] for sample in conversations],
+            ))
+        return batch
+
+    def _robot_batch(self, samples: list) -> dict:
         images = [{view: sample["images"][camera] for view, camera in self.camera_map.items()} for sample in samples]
         inputs = self.processor(
             images=images,

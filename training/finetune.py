@@ -9,7 +9,9 @@ follows the report (spec §6): flow matching with t ~ Beta(1.5, 1); `--recipe as
 training, Λ-shape mask (window 4), +10 position offset and loss reweighting, and records them in the saved
 config so inference uses the same layout. Token embeddings are frozen by default, as in the paper; the VLM and
 its vision tower train unless frozen. `--lora_rank N` trains LoRA adapters on the VLM's language model instead
-of its full weights (the action expert trains fully) and merges them before saving. The output directory holds
+of its full weights (the action expert trains fully) and merges them before saving. `--vl_dataset` mixes in
+vision-language samples (1 per `--robot_per_vl` robot samples) whose next-token loss keeps the VLM's
+language ability. The output directory holds
 code, config, processor (with the robot type's statistics) and weights, and loads with AutoModel/AutoProcessor.
 
 Multi-GPU: `accelerate launch --config_file training/accelerate/deepspeed_zero2.yaml training/finetune.py ...`
@@ -30,7 +32,7 @@ from xr0.modeling_xr0 import XR0ForActionGeneration  # noqa: E402
 from xr0.processing_xr0 import XR0Processor  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import XR0Collator, open_dataset, register_dataset_robot  # noqa: E402
+from data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset, register_dataset_robot  # noqa: E402
 
 # The asynchronous post-training of the report; the window and offset are what inference reads back.
 ASYNC_RECIPE = {
@@ -50,6 +52,7 @@ class ModelArguments:
     recipe: str = field(default="sync", metadata={"help": "'sync' or 'async' (clean-prefix post-training)"})
     training_repeat: Optional[int] = field(default=None, metadata={"help": "copies per sample (report: 4)"})
     frequency_loss_weight: Optional[float] = field(default=None, metadata={"help": "c in 0.5·mse + c·freq"})
+    language_loss_weight: Optional[float] = field(default=None, metadata={"help": "weight of the VL co-training loss"})
     freeze_vlm: bool = field(default=False, metadata={"help": "freeze the whole VLM (vision + language)"})
     freeze_vision: bool = field(default=False, metadata={"help": "freeze the vision tower"})
     freeze_embeddings: bool = field(default=True, metadata={"help": "freeze the token embeddings (paper: frozen)"})
@@ -67,6 +70,10 @@ class DataArguments:
         default=None, metadata={"help": "view=camera pairs, e.g. 'base=top,wrist=wrist' (default: in order)"}
     )
     normalize_state: bool = field(default=False, metadata={"help": "normalize the state with dataset statistics"})
+    vl_dataset: Optional[str] = field(
+        default=None, metadata={"help": "directory with conversations.jsonl for vision-language co-training"}
+    )
+    robot_per_vl: int = field(default=6, metadata={"help": "robot samples per VL sample (report: 6)"})
 
 
 def parse_camera_map(text: Optional[str]) -> Optional[dict]:
@@ -94,8 +101,9 @@ def apply_recipe(model, args: ModelArguments) -> None:
     changes = dict(ASYNC_RECIPE) if args.recipe == "async" else {}
     if args.training_repeat is not None:
         changes["training_repeat"] = args.training_repeat
-    if args.frequency_loss_weight is not None:
-        changes["frequency_loss_weight"] = args.frequency_loss_weight
+    for name in ("frequency_loss_weight", "language_loss_weight"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
     for name, value in changes.items():
         setattr(model.config, name, value)
     model.config._validate()
@@ -131,16 +139,20 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
     camera_map = register_dataset_robot(
         processor, model_args.robot_type, dataset, parse_camera_map(data_args.camera_map), data_args.normalize_state
     )
+    train_dataset = dataset
+    if data_args.vl_dataset:
+        train_dataset = MixedDataset(dataset, VisionLanguageDataset(data_args.vl_dataset), data_args.robot_per_vl)
     freeze(model, model_args)
     trained = add_lora(model, model_args) if model_args.lora_rank > 0 else model
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     print(f"training {trainable / 1e6:.2f} M of {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters "
-          f"on {len(dataset)} frames ({model_args.recipe} recipe, robot type {model_args.robot_type!r})")
+          f"on {len(dataset)} frames{' + vision-language samples' if data_args.vl_dataset else ''} "
+          f"({model_args.recipe} recipe, robot type {model_args.robot_type!r})")
 
     trainer = Trainer(
         model=trained,
         args=training_args,
-        train_dataset=dataset,
+        train_dataset=train_dataset,
         data_collator=XR0Collator(processor, model_args.robot_type, camera_map),
     )
     trainer.train()
