@@ -452,6 +452,18 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             position_ids, _ = vlm_model.get_rope_index(input_ids, image_grid_thw, None, attention_mask=attention_mask)
         return position_ids
 
+    def _vlm_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids) -> dict:
+        """Keyword arguments of a VLM call, with MRoPE position ids computed here so that both transformers lines
+        get the same ones (5.x would otherwise need `mm_token_type_ids`)."""
+        return dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=self.vlm_position_ids(input_ids, attention_mask, image_grid_thw, mm_token_type_ids),
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            return_dict=True,
+        )
+
     def token_types(self, input_ids: torch.LongTensor) -> torch.Tensor:
         """(B, L) modality of each token: text 0, image 1, video 2 (what the 5.x processor returns)."""
         vlm_config = self.config.vlm_config
@@ -484,17 +496,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         self._check_observation(input_ids, attention_mask, pixel_values, image_grid_thw, state)
         config = self.config
-        position_ids = self.vlm_position_ids(input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
+        vlm_inputs = self._vlm_inputs(input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids)
+        position_ids = vlm_inputs["position_ids"]
         num_vlm_layers = config.vlm_config.text_config.num_hidden_layers
         first_layer = num_vlm_layers - config.dit_config["num_hidden_layers"]
-        vlm_inputs = dict(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
-            return_dict=True,
-        )
         if self.training and _is_checkpointing(self.vlm):
             # Checkpointed VLM layers run without a cache; rebuild the K/V of the layers we read from their
             # input hidden states instead (cheap: only those layers' k/v projections).
@@ -845,17 +850,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
             raise ValueError(f"`language_batch['labels']` must have the shape of its `input_ids` {tuple(input_ids.shape)}.")
         self._check_images(input_ids, attention_mask, pixel_values, image_grid_thw)
-        position_ids = self.vlm_position_ids(input_ids, attention_mask, image_grid_thw, mm_token_type_ids)
-        outputs = self.vlm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
-            labels=labels,
-            use_cache=False,
-            return_dict=True,
-        )
+        vlm_inputs = self._vlm_inputs(input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids)
+        outputs = self.vlm(**vlm_inputs, labels=labels, use_cache=False)
         return outputs.loss
 
     def forward(
