@@ -419,3 +419,28 @@ def test_action_prefix_is_kept_and_conditions_the_rest():
     assert torch.equal(via_forward, conditioned)
     with pytest.raises(ValueError, match=r"`action_prefix` must have shape \(B, p, A\) = \(2, p <= 6, 32\)"):
         model.sample_actions(obs, mask, noise=noise, action_prefix=torch.zeros(2, 7, 32))
+
+
+def test_published_checkpoint_reproduces_the_reference_math(tmp_path, model):
+    """The issue's acceptance check: a tiny published-layout checkpoint loaded by our class, with explicit noise,
+    equals the reference math computed from the checkpoint file alone (a stock Qwen3-VL + the spec's DiT)."""
+    from safetensors.torch import load_file
+    from transformers import Qwen3VLForConditionalGeneration
+
+    write_published_config(model, tmp_path)
+    save_file(published_state_dict(model), str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    loaded = XR0ForActionGeneration.from_pretrained(tmp_path).eval()
+
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    stock_vlm = Qwen3VLForConditionalGeneration(loaded.config.vlm_config).eval()
+    missing, unexpected = stock_vlm.load_state_dict(
+        {k[len("vlm."):]: v for k, v in weights.items() if k.startswith("vlm.")}, strict=False
+    )
+    assert missing == ["lm_head.weight"] and not unexpected
+    batch = observation(num_text_tokens=(4, 8))
+    mask = action_mask(2, model.config)
+    noise = noise_for(model, 2, seed=21)
+    with torch.no_grad():
+        ours = loaded(**batch, action_mask=mask, noise=noise).actions
+        expected = reference_actions(stock_vlm, weights, loaded.config, action_mask=mask, noise=noise, **batch)
+    assert (ours - expected).abs().max() <= 1e-4
