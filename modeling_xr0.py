@@ -17,7 +17,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, replace
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

@@ -14,7 +14,7 @@ Two ways to call it:
 import copy
 import json
 import os
-from typing import Any, Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch

@@ -91,7 +91,7 @@ def main() -> None:
     print("executor, simulated clock, 300 ticks at 30 Hz (T_e=10, Δt_c=5 = 167 ms):")
     for latency_ms in (50, 150, 300, 1200):
         clock = FakeClock()
-        executor = RealtimeExecutor(SimulatedRunner(source, clock, lambda k: latency_ms / 1e3), lambda: observation(2),
+        executor = RealtimeExecutor(SimulatedRunner(source, clock, lambda k, latency_ms=latency_ms: latency_ms / 1e3), lambda: observation(2),
                                     lambda action: None, clock=clock, execute_steps=10, commit_steps=5)
         summary = executor.run(300).summary()
         print(f"  latency {latency_ms:5d} ms: idle_ticks={summary['idle_ticks']:3d} late_switches={summary['late_switches']} "

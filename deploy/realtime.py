@@ -23,7 +23,6 @@ executor's behaviour is testable deterministically.
 
 import logging
 import math
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field

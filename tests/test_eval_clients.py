@@ -11,7 +11,7 @@ from conftest import REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "eval"))
 sys.path.insert(0, str(REPO_ROOT / "deploy"))
 from clients import (CalvinClient, LiberoClient, SimplerEnvClient, center_crop_resize, format_instruction,  # noqa: E402
-                     observation_seed, quaternion_to_axis_angle)
+                     quaternion_to_axis_angle)
 
 
 class RecordingPolicy:

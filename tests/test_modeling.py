@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel
 
-from tiny import action_mask, observation, row, tiny_config, tiny_model
+from tiny import action_mask, observation, row, tiny_model
 from reference_xr0 import reference_actions
 from xr0.modeling_xr0 import XR0ForActionGeneration, build_dit_attention_mask
 

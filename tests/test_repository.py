@@ -15,7 +15,6 @@ from conftest import REPO_ROOT
 from tiny import tiny_model
 from test_modeling import published_state_dict, write_published_config
 from test_processing import image, published_action_config
-from xr0.configuration_xr0 import XR0Config
 from xr0.modeling_xr0 import XR0ForActionGeneration
 from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES
 
