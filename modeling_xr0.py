@@ -8,6 +8,11 @@ Inference, as published:
        steps of `velocity`, one DiT pass over [sink, state, T noisy actions] that attends to the cache.
 `forward` composes the two. Actions are normalized; the processor de-normalizes them.
 
+Beyond the published code: `sample_actions(action_prefix=...)` keeps committed actions clean and conditions the
+rest of the chunk on them (real-time execution); `forward(actions=...)` returns the flow-matching loss of the
+training recipe (`compute_loss`, asynchronous post-training included) and `forward(language_batch=...)` adds
+vision-language co-training. One Euler loop (`_integrate`) and one velocity function serve all of them.
+
 Shapes: B batch, L prompt length, T = action_length, A = action_dim, S = state_length, Q = 1 + S + T DiT
 tokens, H = DiT hidden size, h = DiT query heads, D = head_dim.
 """
@@ -21,6 +26,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -389,8 +395,6 @@ def checkpoint_wrapper_prefix(path, subfolder: str = "") -> Optional[str]:
         with open(index_file) as f:
             keys = list(json.load(f)["weight_map"])
     elif os.path.isfile(single_file):
-        from safetensors import safe_open
-
         with safe_open(single_file, framework="pt") as f:
             keys = list(f.keys())
     else:
