@@ -33,7 +33,25 @@ def png_bytes(array):
     return buffer.getvalue()
 
 
-def write_lerobot(root, **kwargs) -> Path:
+def write_video(path: Path, images: list) -> None:
+    """Frames -> an mp4 encoded losslessly (libx264rgb, crf 0), so decoded frames can be compared exactly."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264rgb", rate=FPS, options={"crf": "0"})
+        stream.width, stream.height = images[0].shape[1], images[0].shape[0]
+        stream.pix_fmt = "rgb24"
+        for image in images:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_lerobot(root, video=False, **kwargs) -> Path:
+    """A LeRobot v3.0 dataset; cameras stored as PNG bytes in the parquet file, or as one mp4 per camera
+    (all episodes concatenated, as LeRobot writes them) with `video=True`."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -43,7 +61,7 @@ def write_lerobot(root, **kwargs) -> Path:
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     (root / "data" / "chunk-000").mkdir(parents=True)
     state_dim, action_dim = len(frames[0]["state"]), len(frames[0]["action"])
-    image_feature = {"dtype": "image", "shape": [64, 64, 3], "names": ["height", "width", "channel"]}
+    image_feature = {"dtype": "video" if video else "image", "shape": [64, 64, 3], "names": ["height", "width", "channel"]}
     info = {
         "codebase_version": "v3.0", "robot_type": "tiny_arm", "fps": FPS,
         "total_episodes": frames[-1]["episode_index"] + 1, "total_frames": len(frames), "total_tasks": len(TASKS),
@@ -73,16 +91,28 @@ def write_lerobot(root, **kwargs) -> Path:
         "task_index": pa.array([f["task_index"] for f in frames], pa.int64()),
     }
     for cam in ("top", "wrist"):
-        columns[f"observation.images.{cam}"] = pa.array(
-            [{"bytes": png_bytes(f["images"][cam]), "path": None} for f in frames], image_type)
+        if video:
+            write_video(root / "videos" / f"observation.images.{cam}" / "chunk-000" / "file-000.mp4",
+                        [f["images"][cam] for f in frames])
+        else:
+            columns[f"observation.images.{cam}"] = pa.array(
+                [{"bytes": png_bytes(f["images"][cam]), "path": None} for f in frames], image_type)
     pq.write_table(pa.table(columns), root / "data" / "chunk-000" / "file-000.parquet")
     lengths = np.bincount([f["episode_index"] for f in frames])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    episodes_table = pa.table({
+    episode_columns = {
         "episode_index": list(range(len(lengths))), "tasks": [[TASKS[i % 2]] for i in range(len(lengths))],
         "length": lengths.tolist(), "dataset_from_index": starts.tolist(), "dataset_to_index": (starts + lengths).tolist(),
         "data/chunk_index": [0] * len(lengths), "data/file_index": [0] * len(lengths),
-    })
+    }
+    if video:
+        for cam in ("top", "wrist"):
+            key = f"videos/observation.images.{cam}"
+            episode_columns[f"{key}/chunk_index"] = [0] * len(lengths)
+            episode_columns[f"{key}/file_index"] = [0] * len(lengths)
+            episode_columns[f"{key}/from_timestamp"] = (starts / FPS).tolist()
+            episode_columns[f"{key}/to_timestamp"] = ((starts + lengths) / FPS).tolist()
+    episodes_table = pa.table(episode_columns)
     pq.write_table(episodes_table, root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     return root
 

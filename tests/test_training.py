@@ -44,6 +44,15 @@ def test_lerobot_and_jsonl_readers_agree(lerobot_dir, tmp_path):
         assert np.array_equal(a["actions"], b["actions"]) and np.array_equal(a["action_is_pad"], b["action_is_pad"])
 
 
+def test_lerobot_video_cameras_decode_to_the_recorded_frames(tmp_path):
+    dataset = open_dataset(write_lerobot(tmp_path / "video", video=True), action_length=6)
+    assert dataset.video_cameras == {"top", "wrist"}
+    frames = episodes()
+    for index in (0, 11, 12, 30, 47):  # first/last frames of episodes: the timestamp -> frame mapping
+        for camera in ("top", "wrist"):
+            assert np.array_equal(dataset[index]["images"][camera], frames[index]["images"][camera]), (index, camera)
+
+
 def test_action_chunks_pad_at_episode_ends(lerobot_dir):
     dataset = open_dataset(lerobot_dir, action_length=6)
     frames = episodes()
