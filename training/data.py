@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 LEROBOT_IMAGE_PREFIX = "observation.images."
+VIDEO_SEGMENTS_CACHED = 16  # decoded episodes kept per dataset: random access without decoding whole files
 
 
 class RobotDataset(Dataset):
@@ -139,7 +140,7 @@ class LeRobotDataset(RobotDataset):
             episodes = _concat([pq.read_table(f) for f in sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))])
             for row in episodes.to_pylist():
                 self.episode_meta[int(row["episode_index"])] = row
-        self._video_frames = {}
+        self._video_frames = {}  # (video file, episode) -> decoded frames, least recently used first
         self._finish()
 
     def _frame_images(self, index: int) -> dict:
@@ -154,15 +155,20 @@ class LeRobotDataset(RobotDataset):
         return images
 
     def _video_frame(self, camera: str, index: int) -> np.ndarray:
-        meta = self.episode_meta[int(self.episodes[index])]
+        episode = int(self.episodes[index])
+        meta = self.episode_meta[episode]
         key = f"videos/{LEROBOT_IMAGE_PREFIX}{camera}"
         path = self.root / self.info["video_path"].format(
             video_key=LEROBOT_IMAGE_PREFIX + camera, chunk_index=meta[f"{key}/chunk_index"], file_index=meta[f"{key}/file_index"]
         )
-        frames = self._video_frames.get(path)
+        segment = (path, episode)
+        frames = self._video_frames.pop(segment, None)
         if frames is None:
-            frames = self._video_frames[path] = _decode_video(path)
-        position = int(round((meta[f"{key}/from_timestamp"] + self.timestamps[index]) * self.fps))
+            frames = _decode_segment(path, meta[f"{key}/from_timestamp"], meta[f"{key}/to_timestamp"], self.fps)
+        self._video_frames[segment] = frames  # most recently used last
+        while len(self._video_frames) > VIDEO_SEGMENTS_CACHED:
+            self._video_frames.pop(next(iter(self._video_frames)))
+        position = int(round(self.timestamps[index] * self.fps))
         return frames[min(position, len(frames) - 1)]
 
 
@@ -172,13 +178,26 @@ def _concat(tables):
     return pa.concat_tables(tables)
 
 
-def _decode_video(path: Path) -> list:
+def _decode_segment(path: Path, start: float, end: float, fps: float) -> list:
+    """The frames of one episode in a video holding many: seek near `start`, decode until `end` (seconds)."""
     try:
         import av
     except ImportError as error:
         raise ImportError(f"{path}: decoding LeRobot video cameras needs PyAV (`pip install av`)") from error
+    half_frame = 0.5 / fps
+    frames = []
     with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+        stream = container.streams.video[0]
+        container.seek(int(max(start - 1.0, 0.0) / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if frame.time is None or frame.time < start - half_frame:
+                continue
+            if frame.time >= end - half_frame:
+                break
+            frames.append(frame.to_ndarray(format="rgb24"))
+    if not frames:
+        raise ValueError(f"{path}: no frames between {start:.3f} s and {end:.3f} s")
+    return frames
 
 
 def _load_image(source) -> np.ndarray:
