@@ -260,7 +260,9 @@ def test_gradient_checkpointing_trains_and_rebuilds_the_cache_exactly():
     args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"], batch["state"])
     with torch.no_grad():
         cached = model.encode_observation(*args)
-    model.gradient_checkpointing_enable()
+    # transformers 5.x renamed the switch (the old name warns); 4.57 has only the old one.
+    enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
+    enable()
     assert all(layer.gradient_checkpointing for layer in model.dit.layers)
     model.train()
     rebuilt = model.encode_observation(*args)
