@@ -92,6 +92,12 @@ class XR0Processor(ProcessorMixin):
         self.state_dim = state_dim
         self.robot_types = copy.deepcopy(PUBLISHED_ROBOT_TYPES)
         for name, spec in (robot_types or {}).items():
+            unknown = set(spec) - set(ROBOT_SPEC_KEYS) if isinstance(spec, dict) else None
+            if unknown is None or unknown:
+                raise ValueError(
+                    f"robot_types[{name!r}] must be a dict with keys among {list(ROBOT_SPEC_KEYS)}, "
+                    f"got {sorted(unknown) if unknown else type(spec).__name__}."
+                )
             self.register_robot_type(name, **spec)
         # The published statistics are folded into the registry, which is what gets saved.
         self.action_config = None

@@ -203,6 +203,11 @@ def test_registry_round_trip_with_state_statistics(tmp_path, processor):
     assert "# Front View" in loaded.tokenizer.decode(inputs["input_ids"][0])
 
 
+def test_registry_entries_are_checked(processor):
+    with pytest.raises(ValueError, match=r"robot_types\['arm'\] must be a dict with keys among"):
+        XR0Processor(processor.image_processor, processor.tokenizer, robot_types={"arm": {"camera": "front"}})
+
+
 def test_statistics_accept_time_arrays_and_vectors(processor):
     p = XR0Processor(processor.image_processor, processor.tokenizer, action_length=4)
     p.register_robot_type("a", views=[["c", "C"]], action_mean=np.zeros((4, 32)), action_std=np.ones((4, 32)))
