@@ -87,7 +87,7 @@ def main() -> None:
         print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
     server.stop()
 
-    source = LocalChunkSource(policy, parse_request)
+    source = LocalChunkSource(policy)
     print("executor, simulated clock, 300 ticks at 30 Hz (T_e=10, Δt_c=5 = 167 ms):")
     for latency_ms in (50, 150, 300, 1200):
         clock = FakeClock()

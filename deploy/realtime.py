@@ -39,15 +39,16 @@ class ChunkSource(Protocol):
 
 
 class LocalChunkSource:
-    """In-process model: `XR0Policy` from deploy/server.py wraps model + processor."""
+    """In-process model: an `XR0Policy` (deploy/server.py, model + processor), with the server's validation."""
 
-    def __init__(self, policy, parse_request):
+    def __init__(self, policy):
         self.policy = policy
-        self.parse_request = parse_request
 
     def __call__(self, observation: dict, action_prefix: Optional[np.ndarray]) -> np.ndarray:
+        from server import parse_request  # here, so robots that only use the remote server never import torch
+
         message = dict(observation, **({"action_prefix": action_prefix} if action_prefix is not None else {}))
-        return self.policy(self.parse_request(message, self.policy.processor))
+        return self.policy(parse_request(message, self.policy.processor))
 
 
 class RemoteChunkSource:

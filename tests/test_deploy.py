@@ -228,17 +228,17 @@ def simulate(source, latency_s, ticks=150, **kwargs):
 
 @pytest.mark.parametrize("latency_ticks", [0.5, 2, 4, 5])
 def test_no_idle_tick_when_latency_fits_the_committed_steps(policy, latency_ticks):
-    metrics, sent = simulate(LocalChunkSource(policy, parse_request), latency_ticks / 30, execute_steps=10, commit_steps=5)
+    metrics, sent = simulate(LocalChunkSource(policy), latency_ticks / 30, execute_steps=10, commit_steps=5)
     assert metrics.idle_ticks == 0 and metrics.late_switches == 0
     assert metrics.chunks >= 14 and len(sent) == 150
     assert metrics.summary()["latency_ms_p99"] == pytest.approx(latency_ticks / 30 * 1e3)
 
 
 def test_late_inference_keeps_executing_then_adapts(policy):
-    metrics, _ = simulate(LocalChunkSource(policy, parse_request), 9 / 30, execute_steps=10, commit_steps=5)
+    metrics, _ = simulate(LocalChunkSource(policy), 9 / 30, execute_steps=10, commit_steps=5)
     assert metrics.idle_ticks == 0, "the current chunk covers the delay"
     assert metrics.late_switches == 1 and metrics.commit_steps_used[-1] >= 9
-    slow, _ = simulate(LocalChunkSource(policy, parse_request), 40 / 30, execute_steps=10, commit_steps=5)
+    slow, _ = simulate(LocalChunkSource(policy), 40 / 30, execute_steps=10, commit_steps=5)
     assert slow.idle_ticks > 0, "a chunk of 30 cannot cover 40 ticks of inference"
 
 
