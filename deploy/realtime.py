@@ -260,9 +260,7 @@ class RealtimeExecutor:
         """After tick `tick`, infer the chunk starting at tick + 1, conditioned on the committed actions."""
         next_start = tick + 1
         first_committed = next_start - current.start_tick
-        commit = min(self.commit_steps, len(current.actions) - first_committed)
-        if commit < 1:
-            commit = 1
+        commit = max(1, min(self.commit_steps, len(current.actions) - first_committed))
         committed = current.actions[first_committed : first_committed + commit]
         prefix = committed if self.use_prefix and len(committed) == commit else None
         self.metrics.commit_steps_used.append(commit)

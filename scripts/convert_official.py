@@ -121,9 +121,10 @@ def convert(
     prefix = checkpoint_wrapper_prefix(directory) or ""
     stored = tensor_metadata(files)
     renamed = {key[len(prefix):]: meta for key, meta in stored.items()}
-    check_tensors(renamed, stored_tensor_shapes(config))
+    expected = stored_tensor_shapes(config)  # builds the model on the meta device: once
+    check_tensors(renamed, expected)
     source_key = {key[len(prefix):]: key for key in stored}
-    names = [name for name in stored_tensor_shapes(config)]  # the model's order
+    names = list(expected)  # the model's order
 
     output.mkdir(parents=True, exist_ok=True)
     tensor_bytes = {}
