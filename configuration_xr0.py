@@ -73,6 +73,28 @@ DEFAULT_DIT_CONFIG = {
 OFFICIAL_MODEL_TYPE = "mibot"
 
 
+# What a saved PretrainedConfig carries besides its own fields: transformers 4.57's generation and bookkeeping
+# defaults (the official code saves on 4.57.1) and the identity keys of a saved sub-config.
+_PRETRAINED_CONFIG_BOOKKEEPING_KEYS = frozenset(
+    """_name_or_path add_cross_attention architectures bad_words_ids begin_suppress_tokens bos_token_id
+    chunk_size_feed_forward cross_attention_hidden_size decoder_start_token_id diversity_penalty do_sample dtype
+    early_stopping encoder_no_repeat_ngram_size eos_token_id exponential_decay_length_penalty finetuning_task
+    forced_bos_token_id forced_eos_token_id id2label is_decoder is_encoder_decoder label2id length_penalty
+    max_length min_length model_type no_repeat_ngram_size num_beam_groups num_beams num_return_sequences
+    output_attentions output_hidden_states output_scores pad_token_id prefix problem_type pruned_heads
+    remove_invalid_values repetition_penalty return_dict return_dict_in_generate sep_token_id suppress_tokens
+    task_specific_params temperature tf_legacy_loss tie_encoder_decoder tie_word_embeddings tokenizer_class top_k
+    top_p torchscript transformers_version typical_p use_bfloat16 torch_dtype _attn_implementation_autoset
+    attn_implementation _commit_hash""".split()
+)
+
+
+def _config_bookkeeping_keys() -> frozenset:
+    """Keys a saved PretrainedConfig writes that say nothing about the architecture, on 4.57 and on the
+    installed transformers."""
+    return _PRETRAINED_CONFIG_BOOKKEEPING_KEYS | frozenset(PretrainedConfig().to_dict())
+
+
 def _rope_fields_for_both_lines(text_config: dict) -> dict:
     """Make a Qwen3-VL text config dict readable by transformers 4.57 (`rope_scaling` + `rope_theta`) and
     5.x (`rope_parameters`), whichever of the two forms it was written in."""
@@ -115,10 +137,13 @@ class XR0Config(PretrainedConfig):
             (published keys) and optionally `intermediate_size` (default 4·hidden) and `rms_norm_eps`.
             `head_dim` and `num_key_value_heads` must equal the VLM's, because every DiT layer attends to
             the KV cache of one of the VLM's last `num_hidden_layers` layers.
-        action_length (`int`, defaults to 30): T, actions per chunk (1 s at 30 Hz).
+        action_length (`int`, defaults to 30): the longest chunk of the pre-training robot types (1 s at 30 Hz),
+            kept as published. The model acts with the chunk length of the `action_mask` it is given: each robot
+            type has its own T (its statistics are (T, action_dim)): 10 for LIBERO and CALVIN, 4 for SimplerEnv.
         action_dim (`int`, defaults to 32): width of the (padded) action vector.
         state_dim (`int`, defaults to 32): width of the (padded) proprioceptive state.
-        state_length (`int`, defaults to 1): number of state tokens.
+        state_length (`int`, defaults to 1): number of state tokens the processor produces; the model takes S
+            from the `state` it is given.
         num_inference_steps (`int`, defaults to 5): Euler steps of the flow integration.
         action_attention_window (`int`, *optional*):
             `None` (published): action tokens attend causally to all earlier action tokens. An int `w`: the
@@ -178,9 +203,14 @@ class XR0Config(PretrainedConfig):
     ):
         self.vlm_config = Qwen3VLConfig(**_vlm_config_dict(vlm_config))
 
+        if isinstance(dit_config, PretrainedConfig):  # the official DiTConfig object
+            dit_config = dit_config.to_dict()
         if dit_config is not None and not isinstance(dit_config, dict):
             raise TypeError(f"`dit_config` must be a dict, got {type(dit_config).__name__}.")
-        unknown = set(dit_config or {}) - set(DEFAULT_DIT_CONFIG)
+        # The official DiTConfig is a PretrainedConfig: its saved dict carries `model_type: "dit"` and whatever
+        # bookkeeping PretrainedConfig writes. Those keys say nothing about the architecture; drop them.
+        dit_config = {k: v for k, v in (dit_config or {}).items() if k not in _config_bookkeeping_keys()}
+        unknown = set(dit_config) - set(DEFAULT_DIT_CONFIG)
         if unknown:
             raise ValueError(
                 f"`dit_config` has unknown keys {sorted(unknown)}; expected keys are {sorted(DEFAULT_DIT_CONFIG)}."

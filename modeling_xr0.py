@@ -21,9 +21,10 @@ import inspect
 import json
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -77,34 +78,32 @@ class XR0ActionOutput(ModelOutput):
 
 @dataclass
 class XR0Observation:
-    """Everything the DiT needs from one observation; computed once, reused by every Euler step.
+    """Everything the DiT needs from one observation; computed once, reused by every Euler step and for any
+    chunk length.
 
     Args:
         cache_keys, cache_values: one (B, h, L, D) tensor per DiT layer: the cached K/V of VLM layer
             (L_vlm - N_dit + i), already rotated and repeated from the VLM's KV heads to the DiT's query heads;
             zero at padded prompt positions.
         cache_mask: (B, L) bool, True at real (non-padded) prompt tokens.
-        attention_mask: (B, 1, Q, L + Q) bool, True = may attend. Keys are [prompt cache | DiT tokens].
-        position_ids: (3, B, Q) MRoPE position ids of the DiT tokens (noisy-action offset on every action token:
-            the layout without a committed prefix; `XR0ForActionGeneration.condition_on_prefix` adapts it).
-        position_embeddings: (cos, sin), each (B, Q, D), the rotary tables for `position_ids`.
+        next_position: (3, B) the first free MRoPE position on each axis (max over the prompt + 1): the DiT
+            tokens continue the prompt from there.
         context_tokens: (B, 1 + S, H) the [sink, state] tokens that precede the action tokens.
     """
 
     cache_keys: tuple[torch.Tensor, ...]
     cache_values: tuple[torch.Tensor, ...]
     cache_mask: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    next_position: torch.Tensor
     context_tokens: torch.Tensor
 
     @property
     def batch_size(self) -> int:
         return self.context_tokens.shape[0]
 
-    def replace(self, **changes) -> "XR0Observation":
-        return replace(self, **changes)
+    @property
+    def state_length(self) -> int:
+        return self.context_tokens.shape[1] - 1
 
     def repeat_interleave(self, repeats: int) -> "XR0Observation":
         """Each sample `repeats` times in a row along the batch (training_repeat)."""
@@ -118,11 +117,25 @@ class XR0Observation:
             cache_keys=tuple(rep(k) for k in self.cache_keys),
             cache_values=tuple(rep(v) for v in self.cache_values),
             cache_mask=rep(self.cache_mask),
-            attention_mask=rep(self.attention_mask),
-            position_ids=rep(self.position_ids, dim=1),
-            position_embeddings=tuple(rep(t) for t in self.position_embeddings),
+            next_position=rep(self.next_position, dim=1),
             context_tokens=rep(self.context_tokens),
         )
+
+
+@dataclass
+class XR0ChunkLayout:
+    """How the DiT lays out one chunk of T action tokens after [sink, state]: who attends to whom and where
+    each token sits in MRoPE. Depends on T and on the committed prefix, not on the noisy actions.
+
+    Args:
+        attention_mask: (B, 1, Q, L + Q) bool, True = may attend. Keys are [prompt cache | DiT tokens].
+        position_ids: (3, B, Q) MRoPE position ids of the DiT tokens.
+        position_embeddings: (cos, sin), each (B, Q, D), the rotary tables for `position_ids`.
+    """
+
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -208,14 +221,15 @@ DIT_ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention}
 
 
 class XR0Projector(nn.Module):
-    """Linear -> GELU(tanh) -> Linear, no bias (published as `layers.0` / `layers.2`)."""
+    """Linear(in -> out) -> GELU(tanh) -> Linear(out -> out), no bias, stored as `layers.0` (out, in) and
+    `layers.2` (out, out). The intermediate width is the OUTPUT width: the action head is 1024 -> 32 -> 32."""
 
-    def __init__(self, in_features: int, out_features: int, hidden_features: int):
+    def __init__(self, in_features: int, out_features: int):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(in_features, hidden_features, bias=False),
+            nn.Linear(in_features, out_features, bias=False),
             nn.GELU(approximate="tanh"),
-            nn.Linear(hidden_features, out_features, bias=False),
+            nn.Linear(out_features, out_features, bias=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -421,9 +435,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         hidden_size = config.dit_config["hidden_size"]
         self.vlm = Qwen3VLForConditionalGeneration(config.vlm_config)
         self.dit = XR0DiT(config)
-        self.state_projector = XR0Projector(config.state_dim, hidden_size, hidden_size)
-        self.action_projector = XR0Projector(config.action_dim, hidden_size, hidden_size)
-        self.action_output_layer = XR0Projector(hidden_size, config.action_dim, hidden_size)
+        self.state_projector = XR0Projector(config.state_dim, hidden_size)
+        self.action_projector = XR0Projector(config.action_dim, hidden_size)
+        self.action_output_layer = XR0Projector(hidden_size, config.action_dim)
         self.t_embedder = XR0TimestepEmbedder(hidden_size)
         self.t_projector = XR0TimeModulation(hidden_size)
         self.sink = nn.Embedding(1, hidden_size)
@@ -527,12 +541,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             cache_keys.append(keys.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
             cache_values.append(values.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
 
-        # DiT tokens continue the prompt's positions on all three MRoPE axes.
-        num_tokens = 1 + config.state_length + config.action_length
-        next_position = position_ids.masked_fill(~cache_mask[None], 0).amax(dim=(0, 2)) + 1  # (B,)
-        dit_position_ids = next_position[None, :, None] + torch.arange(num_tokens, device=input_ids.device)
-        dit_position_ids = dit_position_ids.expand(3, -1, -1).clone()  # (3, B, Q)
-        dit_position_ids[..., 1 + config.state_length :] += config.noisy_action_position_offset
+        # The DiT tokens continue the prompt's positions, each MRoPE axis from its own maximum (report §3.1).
+        real_positions = position_ids.masked_fill(~cache_mask[None], 0)  # (3, B, L)
+        next_position = real_positions.amax(dim=2) + 1  # (3, B)
 
         state_tokens = self.state_projector(state.to(self.dtype))  # (B, S, H)
         sink = self.sink.weight[None].expand(state.shape[0], -1, -1)  # (B, 1, H)
@@ -540,12 +551,46 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             cache_keys=tuple(cache_keys),
             cache_values=tuple(cache_values),
             cache_mask=cache_mask,
-            attention_mask=build_dit_attention_mask(
-                cache_mask, config.state_length, config.action_length, config.action_attention_window
-            ),
-            position_ids=dit_position_ids,
-            position_embeddings=self.dit_position_embeddings(dit_position_ids, cache_keys[0]),
+            next_position=next_position,
             context_tokens=torch.cat([sink, state_tokens], dim=1),
+        )
+
+    def chunk_layout(
+        self,
+        observation: XR0Observation,
+        action_length: int,
+        prefix_lengths: Optional[torch.Tensor] = None,
+        hidden_actions: Optional[torch.Tensor] = None,
+    ) -> XR0ChunkLayout:
+        """
+        Attention mask and rotary tables of the DiT tokens [sink, S state tokens, T action tokens].
+
+        Args:
+            action_length: T.
+            prefix_lengths: (B,) the first `prefix_lengths[b]` action tokens are clean (committed) actions: they
+                do not get `noisy_action_position_offset`. None = no prefix.
+            hidden_actions: (B, T) bool, action tokens hidden as keys (training only).
+        """
+        config = self.config
+        first_action = 1 + observation.state_length
+        num_tokens = first_action + action_length
+        device = observation.next_position.device
+        position_ids = observation.next_position[..., None] + torch.arange(num_tokens, device=device)  # (3, B, Q)
+        is_noisy = torch.ones(observation.batch_size, action_length, dtype=torch.bool, device=device)
+        if prefix_lengths is not None:
+            is_noisy = ~self._prefix_positions(prefix_lengths, action_length).to(device)
+        position_ids[..., first_action:] += config.noisy_action_position_offset * is_noisy.to(position_ids)[None]
+        attention_mask = build_dit_attention_mask(
+            observation.cache_mask,
+            observation.state_length,
+            action_length,
+            config.action_attention_window,
+            hidden_actions=hidden_actions,
+        )
+        return XR0ChunkLayout(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            position_embeddings=self.dit_position_embeddings(position_ids, observation.cache_keys[0]),
         )
 
     def dit_position_embeddings(self, position_ids: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -576,6 +621,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         timestep: torch.Tensor,
         observation: XR0Observation,
         action_mask: torch.Tensor,
+        layout: Optional[XR0ChunkLayout] = None,
     ) -> torch.Tensor:
         """
         One DiT evaluation of the flow's velocity field.
@@ -585,9 +631,12 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             timestep: (B,) flow time t in [0, 1] (0 = noise, 1 = data).
             observation: from `encode_observation`.
             action_mask: (B, T, A), 1 at the robot's active action dims.
+            layout: from `chunk_layout`; the layout without a committed prefix when None.
         Returns:
             (B, T, A) velocity, in the model's dtype.
         """
+        if layout is None:
+            layout = self.chunk_layout(observation, noisy_actions.shape[1])
         dtype = self.action_projector.layers[0].weight.dtype
         action_tokens = self.action_projector((noisy_actions * action_mask).to(dtype))  # (B, T, H)
         hidden_states = torch.cat([observation.context_tokens.to(dtype), action_tokens], dim=1)  # (B, Q, H)
@@ -598,52 +647,22 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 time_modulation,
                 cache_key,
                 cache_value,
-                observation.attention_mask,
-                observation.position_embeddings,
+                layout.attention_mask,
+                layout.position_embeddings,
             )
         return self.action_output_layer(hidden_states[:, -noisy_actions.shape[1] :])
 
-    def sample_noise(
-        self, batch_size: int, generator: Optional[torch.Generator] = None, seed: Optional[int] = None
-    ) -> torch.Tensor:
-        """(B, T, A) standard normal float32 noise on the model's device. `seed` draws it from a fresh CPU
-        generator, so a seed gives the same noise on every device; the global RNG is never touched."""
-        if seed is not None:
-            if generator is not None:
-                raise ValueError("Pass either `seed` or `generator`, not both.")
-            generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        shape = (batch_size, self.config.action_length, self.config.action_dim)
-        device = generator.device if generator is not None else self.device
-        noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-        return noise.to(self.device)
-
-    def condition_on_prefix(
-        self,
-        observation: XR0Observation,
-        prefix_lengths: torch.Tensor,
-        hidden_actions: Optional[torch.Tensor] = None,
-    ) -> XR0Observation:
+    def sample_noise(self, like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """
-        The observation laid out for a committed prefix: the first `prefix_lengths[b]` action tokens are clean,
-        so they lose the noisy-action position offset; `hidden_actions` (B, T) hides action tokens as keys.
+        Standard normal noise of `like`'s shape, drawn in `like`'s dtype on the generator's device (`like`'s
+        device without one), returned as float32 on the model's device.
 
-        Args:
-            prefix_lengths: (B,) int, 0 <= p <= T.
+        Drawn this way, `generator=torch.Generator(action_mask.device).manual_seed(s)` gives exactly the noise of
+        the official forward with `seed=s` (which seeds the global RNG and calls `randn_like(action_mask)`).
         """
-        config = self.config
-        first_action = 1 + config.state_length
-        is_prefix = torch.arange(config.action_length, device=prefix_lengths.device)[None] < prefix_lengths[:, None]
-        position_ids = observation.position_ids.clone()
-        position_ids[..., first_action:] -= config.noisy_action_position_offset * is_prefix.to(position_ids)[None]
-        attention_mask = build_dit_attention_mask(
-            observation.cache_mask, config.state_length, config.action_length, config.action_attention_window,
-            hidden_actions=hidden_actions,
-        )
-        return observation.replace(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            position_embeddings=self.dit_position_embeddings(position_ids, observation.cache_keys[0]),
-        )
+        device = generator.device if generator is not None else like.device
+        noise = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
+        return noise.to(device=self.device, dtype=torch.float32)
 
     def sample_actions(
         self,
@@ -655,12 +674,13 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         action_prefix: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
-        Euler integration of the flow from noise (t=0) to actions (t=1): x <- x + v(x, k/N)·(1/N), k = 0..N-1.
+        Euler integration of the flow from noise (t=0) to actions (t=1): x <- x + v(x, k/N)·(1/N), k = 0..N-1,
+        in float32 whatever the model's dtype.
 
         Args:
             observation: from `encode_observation`.
-            action_mask: (B, T, A).
-            noise: (B, T, A) initial x_0; drawn from `generator` (or fresh) when None.
+            action_mask: (B, T, A); T (the chunk length) is the robot type's, taken from this mask.
+            noise: (B, T, A) initial x_0; drawn like `action_mask` from `generator` (or fresh) when None.
             num_steps: N, defaults to `config.num_inference_steps`.
             action_prefix: (B, p, A) normalized actions already committed for the first p steps of this chunk
                 (real-time execution). They stay clean through every step (zero velocity) and are returned as
@@ -672,15 +692,14 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
         batch_size = observation.batch_size
-        self._check_action_tensor("action_mask", action_mask, batch_size)
+        action_length = self._check_action_tensor("action_mask", action_mask, batch_size)
         if noise is None:
-            noise = self.sample_noise(batch_size, generator=generator)
+            noise = self.sample_noise(action_mask, generator)
         else:
-            self._check_action_tensor("noise", noise, batch_size)
+            self._check_action_tensor("noise", noise, batch_size, action_length)
         clean_actions, prefix_lengths = None, None
         if action_prefix is not None:
-            clean_actions, prefix_lengths = self._prefix_as_chunk(action_prefix, batch_size)
-            observation = self.condition_on_prefix(observation, prefix_lengths)
+            clean_actions, prefix_lengths = self._prefix_as_chunk(action_prefix, batch_size, action_length)
         return self._integrate(observation, action_mask, noise, num_steps, clean_actions, prefix_lengths)
 
     def _integrate(self, observation, action_mask, noise, num_steps, clean_actions=None, prefix_lengths=None):
@@ -688,37 +707,39 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         Positions below `prefix_lengths` (B,) hold `clean_actions` (B, T, A) throughout."""
         actions = noise.to(device=self.device, dtype=torch.float32)
         action_mask = action_mask.to(self.device)
+        action_length = actions.shape[1]
+        layout = self.chunk_layout(observation, action_length, prefix_lengths)
         is_prefix = None
         if prefix_lengths is not None:
-            is_prefix = self._prefix_positions(prefix_lengths)[..., None]  # (B, T, 1)
+            is_prefix = self._prefix_positions(prefix_lengths, action_length)[..., None]  # (B, T, 1)
             actions = torch.where(is_prefix, clean_actions.to(actions), actions)
         dt = 1.0 / num_steps
         for step in range(num_steps):
             timestep = torch.full((observation.batch_size,), step * dt, device=self.device, dtype=torch.float32)
-            velocity = self.velocity(actions, timestep, observation, action_mask).float()
+            velocity = self.velocity(actions, timestep, observation, action_mask, layout).float()
             if is_prefix is not None:
                 velocity = velocity.masked_fill(is_prefix, 0.0)
             actions = actions + dt * velocity
         return actions
 
-    def _prefix_positions(self, prefix_lengths: torch.Tensor) -> torch.Tensor:
+    def _prefix_positions(self, prefix_lengths: torch.Tensor, action_length: int) -> torch.Tensor:
         """(B,) prefix lengths -> (B, T) bool, True at committed (clean) positions."""
-        steps = torch.arange(self.config.action_length, device=prefix_lengths.device)
+        steps = torch.arange(action_length, device=prefix_lengths.device)
         return (steps[None] < prefix_lengths[:, None]).to(self.device)
 
-    def _prefix_as_chunk(self, action_prefix: torch.Tensor, batch_size: int):
+    def _prefix_as_chunk(self, action_prefix: torch.Tensor, batch_size: int, action_length: int):
         config = self.config
         if not isinstance(action_prefix, torch.Tensor) or action_prefix.ndim != 3:
             raise ValueError(f"`action_prefix` must be a (B, p, A) tensor, got {_describe(action_prefix)}.")
         b, p, a = action_prefix.shape
-        if b != batch_size or a != config.action_dim or not 0 <= p <= config.action_length:
+        if b != batch_size or a != config.action_dim or not 0 <= p <= action_length:
             raise ValueError(
-                f"`action_prefix` must have shape (B, p, A) = ({batch_size}, p <= {config.action_length}, "
+                f"`action_prefix` must have shape (B, p, A) = ({batch_size}, p <= T = {action_length}, "
                 f"{config.action_dim}), got {tuple(action_prefix.shape)}."
             )
         if not torch.isfinite(action_prefix).all():
             raise ValueError("`action_prefix` contains NaN or infinite values.")
-        clean = torch.zeros(batch_size, config.action_length, config.action_dim, device=self.device)
+        clean = torch.zeros(batch_size, action_length, config.action_dim, device=self.device)
         clean[:, :p] = action_prefix.to(device=self.device, dtype=torch.float32)
         return clean, torch.full((batch_size,), p, dtype=torch.long, device=self.device)
 
@@ -733,19 +754,19 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         u = self._uniform((batch_size,), generator) ** (1.0 / self.config.time_sampling_alpha)
         return (1.0 - u) * self.config.time_max
 
-    def sample_prefix(self, batch_size: int, generator: Optional[torch.Generator] = None):
+    def sample_prefix(self, batch_size: int, action_length: int, generator: Optional[torch.Generator] = None):
         """Training prefixes: (prefix_lengths (B,), hidden_actions (B, T) bool). With probability
         `action_prefix_probability` a sample gets p ~ U{1..min(max_action_prefix_length, T)} clean actions;
         each of them is hidden with `prefix_hide_probability`, except the last `prefix_keep_last`."""
         config = self.config
-        longest = min(config.max_action_prefix_length, config.action_length)
+        longest = min(config.max_action_prefix_length, action_length)
         use_prefix = self._uniform((batch_size,), generator) < config.action_prefix_probability
         lengths = 1 + (self._uniform((batch_size,), generator) * longest).long().clamp(max=longest - 1)
         prefix_lengths = torch.where(use_prefix, lengths, torch.zeros_like(lengths))
-        steps = torch.arange(config.action_length, device=self.device)[None]
+        steps = torch.arange(action_length, device=self.device)[None]
         in_prefix = steps < prefix_lengths[:, None]
         kept = steps >= prefix_lengths[:, None] - config.prefix_keep_last
-        coin = self._uniform((batch_size, config.action_length), generator) < config.prefix_hide_probability
+        coin = self._uniform((batch_size, action_length), generator) < config.prefix_hide_probability
         return prefix_lengths, in_prefix & ~kept & coin
 
     def compute_loss(
@@ -761,7 +782,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
 
         Args:
             observation: from `encode_observation` (with gradients where the VLM trains).
-            actions: (B, T, A) normalized ground-truth chunk.
+            actions: (B, T, A) normalized ground-truth chunk; T is the robot type's chunk length.
             action_mask: (B, T, A), the robot's active dims (also the DiT input mask, as at inference).
             action_is_pad: (B, T) bool, steps past the episode end (excluded from the loss).
             generator: source of every random draw (noise, t, prefixes, hidden tokens).
@@ -770,14 +791,14 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         """
         config = self.config
         batch_size = observation.batch_size
-        self._check_action_tensor("actions", actions, batch_size)
-        self._check_action_tensor("action_mask", action_mask, batch_size)
-        valid = torch.ones(batch_size, config.action_length, dtype=torch.bool, device=self.device)
+        action_length = self._check_action_tensor("actions", actions, batch_size)
+        self._check_action_tensor("action_mask", action_mask, batch_size, action_length)
+        valid = torch.ones(batch_size, action_length, dtype=torch.bool, device=self.device)
         if action_is_pad is not None:
-            if tuple(action_is_pad.shape) != (batch_size, config.action_length):
+            if not isinstance(action_is_pad, torch.Tensor) or tuple(action_is_pad.shape) != (batch_size, action_length):
                 raise ValueError(
-                    f"`action_is_pad` must have shape (B, T) = ({batch_size}, {config.action_length}), "
-                    f"got {tuple(action_is_pad.shape)}."
+                    f"`action_is_pad` must have shape (B, T) = ({batch_size}, {action_length}), "
+                    f"got {_describe(action_is_pad)}."
                 )
             valid = ~action_is_pad.to(self.device).bool()
 
@@ -788,18 +809,17 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         valid = valid.repeat_interleave(repeats, dim=0)
         batch_size *= repeats
 
-        noise = self.sample_noise(batch_size, generator=generator)
+        noise = self.sample_noise(actions, generator)
         timestep = self.sample_time(batch_size, generator)
         t = timestep[:, None, None]
         noisy_actions = (1 - t) * noise + t * actions
         target = actions - noise
 
-        prefix_lengths, hidden_actions = self.sample_prefix(batch_size, generator)
-        is_prefix = self._prefix_positions(prefix_lengths)  # (B, T)
-        if config.action_prefix_probability > 0:
-            observation = self.condition_on_prefix(observation, prefix_lengths, hidden_actions)
-            noisy_actions = torch.where(is_prefix[..., None], actions, noisy_actions)
-        velocity = self.velocity(noisy_actions, timestep, observation, action_mask).float()
+        prefix_lengths, hidden_actions = self.sample_prefix(batch_size, action_length, generator)
+        is_prefix = self._prefix_positions(prefix_lengths, action_length)  # (B, T)
+        layout = self.chunk_layout(observation, action_length, prefix_lengths, hidden_actions)
+        noisy_actions = torch.where(is_prefix[..., None], actions, noisy_actions)
+        velocity = self.velocity(noisy_actions, timestep, observation, action_mask, layout).float()
         velocity = velocity.masked_fill(is_prefix[..., None], 0.0)
 
         loss_mask = action_mask.float() * (valid & ~is_prefix)[..., None].float()  # (B, T, A)
@@ -821,7 +841,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
     @torch.no_grad()
     def _prefix_loss_weight(self, observation, actions, action_mask, prefix_lengths, loss_mask, generator):
         """|actions generated with the prefix - ground truth| / its masked mean, clamped (spec §6)."""
-        noise = self.sample_noise(actions.shape[0], generator=generator)
+        noise = self.sample_noise(actions, generator)
         generated = self._integrate(
             observation, action_mask, noise, self.config.num_inference_steps, actions, prefix_lengths
         )
@@ -885,8 +905,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
 
         Args:
             input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids: processor outputs.
-            state: (B, S, state_dim) raw state, zero-padded.
-            action_mask: (B, T, A), 1 at the robot's active action dims.
+            state: (B, S, state_dim) raw state, zero-padded (S = 1 for the published checkpoints).
+            action_mask: (B, T, A), 1 at the robot's active action dims; T is the robot type's chunk length (10
+                for LIBERO and CALVIN, 4 for SimplerEnv, 15 or 30 for the pre-training robot types).
             actions: (B, T, A) normalized ground truth (training). action_is_pad: (B, T) bool (training).
             action_prefix: (B, p, A) committed normalized actions for the first p steps (inference).
             language_batch: vision-language co-training samples (training): a dict with `input_ids`,
@@ -894,8 +915,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 (see the processor's `encode_conversations`); their next-token loss is added with
                 `config.language_loss_weight`. The robot inputs may then be absent (a language-only batch).
             noise: (B, T, A) initial noise; overrides `generator`/`seed`.
-            generator: a `torch.Generator` for all randomness. seed: an int, same as a CPU generator seeded with
-                it (equal to the official code's noise on CPU). Neither touches the global RNG; with none of
+            generator: a `torch.Generator` for all randomness; the noise is drawn in `action_mask`'s shape and
+                dtype on the generator's device. seed: an int; the same as
+                `generator=torch.Generator(action_mask.device).manual_seed(seed)`, which draws exactly the noise of
+                the official forward for that seed. Neither touches the global RNG; with none of
                 noise/generator/seed, fresh noise is drawn.
             num_steps: Euler steps, defaults to `config.num_inference_steps`.
         Returns:
@@ -911,16 +934,16 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         if input_ids is None:
             raise ValueError("`input_ids` is required: (B, L) prompt token ids from the XR0 processor.")
         if state is None:
-            raise ValueError(f"`state` is required: (B, {self.config.state_length}, {self.config.state_dim}).")
+            raise ValueError(f"`state` is required: (B, S, {self.config.state_dim}) raw robot state, zero-padded.")
         if action_mask is None:
             raise ValueError(
-                f"`action_mask` is required: (B, {self.config.action_length}, {self.config.action_dim}), "
-                "1 at the robot's active action dims (see the processor's `get_action_mask`)."
+                f"`action_mask` is required: (B, T, {self.config.action_dim}), 1 at the robot's active action dims "
+                "for each of the T steps of its chunk (see the processor's `get_action_mask`)."
             )
         if seed is not None:
             if generator is not None:
                 raise ValueError("Pass either `seed` or `generator`, not both.")
-            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+            generator = generator_from_seed(seed, action_mask.device if isinstance(action_mask, torch.Tensor) else "cpu")
         observation = self.encode_observation(
             input_ids, attention_mask, pixel_values, image_grid_thw, state, mm_token_type_ids=mm_token_type_ids
         )
@@ -941,14 +964,27 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
 
     # ---- input checks ----------------------------------------------------------------------------------------
 
-    def _check_action_tensor(self, name: str, tensor: torch.Tensor, batch_size: int) -> None:
-        expected = (batch_size, self.config.action_length, self.config.action_dim)
+    def _check_action_tensor(
+        self, name: str, tensor: torch.Tensor, batch_size: int, action_length: Optional[int] = None
+    ) -> int:
+        """Checks a (B, T, A) chunk-shaped input and returns its T (any T >= 1 unless `action_length` is given)."""
+        length = "T" if action_length is None else str(action_length)
+        expected = f"(B, T, A) = ({batch_size}, {length}, {self.config.action_dim})"
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor of shape {expected}, got {type(tensor).__name__}.")
-        if tuple(tensor.shape) != expected:
-            raise ValueError(f"`{name}` must have shape (B, T, A) = {expected}, got {tuple(tensor.shape)}.")
+        if (
+            tensor.ndim != 3
+            or tensor.shape[0] != batch_size
+            or tensor.shape[2] != self.config.action_dim
+            or tensor.shape[1] < 1
+            or (action_length is not None and tensor.shape[1] != action_length)
+        ):
+            raise ValueError(f"`{name}` must have shape {expected}, got {tuple(tensor.shape)}.")
+        if not tensor.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
         if not torch.isfinite(tensor).all():
             raise ValueError(f"`{name}` contains NaN or infinite values.")
+        return tensor.shape[1]
 
     def _check_observation(self, input_ids, attention_mask, pixel_values, image_grid_thw, state) -> None:
         config = self.config
@@ -962,11 +998,16 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         if not attention_mask.bool().any(dim=1).all():
             raise ValueError("`attention_mask` has a row with no real token.")
         batch_size = input_ids.shape[0]
-        expected_state = (batch_size, config.state_length, config.state_dim)
-        if not isinstance(state, torch.Tensor) or tuple(state.shape) != expected_state:
+        if (
+            not isinstance(state, torch.Tensor)
+            or state.ndim != 3
+            or state.shape[0] != batch_size
+            or state.shape[1] < 1
+            or state.shape[2] != config.state_dim
+        ):
             raise ValueError(
-                f"`state` must have shape (B, S, state_dim) = {expected_state} (zero-pad the robot state to "
-                f"state_dim), got {_describe(state)}."
+                f"`state` must have shape (B, S, state_dim) = ({batch_size}, S >= 1, {config.state_dim}) (zero-pad the "
+                f"robot state to state_dim), got {_describe(state)}."
             )
         if not torch.isfinite(state).all():
             raise ValueError("`state` contains NaN or infinite values.")
@@ -1003,6 +1044,17 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 f"gives {num_patches // merge} ({num_patches} patches / {merge} merged): each image needs "
                 "t·h·w/merge² `<|image_pad|>` tokens."
             )
+
+
+def generator_from_seed(seed, device) -> torch.Generator:
+    """A fresh generator on `device` seeded with `seed`: the draw of the official forward's
+    `torch.manual_seed(seed)`, without touching the global RNG."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an int, got {type(seed).__name__} {seed!r}.")
+    seed = int(seed)
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"`seed` must be in [-2**63, 2**64), got {seed}.")
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _is_checkpointing(model: PreTrainedModel) -> bool:
