@@ -35,21 +35,41 @@ PROMPT_TASK = "Generate robot actions for the task:\n{instruction} /no_cot<|im_e
 # Dims whose std is at most this are padding (the published rule for the action mask).
 ACTIVE_STD_THRESHOLD = 1e-5
 
-# Camera layouts of the published robot types (view key, prompt title). Their statistics come with a checkpoint.
+# The published robot types: camera views as the official clients send them (request key, prompt title) and
+# chunk lengths. Their statistics come with each checkpoint (`action_config`), and their (T, 32) shape is what
+# sets T. The pre-training robot types have no fixed camera contract: register their views before use.
+_TWO_VIEWS = [["base", "Base"], ["wrist_left", "Left-Wrist"]]
 PUBLISHED_ROBOT_TYPES = {
-    "libero_all": {"views": [["base", "Base"], ["wrist", "Left-Wrist"]], "active_action_dims": 7},
-    "calvin_abcd_orig": {"views": [["base", "Base"], ["wrist", "Left-Wrist"]], "active_action_dims": 7},
-    "calvin_abc_orig": {"views": [["base", "Base"], ["wrist", "Left-Wrist"]], "active_action_dims": 7},
-    "bridge_delta": {"views": [["base", "Base"]], "active_action_dims": 7},
-    "fractal_delta": {"views": [["ego", "Ego"]], "active_action_dims": 7},
+    "libero_all": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10},
+    "calvin_abcd_orig": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10},
+    "calvin_abc_orig": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10},
+    "bridge_delta": {"views": [["base", "Base"]], "active_action_dims": 7, "chunk_length": 4},
+    "fractal_delta": {"views": [["base", "Ego"]], "active_action_dims": 7, "chunk_length": 4},
+    "agibot_pt_v3": {"chunk_length": 30},
+    "midata_mix_ann_pt_v1": {"chunk_length": 30},
+    "droid_pt": {"chunk_length": 15},
+    "molmoact_pt": {"chunk_length": 15},
 }
-ROBOT_SPEC_KEYS = ("views", "active_action_dims", "action_mean", "action_std", "state_mean", "state_std")
+ROBOT_SPEC_KEYS = ("views", "active_action_dims", "chunk_length", "action_mean", "action_std", "state_mean", "state_std")
+# Pixel bounds of the image resize when a checkpoint's preprocessor_config.json states no `min_pixels` /
+# `max_pixels`: the Qwen2-VL image processor's defaults. The official runtime (transformers 4.57.1, slow image
+# processor, as the official server loads it) discards a saved `size` and uses these, so a file that carries only
+# Qwen3-VL's released `size` (256²..4096²) still acts with 56²..1003520: a 224² view stays 224² (49 tokens), a 200²
+# view becomes 192² (36 tokens), an 84² view 96² (9 tokens). We resolve the bounds the same way on every
+# transformers line; a checkpoint that wants another floor states `min_pixels`.
+DEFAULT_MIN_PIXELS = 56 * 56
+DEFAULT_MAX_PIXELS = 28 * 28 * 1280
 
 
 def format_prompt(instruction: str, view_titles: list) -> str:
     """The published XR0 prompt for one observation, one image placeholder per view title."""
     views = "".join(PROMPT_VIEW.format(title=title) for title in view_titles)
     return PROMPT_HEADER + views + PROMPT_TASK.format(instruction=instruction)
+
+
+def _is_table(value) -> bool:
+    """True for a (T, width) statistic (a list of rows), False for a vector."""
+    return bool(value) and isinstance(value[0], (list, tuple))
 
 
 def _as_list(value):
@@ -62,13 +82,15 @@ class XR0Processor(ProcessorMixin):
         image_processor: a Qwen2-VL/Qwen3-VL image processor (patch 16, merge 2, temporal patch 2, mean/std 0.5).
         tokenizer: the Qwen3-VL tokenizer.
         robot_types (`dict`, *optional*): registry `{robot_type: spec}`; a spec has `views` (list of
-            `[view_key, title]` in prompt order), `active_action_dims` (int), `action_mean`/`action_std`
-            ((T, action_dim) or a vector of at most action_dim values, padded with mean 0 / std 0) and optional
-            `state_mean`/`state_std` (the published checkpoints feed the state raw). The published robot types
-            are always known with their view layouts.
+            `[view_key, title]` in prompt order), `active_action_dims` (int), `chunk_length` (T, its own chunk
+            length), `action_mean`/`action_std` ((T, action_dim), which also sets T, or a vector of at most
+            action_dim values, padded with mean 0 / std 0) and optional `state_mean`/`state_std` (the published
+            checkpoints feed the state raw). The published robot types are always known with their view layouts
+            and chunk lengths.
         action_config (`dict`, *optional*): the published `{robot_type: {"mean", "std"}}` statistics, merged
             into the registry.
-        action_length, action_dim, state_dim (`int`): T and the padded widths of the model.
+        action_length (`int`): the chunk length of robot types that state neither `chunk_length` nor (T, A)
+            statistics. action_dim, state_dim (`int`): the padded widths of the model.
     """
 
     attributes = ["image_processor", "tokenizer"]
@@ -111,6 +133,7 @@ class XR0Processor(ProcessorMixin):
         name: str,
         views: Optional[list] = None,
         active_action_dims: Optional[int] = None,
+        chunk_length: Optional[int] = None,
         action_mean=None,
         action_std=None,
         state_mean=None,
@@ -130,6 +153,10 @@ class XR0Processor(ProcessorMixin):
                     f"robot type {name!r}: `active_action_dims` must be an int in [1, {self.action_dim}], got {active_action_dims!r}."
                 )
             spec["active_action_dims"] = active_action_dims
+        if chunk_length is not None:
+            if isinstance(chunk_length, bool) or not isinstance(chunk_length, int) or chunk_length < 1:
+                raise ValueError(f"robot type {name!r}: `chunk_length` must be an int >= 1, got {chunk_length!r}.")
+            spec["chunk_length"] = chunk_length
         for key, value, width in (
             ("action_mean", action_mean, self.action_dim),
             ("action_std", action_std, self.action_dim),
@@ -140,6 +167,17 @@ class XR0Processor(ProcessorMixin):
                 spec[key] = self._checked_statistic(name, key, value, width)
         if ("action_mean" in spec) != ("action_std" in spec):
             raise ValueError(f"robot type {name!r}: give `action_mean` and `action_std` together.")
+        # (T, A) statistics set the chunk length: they are what the checkpoint was trained with.
+        lengths = {len(spec[key]) for key in ("action_mean", "action_std") if key in spec and _is_table(spec[key])}
+        if len(lengths) > 1:
+            raise ValueError(f"robot type {name!r}: `action_mean` and `action_std` have different lengths {sorted(lengths)}.")
+        if lengths:
+            length = lengths.pop()
+            if chunk_length is not None and chunk_length != length:
+                raise ValueError(
+                    f"robot type {name!r}: `chunk_length` {chunk_length} disagrees with its (T, A) statistics, T = {length}."
+                )
+            spec["chunk_length"] = length
         if ("state_mean" in spec) != ("state_std" in spec):
             raise ValueError(f"robot type {name!r}: give `state_mean` and `state_std` together.")
 
@@ -151,12 +189,15 @@ class XR0Processor(ProcessorMixin):
             self.register_robot_type(name, action_mean=stats["mean"], action_std=stats["std"])
 
     def _checked_statistic(self, name: str, key: str, value, width: int) -> list:
-        array = np.asarray(_as_list(value), dtype=np.float64)
+        try:
+            array = np.asarray(_as_list(value), dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"robot type {name!r}: `{key}` must be a numeric array: {error}") from None
         if key.startswith("action") and array.ndim == 2:
-            if array.shape != (self.action_length, width):
+            if array.shape[0] < 1 or array.shape[1] != width:
                 raise ValueError(
-                    f"robot type {name!r}: `{key}` must be (T, {width}) = ({self.action_length}, {width}) or a "
-                    f"vector of at most {width} values, got shape {array.shape}."
+                    f"robot type {name!r}: `{key}` must be (T, {width}) with T >= 1 or a vector of at most {width} "
+                    f"values, got shape {array.shape}."
                 )
         elif array.ndim != 1 or not 1 <= array.shape[0] <= width:
             raise ValueError(
@@ -173,6 +214,11 @@ class XR0Processor(ProcessorMixin):
         if robot_type not in self.robot_types:
             raise ValueError(f"Unknown robot_type {robot_type!r}; known robot types: {sorted(self.robot_types)}.")
         return self.robot_types[robot_type]
+
+    def chunk_length(self, robot_type: str) -> int:
+        """T, the number of actions in one chunk of this robot type: from its (T, A) statistics, else its
+        `chunk_length`, else the processor's `action_length`."""
+        return self.robot_spec(robot_type).get("chunk_length", self.action_length)
 
     def _statistic(self, robot_type: str, key: str, width: int, length: Optional[int]) -> np.ndarray:
         """A registered statistic as float32 (T, width) for actions or (width,) for the state; vectors shorter
@@ -191,15 +237,16 @@ class XR0Processor(ProcessorMixin):
         return array
 
     def get_action_mask(self, robot_type: str) -> torch.Tensor:
-        """(T, action_dim) float32: 1 where the action std exceeds 1e-5 (the published rule); without statistics,
-        1 on the first `active_action_dims` dims."""
+        """(T, action_dim) float32, T = the robot type's chunk length: 1 where the action std exceeds 1e-5 (the
+        published rule); without statistics, 1 on the first `active_action_dims` dims."""
         spec = self.robot_spec(robot_type)
+        length = self.chunk_length(robot_type)
         if "action_std" in spec:
-            std = self._statistic(robot_type, "action_std", self.action_dim, self.action_length)
+            std = self._statistic(robot_type, "action_std", self.action_dim, length)
             return torch.from_numpy((std > ACTIVE_STD_THRESHOLD).astype(np.float32))
         if "active_action_dims" not in spec:
             raise ValueError(f"robot_type {robot_type!r} has neither action statistics nor `active_action_dims`.")
-        mask = torch.zeros(self.action_length, self.action_dim)
+        mask = torch.zeros(length, self.action_dim)
         mask[:, : spec["active_action_dims"]] = 1
         return mask
 
@@ -211,12 +258,14 @@ class XR0Processor(ProcessorMixin):
         """
         is_tensor = isinstance(actions, torch.Tensor)
         array = actions.detach().float().cpu().numpy() if is_tensor else np.asarray(actions, dtype=np.float32)
-        if array.ndim not in (2, 3) or array.shape[-2:] != (self.action_length, self.action_dim):
+        length = self.chunk_length(robot_type)
+        if array.ndim not in (2, 3) or array.shape[-2:] != (length, self.action_dim):
             raise ValueError(
-                f"`actions` must be (B, T, A) or (T, A) with T={self.action_length}, A={self.action_dim}, got {array.shape}."
+                f"`actions` must be (B, T, A) or (T, A) with T={length} (robot type {robot_type!r}), "
+                f"A={self.action_dim}, got {array.shape}."
             )
-        mean = self._statistic(robot_type, "action_mean", self.action_dim, self.action_length)
-        std = self._statistic(robot_type, "action_std", self.action_dim, self.action_length)
+        mean = self._statistic(robot_type, "action_mean", self.action_dim, length)
+        std = self._statistic(robot_type, "action_std", self.action_dim, length)
         decoded = array * std + mean
         if active_only:
             decoded = decoded[..., : self.active_action_dims(robot_type)]
@@ -228,18 +277,19 @@ class XR0Processor(ProcessorMixin):
         become 0."""
         is_tensor = isinstance(actions, torch.Tensor)
         array = actions.detach().float().cpu().numpy() if is_tensor else np.asarray(actions, dtype=np.float32)
-        if array.ndim not in (2, 3) or not 1 <= array.shape[-2] <= self.action_length or array.shape[-1] > self.action_dim:
+        length = self.chunk_length(robot_type)
+        if array.ndim not in (2, 3) or not 1 <= array.shape[-2] <= length or array.shape[-1] > self.action_dim:
             raise ValueError(
-                f"`actions` must be (B, n, D) or (n, D) with n <= T={self.action_length}, D <= {self.action_dim}, "
-                f"got {array.shape}."
+                f"`actions` must be (B, n, D) or (n, D) with n <= T={length} (robot type {robot_type!r}), "
+                f"D <= {self.action_dim}, got {array.shape}."
             )
         if not np.isfinite(array).all():
             raise ValueError("`actions` contains NaN or infinite values.")
         steps = array.shape[-2]
         padding = [(0, 0)] * (array.ndim - 1) + [(0, self.action_dim - array.shape[-1])]
         array = np.pad(array, padding)
-        mean = self._statistic(robot_type, "action_mean", self.action_dim, self.action_length)[:steps]
-        std = self._statistic(robot_type, "action_std", self.action_dim, self.action_length)[:steps]
+        mean = self._statistic(robot_type, "action_mean", self.action_dim, length)[:steps]
+        std = self._statistic(robot_type, "action_std", self.action_dim, length)[:steps]
         active = std > ACTIVE_STD_THRESHOLD
         normalized = np.where(active, (array - mean) / np.where(active, std, 1.0), 0.0).astype(np.float32)
         return torch.from_numpy(normalized) if is_tensor else normalized
@@ -358,7 +408,8 @@ class XR0Processor(ProcessorMixin):
             robot_type: a registered robot type (str, or a list of str, one per observation).
         Returns:
             `BatchFeature` with input_ids/attention_mask (B, L) padded on the left, pixel_values, image_grid_thw,
-            mm_token_type_ids, `state` (B, 1, state_dim) float32 and `action_mask` (B, T, action_dim) float32.
+            mm_token_type_ids, `state` (B, 1, state_dim) float32 and `action_mask` (B, T, action_dim) float32,
+            T = the robot type's chunk length (one T per batch).
         """
         batched = isinstance(images, (list, tuple))
         image_rows = list(images) if batched else [images]
@@ -395,6 +446,11 @@ class XR0Processor(ProcessorMixin):
             masks.append(self.get_action_mask(robot))
             state_rows.append(self._prepare_state(raw_state, robot, i))
 
+        lengths = {robot: self.chunk_length(robot) for robot in robot_types}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"`robot_type`: one batch must share one chunk length, got {lengths}; batch each robot type apart."
+            )
         inputs = self.encode_prompts(prompts, ordered_images, padding_side="left")
         inputs["state"] = torch.from_numpy(np.stack(state_rows))[:, None, :]  # (B, 1, state_dim)
         inputs["action_mask"] = torch.stack(masks)  # (B, T, action_dim)
@@ -437,6 +493,7 @@ class XR0Processor(ProcessorMixin):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         result = super().save_pretrained(save_directory, *args, **kwargs)
+        _write_image_bounds(save_directory, self.image_processor)
         # transformers 5.x writes `extra_special_tokens` as a list, which 4.57 cannot read (it expects a dict);
         # `additional_special_tokens` means the same to both lines.
         path = os.path.join(save_directory, "tokenizer_config.json")
@@ -453,23 +510,62 @@ class XR0Processor(ProcessorMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Loads our saved processors and the published layout, whose per-robot statistics sit in
         `preprocessor_config.json` under `action_config`."""
+        # Our parts are stock transformers classes: a published directory's `auto_map` (pointing at the official
+        # processor) must neither run nor prompt.
+        kwargs["trust_remote_code"] = False
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        published = cached_file(
-            pretrained_model_name_or_path,
-            "preprocessor_config.json",
-            subfolder=kwargs.get("subfolder", ""),
-            _raise_exceptions_for_missing_entries=False,
+        image_processor_dict = {}
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            path = cached_file(
+                pretrained_model_name_or_path,
+                name,
+                subfolder=kwargs.get("subfolder", ""),
+                _raise_exceptions_for_missing_entries=False,
+            )
+            if path:
+                with open(path) as f:
+                    saved = json.load(f)
+                # 4.57 and the published repos write preprocessor_config.json; 5.x nests it in processor_config.json.
+                image_processor_dict.update(saved.get("image_processor", saved) if name.startswith("processor") else saved)
+        if image_processor_dict.get("action_config"):
+            processor.merge_action_config(image_processor_dict["action_config"])
+        set_image_bounds(
+            processor.image_processor,
+            image_processor_dict.get("min_pixels") or DEFAULT_MIN_PIXELS,
+            image_processor_dict.get("max_pixels") or DEFAULT_MAX_PIXELS,
         )
-        if published:
-            with open(published) as f:
-                action_config = json.load(f).get("action_config")
-            if action_config:
-                processor.merge_action_config(action_config)
         return processor
 
     @property
     def model_input_names(self) -> list:
         return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "state", "action_mask"]
+
+
+def set_image_bounds(image_processor, min_pixels: int, max_pixels: int) -> None:
+    """Pixel bounds of the Qwen2-VL/Qwen3-VL resize (a view is resized to multiples of patch·merge within them);
+    both transformers lines read `size`, older code paths `min_pixels`/`max_pixels`."""
+    size_type = type(image_processor.size) if image_processor.size is not None else dict
+    image_processor.size = size_type(shortest_edge=min_pixels, longest_edge=max_pixels)  # 5.x: a SizeDict
+    if hasattr(image_processor, "min_pixels"):  # 4.57 keeps them as attributes too
+        image_processor.min_pixels, image_processor.max_pixels = min_pixels, max_pixels
+
+
+def _write_image_bounds(save_directory, image_processor) -> None:
+    """State `min_pixels`/`max_pixels` in the saved image-processor dict (4.57 writes them, 5.x only `size`), so
+    every transformers line resolves the same bounds from the directory (see `DEFAULT_MIN_PIXELS`)."""
+    size = image_processor.size
+    bounds = {"min_pixels": size["shortest_edge"], "max_pixels": size["longest_edge"]}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        path = os.path.join(save_directory, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            saved = json.load(f)
+        target = saved.get("image_processor") if name == "processor_config.json" else saved
+        if isinstance(target, dict):
+            target.update(bounds)
+            with open(path, "w") as f:
+                json.dump(saved, f, indent=2, ensure_ascii=False)
 
 
 def _per_row(name: str, value, batch_size: int, batched: bool, kind: type) -> list:

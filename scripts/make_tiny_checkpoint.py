@@ -75,13 +75,14 @@ def main() -> None:
         (output / name).unlink(missing_ok=True)
     write_json(output / "config.json", config_dict(model.config, CHECKPOINT_VLM_CONFIG))
 
-    # Made-up statistics: these weights were never trained, so there is nothing real to de-normalize with.
-    robot = dict(PUBLISHED_ROBOT_TYPES[ROBOT_TYPE])
-    robot["action_mean"] = np.r_[np.zeros(6), 0.0, np.zeros(25)].tolist()
-    robot["action_std"] = np.r_[np.full(6, 0.05), 1.0, np.zeros(25)].tolist()
-    robot_types = {**PUBLISHED_ROBOT_TYPES, ROBOT_TYPE: robot}
-    write_json(output / "preprocessor_config.json", IMAGE_PROCESSOR_CONFIG)
-    write_json(output / "processor_config.json", processor_config(action_length=30, robot_types=robot_types))
+    # Made-up statistics in the published layout (`action_config` in preprocessor_config.json, (T, 32) per robot
+    # type): these weights were never trained, so there is nothing real to de-normalize with.
+    chunk_length = PUBLISHED_ROBOT_TYPES[ROBOT_TYPE]["chunk_length"]
+    mean = np.zeros(32)
+    std = np.r_[np.full(6, 0.05), 1.0, np.zeros(25)]
+    action_config = {ROBOT_TYPE: {"mean": np.tile(mean, (chunk_length, 1)).tolist(), "std": np.tile(std, (chunk_length, 1)).tolist()}}
+    write_json(output / "preprocessor_config.json", {**IMAGE_PROCESSOR_CONFIG, "action_config": action_config})
+    write_json(output / "processor_config.json", processor_config(action_length=30))
 
     for name in REMOTE_CODE_FILES + TOKENIZER_FILES:
         link = output / name

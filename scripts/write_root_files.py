@@ -3,7 +3,7 @@
     config.json                    XR0Config defaults (the published 4.7B model) + auto_map for the Auto classes
     model.safetensors.index.json   the weight index of the real layout: key names from the meta-device model,
                                    bf16 sizes, greedy shards of at most 5 GB, model-0000k-of-0000n.safetensors
-    preprocessor_config.json       the Qwen3-VL image processor as XR0 uses it (a 224x224 view -> 49 tokens)
+    preprocessor_config.json       the Qwen3-VL image processor with the pixel bounds the official runtime uses
     processor_config.json          XR0Processor: chunk sizes and the robot-type registry (published view layouts)
 
     python scripts/write_root_files.py [--output .]
@@ -20,7 +20,7 @@ import torch
 from xr0_import import REPO_ROOT, xr0  # noqa: F401
 from xr0.configuration_xr0 import QWEN3_VL_4B_CONFIG, XR0Config
 from xr0.modeling_xr0 import XR0ForActionGeneration
-from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES
+from xr0.processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PUBLISHED_ROBOT_TYPES
 
 REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
@@ -67,10 +67,10 @@ IMAGE_PROCESSOR_CONFIG = {
     "patch_size": 16,
     "merge_size": 2,
     "temporal_patch_size": 2,
-    # Robot camera images (224-320 px) must keep their size: the floor stays far below 224*224 pixels.
-    "min_pixels": 3136,
-    "max_pixels": 1003520,
-    "size": {"shortest_edge": 3136, "longest_edge": 1003520},
+    # The bounds the official runtime acts with (see processing_xr0.DEFAULT_MIN_PIXELS), stated explicitly.
+    "min_pixels": DEFAULT_MIN_PIXELS,
+    "max_pixels": DEFAULT_MAX_PIXELS,
+    "size": {"shortest_edge": DEFAULT_MIN_PIXELS, "longest_edge": DEFAULT_MAX_PIXELS},
 }
 
 
