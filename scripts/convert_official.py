@@ -4,11 +4,12 @@
     python scripts/convert_official.py --source /data/Xiaomi-Robotics-0-LIBERO --output out/libero --variant libero
 
 The source is a Hugging Face repo id (downloaded with `huggingface_hub.snapshot_download`, JSON and safetensors
-only, at `--revision`; the resolved commit is recorded) or a local directory in the published layout
-(config.json with `model_type: "mibot"`, safetensors single or sharded, preprocessor_config.json with
-`action_config`). The output holds our code files, our config schema, the processor (tokenizer, image
-processor, the variant's robot type with the checkpoint's statistics), the weights as safetensors with an
-index (names unchanged, wrapper prefixes removed) and the variant's model card. Every tensor is checked
+only, at `--revision`: by default the revision the variant pins; the resolved commit is recorded) or a local
+directory in the published layout (config.json with `model_type: "mibot"` as the official code writes it,
+safetensors single or sharded, preprocessor_config.json with `action_config`). The output holds our code files,
+our config schema, the processor (tokenizer, the image processor with the source's pixel bounds as the official
+runtime resolves them, the variant's robot type with the checkpoint's statistics), the weights as safetensors
+with an index (names unchanged, wrapper prefixes removed) and the variant's model card. Every tensor is checked
 against the model the config describes (names and shapes) before anything is written.
 """
 
@@ -18,6 +19,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors import safe_open
@@ -28,7 +30,7 @@ from write_root_files import MAX_SHARD_BYTES, REMOTE_CODE_FILES, config_dict, in
 from xr0_import import REPO_ROOT
 from xr0.configuration_xr0 import OFFICIAL_MODEL_TYPE, XR0Config, from_official_config_dict
 from xr0.modeling_xr0 import checkpoint_wrapper_prefix
-from xr0.processing_xr0 import XR0Processor
+from xr0.processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, XR0Processor, set_image_bounds
 
 VARIANTS_DIR = REPO_ROOT / "variants"
 
@@ -57,13 +59,24 @@ def guess_variant(source: str, action_config: dict) -> str:
     return "base"
 
 
-def resolve_source(source: str, revision: str) -> tuple:
-    """(local directory, provenance) for a directory or a Hugging Face repo id."""
+def pinned_revision(source: str) -> Optional[str]:
+    """The revision a variant pins for its published repo id (None for other sources)."""
+    for path in sorted(VARIANTS_DIR.glob("*/variant.json")):
+        variant = json.loads(path.read_text())
+        if variant["repo_id"].lower() == source.lower().rstrip("/"):
+            return variant["revision"]
+    return None
+
+
+def resolve_source(source: str, revision: Optional[str]) -> tuple:
+    """(local directory, provenance) for a directory or a Hugging Face repo id (at `revision`, by default the
+    variant's pinned one, else "main")."""
     path = Path(source)
     if path.is_dir():
         return path, {"source": str(path.resolve())}
     from huggingface_hub import snapshot_download
 
+    revision = revision or pinned_revision(source) or "main"
     local = Path(snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors"]))
     # snapshot folders are named after the commit they hold: that commit pins what was converted.
     return local, {"source": source, "revision": local.name}
@@ -106,7 +119,7 @@ def check_tensors(renamed: dict, expected: dict) -> None:
 
 
 def convert(
-    source: str, output: Path, variant_name: str = None, revision: str = "main", max_shard_bytes: int = MAX_SHARD_BYTES
+    source: str, output: Path, variant_name: str = None, revision: Optional[str] = None, max_shard_bytes: int = MAX_SHARD_BYTES
 ) -> dict:
     directory, provenance = resolve_source(source, revision)
     official = json.loads((directory / "config.json").read_text())
@@ -114,7 +127,8 @@ def convert(
         raise ConversionError(f"{directory}/config.json: model_type {official.get('model_type')!r} is not an XR0 checkpoint")
     config = XR0Config(**{k: v for k, v in from_official_config_dict(official).items() if k != "model_type"})
     preprocessor = directory / "preprocessor_config.json"
-    action_config = json.loads(preprocessor.read_text()).get("action_config", {}) if preprocessor.is_file() else {}
+    image_config = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}
+    action_config = image_config.get("action_config", {})
     variant = load_variant(variant_name or guess_variant(source, action_config))
 
     files = read_weight_files(directory)
@@ -155,6 +169,10 @@ def convert(
     processor = XR0Processor.from_pretrained(
         REPO_ROOT, action_length=config.action_length, action_dim=config.action_dim, state_dim=config.state_dim
     )
+    check_image_processor(image_config, processor.image_processor)
+    # The source's bounds, resolved as the official runtime resolves them, written out explicitly.
+    image_bounds = image_config.get("min_pixels") or DEFAULT_MIN_PIXELS, image_config.get("max_pixels") or DEFAULT_MAX_PIXELS
+    set_image_bounds(processor.image_processor, *image_bounds)
     if variant["robot_type"]:
         processor.register_robot_type(
             variant["robot_type"], views=variant["views"], active_action_dims=variant["active_action_dims"]
@@ -174,9 +192,37 @@ def convert(
         "shards": len(shards),
         "stripped_prefix": prefix or None,
         "robot_types_with_statistics": sorted(action_config),
+        "image_bounds": {
+            "source": {key: image_config[key] for key in ("size", "min_pixels", "max_pixels") if key in image_config},
+            "min_pixels": image_bounds[0],
+            "max_pixels": image_bounds[1],
+        },
     }
     write_json(output / "conversion.json", report)
     return report
+
+
+# Image-processor fields whose value the model was trained with: a source that states another value is refused
+# rather than silently converted with ours.
+IMAGE_PROCESSOR_FACTS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "resample", "rescale_factor")
+
+
+def check_image_processor(image_config: dict, image_processor) -> None:
+    differing = [
+        f"{key} = {image_config[key]!r} (ours {getattr(image_processor, key)!r})"
+        for key in IMAGE_PROCESSOR_FACTS
+        if key in image_config and not _same(image_config[key], getattr(image_processor, key))
+    ]
+    if differing:
+        raise ConversionError("preprocessor_config.json differs from the Qwen3-VL image pipeline: " + "; ".join(differing))
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
+    return a == b
 
 
 def _torch_dtype(safetensors_dtype: str) -> torch.dtype:
@@ -192,7 +238,9 @@ def main(argv=None) -> None:
     parser.add_argument("--source", required=True, help="published repo id or local directory in the published layout")
     parser.add_argument("--output", required=True, type=Path, help="directory to write")
     parser.add_argument("--variant", default=None, help="variant name under variants/ (default: guessed from the source)")
-    parser.add_argument("--revision", default="main", help="revision of a hub source (branch, tag or commit)")
+    parser.add_argument(
+        "--revision", default=None, help="revision of a hub source (default: the commit the variant pins, else main)"
+    )
     args = parser.parse_args(argv)
     try:
         report = convert(args.source, args.output, args.variant, args.revision)

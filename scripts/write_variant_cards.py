@@ -4,6 +4,7 @@ facts of a variant are written once.
     python scripts/write_variant_cards.py
 """
 
+import argparse
 import json
 
 from xr0_import import REPO_ROOT
@@ -25,15 +26,16 @@ tags:
 
 
 def render(variant: dict) -> str:
-    base_model = "Qwen/Qwen3-VL-4B-Instruct" if variant["name"] == "base" else "XiaomiRobotics/Xiaomi-Robotics-0"
+    base_model = "Qwen/Qwen3-VL-4B-Instruct" if variant["name"] == "base" else "XiaomiRobotics/Xiaomi-Robotics-0-Pretrain"
     extra_tags = f"  - {variant['robot_type']}\n" if variant["robot_type"] else ""
     lines = [FRONT_MATTER.format(base_model=base_model, extra_tags=extra_tags), f"# {variant['title']}", ""]
     lines += [
         variant["use"],
         "",
         f"Converted from the published checkpoint [`{variant['repo_id']}`](https://huggingface.co/{variant['repo_id']}) "
-        "with `scripts/convert_official.py`: weights unchanged, loaded by this repository's remote code "
-        "(transformers 4.57 and 5.x, CPU or GPU, eager/sdpa/flash-attention).",
+        f"at revision `{variant['revision']}` with `scripts/convert_official.py` (which pins that revision by default): "
+        "weights unchanged, loaded by this repository's remote code (transformers 4.57 and 5.x, CPU or GPU, "
+        "eager/sdpa/flash-attention).",
         "",
         "## Usage",
         "",
@@ -63,7 +65,8 @@ def render(variant: dict) -> str:
             f"- Camera views, in prompt order: {titles}",
             f"- Images: {size}; {image['preprocessing']}",
             f"- State: {variant['state_layout']}",
-            f"- Actions: {variant['active_action_dims']} active dims, de-normalized with the checkpoint's statistics",
+            f"- Actions: chunks of T = {variant['chunk_length']} steps (the first dimension of the robot type's "
+            f"statistics), {variant['active_action_dims']} active dims, de-normalized with the checkpoint's statistics",
             f"- Steps executed per chunk: {variant['steps_per_chunk']}",
             f"- Evaluation protocol: {variant['protocol']}",
             "",
@@ -75,11 +78,17 @@ def render(variant: dict) -> str:
         lines += [f"| {name} | {value} |" for name, value in variant["results"]["rows"]]
         lines += ["", f"Source: {variant['source']}.", ""]
     else:
+        robot_types = ", ".join(f"`{name}` (T = {length})" for name, length in variant["pretraining_robot_types"].items())
         lines += [
+            "## Pre-training robot types",
+            "",
+            f"The checkpoint's statistics cover {robot_types}. None has a fixed camera contract: register the views "
+            "you feed (`processor.register_robot_type(name, views=[[key, title], ...])`) before acting with one.",
+            "",
             "## Fine-tuning",
             "",
-            "The pre-trained base has no robot statistics of its own: register your robot type with its camera views "
-            "and action statistics in the processor, then fine-tune (see `training/`).",
+            "Register your robot type with its camera views and action statistics ((T, 32) arrays set the chunk "
+            "length) in the processor, then fine-tune (see `training/`).",
             "",
         ]
     lines += [
@@ -99,6 +108,7 @@ def render(variant: dict) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for path in sorted(VARIANTS_DIR.glob("*/variant.json")):
         card = path.parent / "README.md"
         card.write_text(render(json.loads(path.read_text())))
