@@ -2,13 +2,13 @@
 
     python deploy/server.py --model <checkpoint dir> [--host 127.0.0.1] [--port 8000] [--token SECRET]
 
-On connect the server sends its metadata (robot types it can serve, chunk length). Each binary frame is one
-observation:
+On connect the server sends its metadata (robot types it can serve, their views and chunk lengths). Each binary
+frame is one observation:
 
     {"images": {view: uint8 (H, W, 3)}, "instruction": str, "state": float (D,), "robot_type": str,
      "seed": int (optional), "action_prefix": float (p, active dims) (optional, robot units)}
 
-and gets `{"actions": float32 (T, active dims) in robot units, "robot_type": ..., "server_timing": {...}}`.
+and gets `{"actions": float32 (T, active dims) in robot units (T = the robot type's chunk length), "robot_type": ..., "server_timing": {...}}`.
 Every field is validated before it reaches the model; a bad request gets a TEXT frame
 `{"error": {"field", "message"}}` (openpi clients raise it as RuntimeError) and the connection stays usable.
 One inference runs at a time per model; waiting requests are served in arrival order. `GET /healthz` answers
@@ -109,10 +109,11 @@ def parse_request(message, processor) -> Request:
     if prefix is not None:
         prefix = _float_array("action_prefix", prefix, ndim=2)
         dims = processor.active_action_dims(robot_type)
-        if not 1 <= prefix.shape[0] < processor.action_length or prefix.shape[1] != dims:
+        length = processor.chunk_length(robot_type)
+        if not 1 <= prefix.shape[0] < length or prefix.shape[1] != dims:
             raise RequestError(
                 "action_prefix",
-                f"expected (p, {dims}) with 1 <= p < {processor.action_length}, got {prefix.shape}",
+                f"expected (p, {dims}) with 1 <= p < {length} (the chunk length of {robot_type!r}), got {prefix.shape}",
             )
     return Request(dict(images), instruction, state, robot_type, seed, prefix)
 
@@ -147,6 +148,8 @@ class XR0Policy:
         inputs = self.processor(
             images=request.images, instruction=request.instruction, state=request.state, robot_type=request.robot_type
         ).to(self.model.device)
+        # As the official server does: the mask in the model's dtype, so that a seed draws the official noise.
+        inputs["action_mask"] = inputs["action_mask"].to(self.model.dtype)
         prefix = None
         if request.action_prefix is not None:
             prefix = torch.from_numpy(self.processor.normalize_action(request.action_prefix, request.robot_type))[None]
@@ -173,9 +176,12 @@ class PolicyServer:
             "server": "xr0",
             "protocol_version": 1,
             "model": self.name,
-            "action_length": processor.action_length,
             "robot_types": {
-                name: {"views": [key for key, _ in spec["views"]], "active_action_dims": processor.active_action_dims(name)}
+                name: {
+                    "views": [key for key, _ in spec["views"]],
+                    "active_action_dims": processor.active_action_dims(name),
+                    "chunk_length": processor.chunk_length(name),
+                }
                 for name, spec in servable_robot_types(processor).items()
             },
             "observation_keys": sorted(OBSERVATION_KEYS),

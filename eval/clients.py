@@ -1,14 +1,16 @@
-"""Benchmark clients for LIBERO, CALVIN and SimplerEnv that follow the published evaluation conventions (spec §5)
+"""Benchmark clients for LIBERO, CALVIN and SimplerEnv that follow the official evaluation clients' conventions
 and talk to an XR0 policy: the websocket server (`deploy/client.py`) or anything with `infer(observation)`.
 
-Each client turns a simulator observation into the server's observation format (camera views, raw state
-layout, instruction), queries a chunk when its queue is empty, executes `steps_per_chunk` actions of each chunk
-and post-processes them for the simulator (e.g. CALVIN's gripper sign). The seed of each query is derived from
-a hash of the observation, as the official clients do, so an evaluation is reproducible; the exact hash the
-official clients use is not published, so seeds (and sampled actions) differ from theirs.
+Each client turns a simulator observation into the official request (camera views under `base` /
+`wrist_left`, raw state layout, instruction), derives the request's seed from it exactly as the official
+clients do (`official_request_seed`), sends it in the server's format, executes `steps_per_chunk` actions of
+each chunk and post-processes them for the simulator. With the same observation, our clients therefore ask
+for the same seed, and so the same noise, as the official ones.
 """
 
 import hashlib
+import json
+import math
 from collections import deque
 from typing import Optional, Protocol
 
@@ -20,45 +22,112 @@ class Policy(Protocol):
     def infer(self, observation: dict) -> dict: ...
 
 
-def observation_seed(images: dict, state: np.ndarray, instruction: str) -> int:
-    """A deterministic 63-bit seed from the observation's content."""
-    digest = hashlib.sha256()
-    for key in sorted(images):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(images[key]).tobytes())
-    digest.update(np.asarray(state, np.float32).tobytes())
-    digest.update(instruction.encode())
-    return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)
+# ---- the official request seed ----------------------------------------------------------------------------------
 
 
-def center_crop_resize(image: np.ndarray, scale: float = 0.95) -> np.ndarray:
-    """Crop the central `scale` fraction of each side, then resize back to the original size (bilinear)."""
-    height, width = image.shape[:2]
-    crop_h, crop_w = round(height * scale), round(width * scale)
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    cropped = Image.fromarray(image[top : top + crop_h, left : left + crop_w])
-    return np.asarray(cropped.resize((width, height), Image.BILINEAR))
+def _canonical_json_value(value):
+    """How the official clients serialize what JSON cannot: numpy arrays by their bytes, PIL images by a digest
+    of their pixels, sets as sorted lists."""
+    if isinstance(value, np.ndarray):
+        return {"__type__": "numpy", "dtype": str(value.dtype), "shape": value.shape, "data": value.tobytes().hex()}
+    if isinstance(value, Image.Image):
+        digest = hashlib.md5(value.tobytes()).hexdigest()
+        return {"__type__": "PIL.Image", "mode": value.mode, "size": value.size, "content_hash": digest}
+    if isinstance(value, set):
+        return sorted(value)
+    raise TypeError(f"cannot hash a {type(value).__name__} into a request seed")
 
 
-def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    if image.shape[:2] == (height, width):
-        return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+def official_request_seed(request: dict, max_bytes: int = 4) -> int:
+    """The seed the official LIBERO/CALVIN/SimplerEnv clients derive from a request dict (built before its
+    "seed" key is added): SHA-256 of its canonical JSON (sorted keys, no spaces, non-ASCII kept), as an integer
+    modulo 2**(8 * max_bytes)."""
+    text = json.dumps(request, default=_canonical_json_value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    seed = int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16)
+    return seed % (2 ** (8 * max_bytes)) if max_bytes > 0 else seed
+
+
+# ---- image and rotation conventions -----------------------------------------------------------------------------
+
+
+def center_crop_resize(image: Image.Image, scale: float = 0.95) -> Image.Image:
+    """The official clients' crop: keep the central int(side · scale) pixels of each side, then resize back to the
+    original size (bilinear)."""
+    width, height = image.size
+    crop_w, crop_h = int(width * scale), int(height * scale)
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BILINEAR)
 
 
 def quaternion_to_axis_angle(quaternion_xyzw: np.ndarray) -> np.ndarray:
-    """Unit quaternion (x, y, z, w) -> axis-angle 3-vector (axis * angle), angle in [0, pi]."""
-    x, y, z, w = np.asarray(quaternion_xyzw, dtype=np.float64) / np.linalg.norm(quaternion_xyzw)
-    if w < 0:  # the same rotation with a non-negative scalar part gives angle <= pi
-        x, y, z, w = -x, -y, -z, -w
-    sin_half = np.sqrt(max(1.0 - w * w, 0.0))
-    if sin_half < 1e-8:
+    """(x, y, z, w) -> axis · angle with angle = 2·acos(w) in [0, 2π], as robosuite computes it (and so as the
+    LIBERO training data holds it): no normalization, no sign flip."""
+    quaternion = np.asarray(quaternion_xyzw, dtype=np.float64).copy()
+    w = min(max(quaternion[3], -1.0), 1.0)
+    sin_half = math.sqrt(1.0 - w * w)
+    if math.isclose(sin_half, 0.0):
         return np.zeros(3)
-    angle = 2.0 * np.arctan2(sin_half, w)
-    return np.array([x, y, z]) / sin_half * angle
+    return quaternion[:3] * 2.0 * math.acos(w) / sin_half
+
+
+def quaternion_to_matrix(quaternion_wxyz: np.ndarray) -> np.ndarray:
+    """(w, x, y, z), any norm -> 3x3 rotation matrix (identity for a near-zero quaternion)."""
+    w, x, y, z = np.asarray(quaternion_wxyz, dtype=np.float64)
+    norm2 = w * w + x * x + y * y + z * z
+    if norm2 < np.finfo(np.float64).eps:
+        return np.eye(3)
+    s = 2.0 / norm2
+    return np.array([
+        [1 - s * (y * y + z * z), s * (x * y - w * z), s * (x * z + w * y)],
+        [s * (x * y + w * z), 1 - s * (x * x + z * z), s * (y * z - w * x)],
+        [s * (x * z - w * y), s * (y * z + w * x), 1 - s * (x * x + y * y)],
+    ])
+
+
+def matrix_to_quaternion(matrix: np.ndarray) -> np.ndarray:
+    """3x3 rotation matrix -> unit (w, x, y, z) with w >= 0 (the eigenvector of the symmetric K matrix with the
+    largest eigenvalue, Bar-Itzhack's method)."""
+    m = np.asarray(matrix, dtype=np.float64)
+    k = np.array([
+        [m[0, 0] - m[1, 1] - m[2, 2], 0, 0, 0],
+        [m[0, 1] + m[1, 0], m[1, 1] - m[0, 0] - m[2, 2], 0, 0],
+        [m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], m[2, 2] - m[0, 0] - m[1, 1], 0],
+        [m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1], m[0, 0] + m[1, 1] + m[2, 2]],
+    ]) / 3.0
+    values, vectors = np.linalg.eigh(k)  # eigh reads the lower triangle
+    x, y, z, w = vectors[:, np.argmax(values)]
+    quaternion = np.array([w, x, y, z])
+    return -quaternion if quaternion[0] < 0 else quaternion
+
+
+def matrix_to_euler_xyz(matrix: np.ndarray) -> np.ndarray:
+    """3x3 rotation matrix -> (roll, pitch, yaw) of static-axes x-y-z rotations (R = Rz(yaw)·Ry(pitch)·Rx(roll))."""
+    m = np.asarray(matrix, dtype=np.float64)
+    cos_pitch = math.hypot(m[0, 0], m[1, 0])
+    if cos_pitch > np.finfo(np.float64).eps * 4.0:
+        return np.array([math.atan2(m[2, 1], m[2, 2]), math.atan2(-m[2, 0], cos_pitch), math.atan2(m[1, 0], m[0, 0])])
+    return np.array([math.atan2(-m[1, 2], m[1, 1]), math.atan2(-m[2, 0], cos_pitch), 0.0])
+
+
+def euler_xyz_to_axis_angle(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """Static-axes x-y-z Euler angles -> axis · angle (the rotation SimplerEnv's controllers take)."""
+    cr, sr = math.cos(roll / 2), math.sin(roll / 2)
+    cp, sp = math.cos(pitch / 2), math.sin(pitch / 2)
+    cy, sy = math.cos(yaw / 2), math.sin(yaw / 2)
+    w = cr * cp * cy + sr * sp * sy
+    xyz = np.array([sr * cp * cy - cr * sp * sy, cr * sp * cy + sr * cp * sy, cr * cp * sy - sr * sp * cy])
+    norm = np.linalg.norm(xyz)
+    if norm < 1e-12:
+        return np.zeros(3)
+    return xyz / norm * 2.0 * math.atan2(norm, w)
+
+
+# ---- clients ------------------------------------------------------------------------------------------------------
 
 
 class BenchmarkClient:
+    """Queries a chunk when its queue is empty and executes its first `steps_per_chunk` actions."""
+
     robot_type: str = ""
     steps_per_chunk: int = 1
     action_dims: int = 7
@@ -72,7 +141,9 @@ class BenchmarkClient:
     def reset(self) -> None:
         self.queue.clear()
 
-    def observation(self, env_obs, instruction: str) -> dict:
+    def requests(self, env_obs, instruction: str) -> tuple[dict, dict]:
+        """(the request dict the official client hashes into the seed, with its keys, types and values;
+        the same observation in our server's format, without the seed)."""
         raise NotImplementedError
 
     def postprocess(self, action: np.ndarray) -> np.ndarray:
@@ -81,44 +152,48 @@ class BenchmarkClient:
     def act(self, env_obs, instruction: str) -> np.ndarray:
         """The simulator action for this step; queries a new chunk every `steps_per_chunk` steps."""
         if not self.queue:
-            observation = self.observation(env_obs, instruction)
-            observation["seed"] = observation_seed(observation["images"], observation["state"], observation["instruction"])
+            request, observation = self.requests(env_obs, instruction)
+            observation["seed"] = official_request_seed(request)
             chunk = np.asarray(self.policy.infer(observation)["actions"])
-            if chunk.ndim != 2 or chunk.shape[1] < self.action_dims:
-                raise ValueError(f"expected a (T, >= {self.action_dims}) chunk, got {chunk.shape}")
+            if chunk.ndim != 2 or chunk.shape[0] < self.steps_per_chunk or chunk.shape[1] < self.action_dims:
+                raise ValueError(f"expected a (T >= {self.steps_per_chunk}, >= {self.action_dims}) chunk, got {chunk.shape}")
             self.queue.extend(chunk[: self.steps_per_chunk, : self.action_dims])
         return self.postprocess(np.asarray(self.queue.popleft(), dtype=np.float64))
 
 
 class LiberoClient(BenchmarkClient):
-    """LIBERO (robosuite observations): agent-view and wrist images at 256x256 rotated 180 degrees; state =
-    end-effector position (3) + axis-angle (3) + gripper joint positions (2); instruction capitalized with a
-    final period; 10 actions executed per chunk."""
+    """LIBERO (robosuite observations): agent-view and wrist images rotated 180 degrees (256x256 as rendered);
+    state = end-effector position (3) + axis-angle (3) + gripper joint positions (2) + 24 zeros; instruction
+    through str.capitalize (first letter upper, the rest lowered), a "." appended after the seed is derived;
+    10 actions executed per chunk (the checkpoint's whole chunk)."""
 
     robot_type = "libero_all"
     steps_per_chunk = 10
-    image_size = 256
 
-    def observation(self, env_obs: dict, instruction: str) -> dict:
+    def requests(self, env_obs: dict, instruction: str) -> tuple[dict, dict]:
         def view(key):
-            return np.ascontiguousarray(resize(env_obs[key], self.image_size, self.image_size)[::-1, ::-1])
+            return Image.fromarray(np.ascontiguousarray(np.asarray(env_obs[key])[::-1, ::-1]))
 
         state = np.concatenate([
             env_obs["robot0_eef_pos"],
             quaternion_to_axis_angle(env_obs["robot0_eef_quat"]),
             env_obs["robot0_gripper_qpos"],
-        ]).astype(np.float32)
-        return {
-            "images": {"base": view("agentview_image"), "wrist": view("robot0_eye_in_hand_image")},
-            "instruction": format_instruction(instruction),
+            np.zeros(24),
+        ])
+        request = {
+            "task_id": self.robot_type,
             "state": state,
-            "robot_type": self.robot_type,
+            "base": view("agentview_image"),
+            "wrist_left": view("robot0_eye_in_hand_image"),
+            "language": str(instruction).capitalize(),
         }
+        return request, _two_view_observation(request)
 
 
 class CalvinClient(BenchmarkClient):
-    """CALVIN: static and gripper cameras, each center-cropped to 0.95 and resized back; state = robot_obs[:7];
-    10 actions per chunk; the gripper action becomes its sign (+1 open, -1 close)."""
+    """CALVIN: static and gripper cameras, each center-cropped to 0.95 and resized back; state = robot_obs[:7] +
+    25 zeros; instruction capitalized, "." appended after the seed; 10 actions per chunk; the gripper action
+    becomes +1 when positive, else -1."""
 
     robot_type = "calvin_abc_orig"
     steps_per_chunk = 10
@@ -129,48 +204,102 @@ class CalvinClient(BenchmarkClient):
             raise ValueError(f"CALVIN robot_type must be calvin_abc_orig or calvin_abcd_orig, got {robot_type!r}")
         self.robot_type = robot_type
 
-    def observation(self, env_obs: dict, instruction: str) -> dict:
+    def requests(self, env_obs: dict, annotation: str) -> tuple[dict, dict]:
         rgb = env_obs["rgb_obs"]
-        return {
-            "images": {"base": center_crop_resize(rgb["rgb_static"]), "wrist": center_crop_resize(rgb["rgb_gripper"])},
-            "instruction": instruction,
-            "state": np.asarray(env_obs["robot_obs"][:7], dtype=np.float32),
-            "robot_type": self.robot_type,
+        request = {
+            "task_id": self.robot_type,
+            "state": np.concatenate([np.asarray(env_obs["robot_obs"])[:7], np.zeros(25)]),
+            "base": center_crop_resize(_as_pil(rgb["rgb_static"])),
+            "wrist_left": center_crop_resize(_as_pil(rgb["rgb_gripper"])),
+            "language": str(annotation).capitalize(),
         }
+        return request, _two_view_observation(request)
 
     def postprocess(self, action: np.ndarray) -> np.ndarray:
         action = action.copy()
-        action[6] = 1.0 if action[6] >= 0 else -1.0
+        action[6] = 1.0 if action[6] > 0 else -1.0
         return action
 
 
 class SimplerEnvClient(BenchmarkClient):
-    """SimplerEnv: one camera image (WidowX/Bridge 256x256, Google Robot/Fractal 320x256), center crop 0.95 and
-    resize back; the robot state as given (zero-padded by the processor); 4 actions per chunk."""
+    """SimplerEnv (ManiSkill2 observations): one camera image resized with PIL's default filter to 256x256
+    (WidowX/Bridge, title "Base") or 320x256 (Google Robot/Fractal, title "Ego"), center crop 0.95 and resized
+    back; the state from the end-effector pose `eef_pos` (position, quaternion w-x-y-z, gripper) as each
+    dataset recorded it, zero-padded to 32; instruction with its first letter upper-cased and a "." appended;
+    4 actions per chunk; roll-pitch-yaw actions become axis-angle, the gripper as each robot expects."""
 
     steps_per_chunk = 4
-    SETUPS = {"bridge_delta": ("base", 256, 256), "fractal_delta": ("ego", 320, 256)}
+    IMAGE_SIZES = {"bridge_delta": (256, 256), "fractal_delta": (320, 256)}
+    TITLES = {"bridge_delta": "Base", "fractal_delta": "Ego"}
+    # Bridge's end-effector frame relative to SimplerEnv's (a top-down gripper).
+    BRIDGE_DEFAULT_ROTATION = np.array([[0, 0, 1.0], [0, 1.0, 0], [-1.0, 0, 0]])
 
     def __init__(self, policy: Policy, robot_type: str, steps_per_chunk: Optional[int] = None):
         super().__init__(policy, steps_per_chunk)
-        if robot_type not in self.SETUPS:
-            raise ValueError(f"SimplerEnv robot_type must be one of {sorted(self.SETUPS)}, got {robot_type!r}")
+        if robot_type not in self.IMAGE_SIZES:
+            raise ValueError(f"SimplerEnv robot_type must be one of {sorted(self.IMAGE_SIZES)}, got {robot_type!r}")
         self.robot_type = robot_type
 
-    def observation(self, env_obs: dict, instruction: str) -> dict:
-        """env_obs: {"image": uint8 (H, W, 3) camera image, "state": robot state vector}."""
-        view, width, height = self.SETUPS[self.robot_type]
-        image = center_crop_resize(resize(env_obs["image"], width, height))
-        return {
-            "images": {view: image},
-            "instruction": instruction,
-            "state": np.asarray(env_obs["state"], dtype=np.float32),
+    def robot_state(self, eef_pos: np.ndarray) -> np.ndarray:
+        """SimplerEnv's (x, y, z, qw, qx, qy, qz, gripper) -> the 8 state values the checkpoint was trained on."""
+        eef_pos = np.asarray(eef_pos, dtype=np.float64)
+        rotation = quaternion_to_matrix(eef_pos[3:7])
+        gripper = eef_pos[7]
+        if self.robot_type == "bridge_delta":
+            rpy = matrix_to_euler_xyz(rotation @ self.BRIDGE_DEFAULT_ROTATION.T)
+            return np.concatenate([eef_pos[:3], rpy, [0.0], [gripper]])  # a zero before the gripper openness
+        w, x, y, z = matrix_to_quaternion(rotation)
+        return np.concatenate([eef_pos[:3], [x, y, z, w], [1.0 - gripper]])  # quaternion x-y-z-w, closedness
+
+    def requests(self, env_obs: dict, instruction: str) -> tuple[dict, dict]:
+        """env_obs: {"image": uint8 (H, W, 3) camera image, "eef_pos": (8,) SimplerEnv end-effector pose}."""
+        image = _as_pil(env_obs["image"]).resize(self.IMAGE_SIZES[self.robot_type])
+        state = np.zeros((1, 1, 32))
+        robot_state = self.robot_state(env_obs["eef_pos"])
+        state[0, 0, : robot_state.shape[0]] = robot_state
+        text = instruction[:1].upper() + instruction[1:] + "."
+        request = {
+            "task_id": self.robot_type,
+            "state": state,
+            # The official client sends the whole prompt; our server builds the same one from `text`.
+            "language": single_view_prompt(self.TITLES[self.robot_type], text),
+            "base": center_crop_resize(image),
+        }
+        observation = {
+            "images": {"base": np.asarray(request["base"])},
+            "instruction": text,
+            "state": robot_state.astype(np.float32),
             "robot_type": self.robot_type,
         }
+        return request, observation
+
+    def postprocess(self, action: np.ndarray) -> np.ndarray:
+        rotation = euler_xyz_to_axis_angle(*action[3:6])
+        if self.robot_type == "bridge_delta":  # trained with 0 = closed, 1 = open; WidowX takes -1 close / +1 open
+            gripper = 1.0 if action[6] > 0.5 else -1.0
+        else:  # Google Robot takes +1 close / -1 open
+            gripper = float(np.clip(-(2.0 * action[6] - 1.0), -1.0, 1.0))
+        return np.concatenate([action[:3], rotation, [gripper]])
 
 
-def format_instruction(instruction: str) -> str:
-    """LIBERO convention: first letter capitalized, ending with a period."""
-    text = instruction.strip()
-    text = text[:1].upper() + text[1:]
-    return text if text.endswith(".") else text + "."
+def single_view_prompt(title: str, instruction: str) -> str:
+    """The whole prompt the official SimplerEnv client sends (the text our processor builds; a test holds the two
+    equal: this module must not import torch)."""
+    return (
+        "<|im_start|>user\nThe following observations are captured from multiple views.\n"
+        f"# {title} View\n<|vision_start|><|image_pad|><|vision_end|>\n"
+        f"Generate robot actions for the task:\n{instruction} /no_cot<|im_end|>\n<|im_start|>assistant\n<cot></cot><|im_end|>\n"
+    )
+
+
+def _two_view_observation(request: dict) -> dict:
+    return {
+        "images": {"base": np.asarray(request["base"]), "wrist_left": np.asarray(request["wrist_left"])},
+        "instruction": request["language"] + ".",
+        "state": np.asarray(request["state"], dtype=np.float32),
+        "robot_type": request["task_id"],
+    }
+
+
+def _as_pil(image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
