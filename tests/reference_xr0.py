@@ -32,7 +32,8 @@ def reference_actions(vlm, state_dict, config, input_ids, attention_mask, pixel_
     head_dim = config.dit_config["head_dim"]
     heads = hidden // head_dim
     n_dit = config.dit_config["num_hidden_layers"]
-    T = config.action_length
+    T = action_mask.shape[1]  # the robot type's chunk length, as the official forward reads it
+    S = state.shape[1]
 
     # 1. VLM prefill as the official code does it.
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
@@ -49,11 +50,11 @@ def reference_actions(vlm, state_dict, config, input_ids, attention_mask, pixel_
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     B, L = input_ids.shape
 
-    # 2. DiT positions: max prompt position + 1 + k on every axis; rotary from the VLM's text rotary.
+    # 2. DiT positions: each axis continues from its own max prompt position + 1; rotary from the VLM's.
     real = attention_mask.bool()
-    start = torch.stack([positions[:, b][:, real[b]].max() for b in range(B)]) + 1
-    Q = 2 + T
-    dit_pos = (start[:, None] + torch.arange(Q))[None].expand(3, B, Q)
+    start = torch.stack([positions[:, b][:, real[b]].amax(dim=1) for b in range(B)], dim=1) + 1  # (3, B)
+    Q = 1 + S + T
+    dit_pos = start[:, :, None] + torch.arange(Q)
     cos, sin = vlm.model.language_model.rotary_emb(noise, dit_pos)
 
     # 3. Mask: prompt padding for the cache part, lower-triangular over the DiT tokens.

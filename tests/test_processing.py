@@ -40,7 +40,7 @@ def image(seed=0, size=(224, 224)):
 
 
 def libero_observation(**overrides):
-    observation = dict(images={"base": image(0), "wrist": image(1)}, instruction=LIBERO_INSTRUCTION,
+    observation = dict(images={"base": image(0), "wrist_left": image(1)}, instruction=LIBERO_INSTRUCTION,
                        state=np.arange(8, dtype=np.float32) / 10, robot_type="libero_all")
     observation.update(overrides)
     return observation
@@ -105,16 +105,16 @@ def test_two_224_views_give_98_image_tokens(processor):
     assert inputs["image_grid_thw"].tolist() == [[1, 14, 14], [1, 14, 14]]
     assert inputs["pixel_values"].shape == (392, 1536)
     assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == 151655).int())
-    assert inputs["state"].shape == (1, 1, 32) and inputs["action_mask"].shape == (1, 30, 32)
+    assert inputs["state"].shape == (1, 1, 32) and inputs["action_mask"].shape == (1, 10, 32)  # LIBERO's T = 10
     assert torch.equal(inputs["state"][0, 0, :8], torch.arange(8, dtype=torch.float32) / 10)
     assert not inputs["state"][0, 0, 8:].any()
 
 
 def test_image_formats_agree(processor):
     array = image(3)
-    as_pil = processor(**libero_observation(images={"base": Image.fromarray(array), "wrist": array}))
-    as_tensor = processor(**libero_observation(images={"base": torch.from_numpy(array).permute(2, 0, 1), "wrist": array}))
-    as_array = processor(**libero_observation(images={"base": array, "wrist": array}))
+    as_pil = processor(**libero_observation(images={"base": Image.fromarray(array), "wrist_left": array}))
+    as_tensor = processor(**libero_observation(images={"base": torch.from_numpy(array).permute(2, 0, 1), "wrist_left": array}))
+    as_array = processor(**libero_observation(images={"base": array, "wrist_left": array}))
     assert torch.equal(as_pil["pixel_values"], as_array["pixel_values"])
     assert torch.equal(as_tensor["pixel_values"], as_array["pixel_values"])
 
@@ -132,7 +132,7 @@ def test_batch_pads_on_the_left(processor):
     assert torch.equal(batch["input_ids"][1, pad:], single[1]["input_ids"][0])
     assert torch.equal(batch["input_ids"][0], single[0]["input_ids"][0])
     assert torch.equal(batch["pixel_values"], torch.cat([s["pixel_values"] for s in single]))
-    assert batch["state"].shape == (2, 1, 32) and batch["action_mask"].shape == (2, 30, 32)
+    assert batch["state"].shape == (2, 1, 32) and batch["action_mask"].shape == (2, 10, 32)
 
 
 def test_low_level_call_as_published(processor):
@@ -147,7 +147,7 @@ def test_low_level_call_as_published(processor):
 # ---- robot registry, mask, decode ----------------------------------------------------------------------------
 
 
-def published_action_config(T=30):
+def published_action_config(T=10):
     mean = np.zeros((T, 32))
     std = np.zeros((T, 32))
     mean[:, :7] = [0.1, -0.2, 0.3, 0.0, 0.01, -0.01, 0.5]
@@ -168,15 +168,15 @@ def test_published_action_config_drives_mask_and_decode(tmp_path):
     write_published_processor_dir(tmp_path, published_action_config())
     processor = XR0Processor.from_pretrained(tmp_path)
     mask = processor.get_action_mask("libero_all")
-    assert mask.shape == (30, 32) and mask[:, :7].all() and not mask[:, 7:].any()
-    normalized = torch.randn(2, 30, 32)
+    assert mask.shape == (10, 32) and mask[:, :7].all() and not mask[:, 7:].any()
+    normalized = torch.randn(2, 10, 32)
     decoded = processor.decode_action(normalized, "libero_all")
     std = torch.tensor(published_action_config()["libero_all"]["std"], dtype=torch.float32)
     mean = torch.tensor(published_action_config()["libero_all"]["mean"], dtype=torch.float32)
-    assert decoded.shape == (2, 30, 7)
+    assert decoded.shape == (2, 10, 7)
     assert torch.allclose(decoded, (normalized * std + mean)[..., :7])
     full = processor.decode_action(normalized.numpy(), "libero_all", active_only=False)
-    assert isinstance(full, np.ndarray) and full.shape == (2, 30, 32)
+    assert isinstance(full, np.ndarray) and full.shape == (2, 10, 32)
     assert torch.allclose(processor.normalize_action(decoded, "libero_all"), normalized * mask, atol=1e-5)
     assert torch.equal(processor(**libero_observation())["action_mask"][0], mask)
 
@@ -213,8 +213,15 @@ def test_statistics_accept_time_arrays_and_vectors(processor):
     p.register_robot_type("a", views=[["c", "C"]], action_mean=np.zeros((4, 32)), action_std=np.ones((4, 32)))
     p.register_robot_type("b", views=[["c", "C"]], action_mean=np.zeros(32), action_std=np.ones(32))
     assert torch.equal(p.get_action_mask("a"), p.get_action_mask("b"))
-    with pytest.raises(ValueError, match=r"robot type 'c': `action_mean` must be \(T, 32\) = \(4, 32\)"):
-        p.register_robot_type("c", action_mean=np.zeros((5, 32)), action_std=np.ones((5, 32)))
+    assert (p.chunk_length("a"), p.chunk_length("b")) == (4, 4)
+    p.register_robot_type("long", views=[["c", "C"]], action_mean=np.zeros((15, 32)), action_std=np.ones((15, 32)))
+    assert p.get_action_mask("long").shape == (15, 32), "(T, 32) statistics set the robot type's chunk length"
+    with pytest.raises(ValueError, match=r"robot type 'c': `action_mean` must be \(T, 32\) with T >= 1"):
+        p.register_robot_type("c", action_mean=np.zeros((5, 31)), action_std=np.ones((5, 31)))
+    with pytest.raises(ValueError, match=r"robot type 'e': `action_mean` and `action_std` have different lengths \[4, 5\]"):
+        p.register_robot_type("e", action_mean=np.zeros((5, 32)), action_std=np.ones((4, 32)))
+    with pytest.raises(ValueError, match=r"robot type 'f': `chunk_length` 12 disagrees with its \(T, A\) statistics, T = 4"):
+        p.register_robot_type("f", chunk_length=12, action_mean=np.zeros((4, 32)), action_std=np.ones((4, 32)))
     with pytest.raises(ValueError, match="give `action_mean` and `action_std` together"):
         p.register_robot_type("d", action_mean=np.zeros(32))
 
@@ -225,15 +232,15 @@ def test_statistics_accept_time_arrays_and_vectors(processor):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"robot_type": "ur5"}, r"Unknown robot_type 'ur5'; known robot types: \['bridge_delta'"),
-        ({"images": {"base": image(0)}}, r"robot_type 'libero_all' takes 2 camera images with keys \['base', 'wrist'\]"),
+        ({"robot_type": "ur5"}, r"Unknown robot_type 'ur5'; known robot types: \['agibot_pt_v3', 'bridge_delta'"),
+        ({"images": {"base": image(0)}}, r"robot_type 'libero_all' takes 2 camera images with keys \['base', 'wrist_left'\]"),
         ({"images": [image(0), image(1)]}, r"`images\[0\]` must be a dict"),
         ({"state": np.zeros(33)}, r"`state` has 33 values, more than state_dim=32"),
         ({"state": np.array([0.0, np.nan])}, r"`state` of observation 0 contains NaN"),
         ({"state": None}, r"`state` is required"),
-        ({"images": {"base": image(0).astype(np.float32), "wrist": image(1)}}, r"`images\['base'\]`: an array image must be uint8"),
-        ({"images": {"base": image(0)[..., :1], "wrist": image(1)}}, r"`images\['base'\]`: an array image must be uint8 of shape \(H, W, 3\)"),
-        ({"images": {"base": torch.zeros(224, 224, 3, dtype=torch.uint8), "wrist": image(1)}}, r"a tensor image must be uint8 of shape \(3, H, W\)"),
+        ({"images": {"base": image(0).astype(np.float32), "wrist_left": image(1)}}, r"`images\['base'\]`: an array image must be uint8"),
+        ({"images": {"base": image(0)[..., :1], "wrist_left": image(1)}}, r"`images\['base'\]`: an array image must be uint8 of shape \(H, W, 3\)"),
+        ({"images": {"base": torch.zeros(224, 224, 3, dtype=torch.uint8), "wrist_left": image(1)}}, r"a tensor image must be uint8 of shape \(3, H, W\)"),
         ({"instruction": 3}, r"`instruction` must be a str"),
         ({"instruction": "  "}, r"`instruction` of observation 0 is empty"),
     ],
@@ -251,9 +258,9 @@ def test_prompt_placeholders_must_match_images(processor):
 
 def test_decode_needs_statistics_and_shapes(processor):
     with pytest.raises(ValueError, match="robot_type 'bridge_delta' has no `action_mean`"):
-        processor.decode_action(torch.zeros(30, 32), "bridge_delta")
-    with pytest.raises(ValueError, match=r"`actions` must be \(B, T, A\) or \(T, A\) with T=30, A=32"):
-        processor.decode_action(torch.zeros(30, 7), "libero_all")
+        processor.decode_action(torch.zeros(4, 32), "bridge_delta")
+    with pytest.raises(ValueError, match=r"`actions` must be \(B, T, A\) or \(T, A\) with T=10 \(robot type 'libero_all'\), A=32"):
+        processor.decode_action(torch.zeros(30, 32), "libero_all")
 
 
 # ---- end to end ----------------------------------------------------------------------------------------------
@@ -261,13 +268,54 @@ def test_decode_needs_statistics_and_shapes(processor):
 
 def test_processor_to_tiny_model_to_decoded_actions(processor):
     model = tiny_model()
-    T = model.config.action_length
-    p = XR0Processor(processor.image_processor, processor.tokenizer, action_length=T)
+    p = XR0Processor(processor.image_processor, processor.tokenizer)
     p.register_robot_type("libero_all", action_mean=np.r_[np.full(7, 0.5), np.zeros(25)],
                           action_std=np.r_[np.full(7, 2.0), np.zeros(25)])
     inputs = p(**libero_observation())
     with torch.no_grad():
         actions = model(**inputs, seed=0).actions
     decoded = p.decode_action(actions, "libero_all")
-    assert decoded.shape == (1, T, 7) and torch.isfinite(decoded).all()
+    assert decoded.shape == (1, 10, 7) and torch.isfinite(decoded).all()  # LIBERO acts with chunks of 10
     assert torch.allclose(decoded, actions[..., :7] * 2.0 + 0.5)
+
+
+def test_batches_share_one_chunk_length(tmp_path):
+    write_published_processor_dir(tmp_path, {**published_action_config(10), "bridge_delta": published_action_config(4)["libero_all"]})
+    processor = XR0Processor.from_pretrained(tmp_path)
+    assert processor.get_action_mask("bridge_delta").shape == (4, 32)
+    with pytest.raises(ValueError, match=r"`robot_type`: one batch must share one chunk length, got \{'libero_all': 10, 'bridge_delta': 4\}"):
+        processor(images=[{"base": image(0), "wrist_left": image(1)}, {"base": image(2)}], instruction="x",
+                  state=np.zeros((2, 7)), robot_type=["libero_all", "bridge_delta"])
+
+
+# ---- image bounds ----------------------------------------------------------------------------------------------
+
+
+QWEN3_VL_SIZE = {"shortest_edge": 65536, "longest_edge": 16777216}
+
+
+@pytest.mark.parametrize("bounds, tokens", [
+    # Qwen3-VL's released file states only `size`, which the official runtime (4.57 slow processor) discards:
+    # 200² -> 192² (12 x 12 patches of 16 -> 36 tokens after the 2 x 2 merge), 84² -> 96² (9 tokens).
+    ({"size": QWEN3_VL_SIZE}, {200: 36, 84: 9, 256: 64}),
+    ({}, {200: 36, 84: 9, 256: 64}),
+    # A checkpoint that states min_pixels = 256² gets every smaller view upscaled to 256² (64 tokens).
+    ({"size": QWEN3_VL_SIZE, "min_pixels": 65536, "max_pixels": 16777216}, {200: 64, 84: 64, 256: 64}),
+])
+def test_image_bounds_come_from_the_checkpoint(tmp_path, bounds, tokens):
+    write_published_processor_dir(tmp_path, published_action_config())
+    preprocessor = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    for key in ("size", "min_pixels", "max_pixels"):
+        preprocessor.pop(key, None)
+    preprocessor.update(bounds)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    processor = XR0Processor.from_pretrained(tmp_path)
+    for side, expected in tokens.items():
+        inputs = processor(text=[format_prompt("x", ["Base"])], images=[image(side, (side, side))])
+        assert int((inputs["input_ids"] == 151655).sum()) == expected, side
+    # Saved and reloaded (on either transformers line), the bounds stay what they were.
+    processor.save_pretrained(tmp_path / "saved")
+    reloaded = AutoProcessor.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    for side, expected in tokens.items():
+        inputs = reloaded(text=[format_prompt("x", ["Base"])], images=[image(side, (side, side))])
+        assert int((inputs["input_ids"] == 151655).sum()) == expected, side

@@ -26,7 +26,7 @@ def test_time_distribution_moments():
 
 def test_prefix_sampling():
     model = tiny_model(action_prefix_probability=1.0, action_length=10)
-    lengths, hidden = model.sample_prefix(60_000, torch.Generator().manual_seed(1))
+    lengths, hidden = model.sample_prefix(60_000, 10, torch.Generator().manual_seed(1))
     counts = torch.bincount(lengths, minlength=8)
     assert counts[0] == 0 and counts[7:].sum() == 0
     assert ((counts[1:7].float() / 60_000) - 1 / 6).abs().max() < 0.01  # p ~ U{1..6}
@@ -35,9 +35,11 @@ def test_prefix_sampling():
     assert not (hidden & (steps >= lengths[:, None] - 2)).any(), "the last 2 prefix tokens stay visible"
     eligible = steps < lengths[:, None] - 2
     assert abs(float(hidden[eligible].float().mean()) - 0.5) < 0.01
-    half = tiny_model(action_prefix_probability=0.5).sample_prefix(20_000, torch.Generator().manual_seed(2))[0]
+    half = tiny_model(action_prefix_probability=0.5).sample_prefix(20_000, 6, torch.Generator().manual_seed(2))[0]
     assert abs(float((half > 0).float().mean()) - 0.5) < 0.015
-    none = tiny_model().sample_prefix(1000, torch.Generator().manual_seed(3))[0]
+    none = tiny_model().sample_prefix(1000, 6, torch.Generator().manual_seed(3))[0]
+    short = model.sample_prefix(10_000, 4, torch.Generator().manual_seed(4))[0]
+    assert short.min() == 1 and short.max() == 4, "p ~ U{1..min(6, T)} for a chunk of T = 4"
     assert not none.any()
 
 
@@ -58,12 +60,12 @@ def test_lambda_mask_with_hidden_prefix_tokens():
 def test_prefix_positions_drop_the_offset():
     model = tiny_model(noisy_action_position_offset=10)
     obs = encode(model, observation(num_text_tokens=(2, 5)))
-    conditioned = model.condition_on_prefix(obs, torch.tensor([3, 0]))
-    positions = conditioned.position_ids[0]
+    positions = model.chunk_layout(obs, 6, prefix_lengths=torch.tensor([3, 0])).position_ids[0]
+    free = model.chunk_layout(obs, 6).position_ids[0]
     start = int(positions[0, 0])
     assert positions[0].tolist() == [start, start + 1] + [start + 2 + k for k in range(3)] + [start + 12 + k for k in range(3, 6)]
-    assert positions[1, 2:].tolist() == (obs.position_ids[0, 1, 2:]).tolist()
-    assert obs.position_ids[0, 0, 2:].tolist() == [start + 12 + k for k in range(6)]
+    assert positions[1, 2:].tolist() == free[1, 2:].tolist()
+    assert free[0, 2:].tolist() == [start + 12 + k for k in range(6)]
 
 
 def fixed_noise_loss(model, velocity_fn, prefix_probability=1.0):
@@ -76,11 +78,11 @@ def fixed_noise_loss(model, velocity_fn, prefix_probability=1.0):
     target = actions - noise
     seen = {}
 
-    def fake_velocity(noisy, timestep, observation_, mask_):
+    def fake_velocity(noisy, timestep, observation_, mask_, layout=None):
         seen["noisy"] = noisy
         return velocity_fn(target)
 
-    model.sample_noise = lambda batch_size, generator=None, seed=None: noise
+    model.sample_noise = lambda like, generator=None: noise
     model.velocity = fake_velocity
     losses = model.compute_loss(obs, actions, mask, generator=torch.Generator().manual_seed(6))
     return losses, seen, actions, noise
@@ -90,7 +92,7 @@ def test_prefix_is_excluded_from_the_loss_and_kept_clean():
     model = tiny_model(action_prefix_probability=1.0, noisy_action_position_offset=10)
     generator = torch.Generator().manual_seed(6)
     model.sample_time(2, generator)
-    lengths, _ = model.sample_prefix(2, generator)
+    lengths, _ = model.sample_prefix(2, 6, generator)
     assert (lengths > 0).all()
     is_prefix = torch.arange(6)[None, :, None] < lengths[:, None, None]
     # Wrong at every prefix position, right elsewhere: the loss must be exactly 0.
@@ -111,11 +113,11 @@ def test_padding_and_inactive_dims_are_excluded():
     is_pad = torch.zeros(2, 6, dtype=torch.bool)
     is_pad[1, 4:] = True
     noise = torch.zeros(2, 6, 32)
-    model.sample_noise = lambda batch_size, generator=None, seed=None: noise
+    model.sample_noise = lambda like, generator=None: noise
     wrong = torch.zeros(2, 6, 32)
     wrong[1, 4:] = 5.0  # only in padded steps
     wrong[..., 7:] = 5.0  # and in inactive dims
-    model.velocity = lambda noisy, t, o, m: actions + wrong
+    model.velocity = lambda noisy, t, o, m, layout=None: actions + wrong
     assert model.compute_loss(obs, actions, mask, is_pad, torch.Generator().manual_seed(0))["loss"] == 0.0
 
 
@@ -127,12 +129,11 @@ def test_reweighting_formula_and_clamps():
     actions = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(7))
     actions[0, 5, 0] = 40.0  # one far-off target: its weight clamps at 5
     lengths = torch.tensor([2, 3])
-    conditioned = model.condition_on_prefix(obs, lengths)
     loss_mask = mask * (torch.arange(6)[None, :, None] >= lengths[:, None, None])
     with torch.no_grad():
-        weight = model._prefix_loss_weight(conditioned, actions, mask, lengths, loss_mask, torch.Generator().manual_seed(8))
-        noise = model.sample_noise(2, generator=torch.Generator().manual_seed(8))
-        generated = model._integrate(conditioned, mask, noise, 5, actions, lengths)
+        weight = model._prefix_loss_weight(obs, actions, mask, lengths, loss_mask, torch.Generator().manual_seed(8))
+        noise = model.sample_noise(actions, torch.Generator().manual_seed(8))
+        generated = model._integrate(obs, mask, noise, 5, actions, lengths)
     error = (generated - actions).abs()
     expected = (error / ((error * loss_mask).sum() / loss_mask.sum())).clamp(0.5, 5.0)
     assert torch.allclose(weight, expected)
@@ -159,7 +160,7 @@ def test_training_repeat_expands_the_batch():
     obs = encode(model, observation(num_text_tokens=(2, 5)))
     seen = []
     original = model.velocity
-    model.velocity = lambda x, t, o, m: seen.append(x.shape[0]) or original(x, t, o, m)
+    model.velocity = lambda x, t, o, m, layout=None: seen.append(x.shape[0]) or original(x, t, o, m, layout)
     losses = model.compute_loss(obs, torch.randn(2, 6, 32), action_mask(2, model.config), generator=torch.Generator().manual_seed(0))
     assert seen == [8] and torch.isfinite(losses["loss"])
 
