@@ -3,7 +3,7 @@ timings and a plot of the action trajectories.
 
     python scripts/demo.py                                  # embedded tiny checkpoint, RANDOM weights
     python scripts/demo.py --model out/libero               # a converted checkpoint (scripts/convert_official.py)
-    python scripts/demo.py --model out/libero --image base=cam0.png --image wrist=cam1.png --state 0.1 0.2 ...
+    python scripts/demo.py --model out/libero --image base=cam0.png --image wrist_left=cam1.png --state 0.1 0.2 ...
 
 Without --image, synthetic camera views stand in for real ones.
 """
@@ -111,7 +111,11 @@ def main() -> None:
         )
         timings["VLM prefill"] = time.perf_counter() - start
         actions = model.sample_actions(
-            observation, inputs["action_mask"], generator=torch.Generator().manual_seed(args.seed), num_steps=args.steps
+            observation,
+            inputs["action_mask"],
+            # On the mask's device: the noise the official forward draws for this seed.
+            generator=torch.Generator(inputs["action_mask"].device).manual_seed(args.seed),
+            num_steps=args.steps,
         )
     decoded = processor.decode_action(actions, robot_type)[0].numpy()
 

@@ -1,21 +1,25 @@
-"""Benchmark clients: observation conventions on synthetic simulator observations, and a real server round trip."""
+"""Benchmark clients: the official clients' conventions on synthetic simulator observations, and a real server
+round trip. The seeds below were computed by the official clients' own hash function on the same observations
+(run outside this repository); the clients must reproduce them exactly."""
 
 import sys
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "eval"))
 sys.path.insert(0, str(REPO_ROOT / "deploy"))
-from clients import (CalvinClient, LiberoClient, SimplerEnvClient, center_crop_resize, format_instruction,  # noqa: E402
-                     quaternion_to_axis_angle)
+from clients import (CalvinClient, LiberoClient, SimplerEnvClient, center_crop_resize,  # noqa: E402
+                     official_request_seed, quaternion_to_axis_angle, single_view_prompt)
+from xr0.processing_xr0 import format_prompt  # noqa: E402
 
 
 class RecordingPolicy:
-    def __init__(self, dims=7, length=30):
+    def __init__(self, dims=7, length=10):
         self.observations = []
         self.dims, self.length = dims, length
 
@@ -31,74 +35,135 @@ def libero_obs(seed=0):
         "agentview_image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
         "robot0_eye_in_hand_image": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8),
         "robot0_eef_pos": np.array([0.1, 0.2, 0.3]),
-        "robot0_eef_quat": np.array([0.0, 0.0, np.sin(np.pi / 4), np.cos(np.pi / 4)]),  # 90 degrees about z
+        "robot0_eef_quat": np.array([0.1, -0.7, 0.2, -0.68]),
         "robot0_gripper_qpos": np.array([0.04, -0.04]),
     }
 
 
-def test_quaternion_to_axis_angle():
+def calvin_obs():
+    rng = np.random.default_rng(0)
+    return {"rgb_obs": {"rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
+                        "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8)},
+            "robot_obs": np.arange(15, dtype=np.float64) / 10}
+
+
+def simpler_obs():
+    eef = np.array([0.3, -0.1, 0.9, 0.5, 0.5, -0.5, 0.5, 0.8])
+    eef[3:7] /= np.linalg.norm(eef[3:7])
+    return {"image": np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8), "eef_pos": eef}
+
+
+# ---- the official request seed -------------------------------------------------------------------------------
+
+
+def test_request_seed_hashes_like_the_official_clients():
+    assert official_request_seed({"task_id": "x", "state": np.arange(3.0), "language": "héllo wörld"}) == 1702613092
+    image = Image.fromarray(np.full((4, 5, 3), 7, np.uint8))
+    assert official_request_seed({"b": image, "a": {3, 1, 2}, "n": np.zeros((2, 2), np.float32)}) == 3022836265
+    assert official_request_seed({"task_id": "x"}, max_bytes=0) == int(
+        "104307356769141497154362583301401103199744843325683543632675128172259630350482"
+    )
+    with pytest.raises(TypeError, match="cannot hash a object"):
+        official_request_seed({"x": object()})
+
+
+@pytest.mark.parametrize("client, obs, instruction, seed", [
+    (lambda: LiberoClient(None), libero_obs, "put the bowl on the PLATE", 361539884),
+    (lambda: CalvinClient(None, "calvin_abcd_orig"), calvin_obs, "open the Drawer", 4192309989),
+    (lambda: SimplerEnvClient(None, "fractal_delta"), simpler_obs, "put the spoon on the towel", 998254299),
+    (lambda: SimplerEnvClient(None, "bridge_delta"), simpler_obs, "put the spoon on the towel", 3339409499),
+])
+def test_requests_carry_the_official_seed(client, obs, instruction, seed):
+    request, _ = client().requests(obs(), instruction)
+    assert official_request_seed(request) == seed
+
+
+# ---- conventions ---------------------------------------------------------------------------------------------
+
+
+def test_quaternion_to_axis_angle_as_robosuite():
     assert np.allclose(quaternion_to_axis_angle([0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)]), [0, 0, np.pi / 2])
     assert np.allclose(quaternion_to_axis_angle([0, 0, 0, 1]), 0)
-    assert np.allclose(np.abs(quaternion_to_axis_angle([-1, 0, 0, 0])), [np.pi, 0, 0])  # 180 degrees about x (either sign)
-    assert np.allclose(quaternion_to_axis_angle([0, 0, -np.sin(np.pi / 4), -np.cos(np.pi / 4)]), [0, 0, np.pi / 2])
+    # No sign flip: w < 0 gives an angle above pi, as the training data holds it.
+    assert np.allclose(quaternion_to_axis_angle([0, 0, -np.sin(np.pi / 4), -np.cos(np.pi / 4)]), [0, 0, -1.5 * np.pi])
 
 
 def test_libero_conventions():
     policy = RecordingPolicy()
     client = LiberoClient(policy)
     obs = libero_obs()
-    actions = [client.act(obs, "put the bowl on the plate") for _ in range(25)]
+    actions = [client.act(obs, "put the bowl on the PLATE") for _ in range(25)]
     assert len(policy.observations) == 3, "a chunk every 10 steps"
     sent = policy.observations[0]
     assert np.array_equal(sent["images"]["base"], obs["agentview_image"][::-1, ::-1])
-    assert np.array_equal(sent["images"]["wrist"], obs["robot0_eye_in_hand_image"][::-1, ::-1])
-    assert np.allclose(sent["state"], [0.1, 0.2, 0.3, 0, 0, np.pi / 2, 0.04, -0.04])
+    assert np.array_equal(sent["images"]["wrist_left"], obs["robot0_eye_in_hand_image"][::-1, ::-1])
+    assert sent["state"].shape == (32,) and not sent["state"][8:].any()
+    assert np.allclose(sent["state"][:3], [0.1, 0.2, 0.3]) and np.allclose(sent["state"][6:8], [0.04, -0.04])
     assert sent["instruction"] == "Put the bowl on the plate." and sent["robot_type"] == "libero_all"
-    assert actions[0][0] == 50 and actions[9][0] == 59 and actions[10][0] == 150, "first 10 steps of each chunk"
-    assert sent["seed"] == policy.observations[1]["seed"], "same observation, same seed"
+    assert sent["seed"] == 361539884
+    assert actions[0][0] == 50 and actions[9][0] == 59 and actions[10][0] == 150, "all 10 steps of each chunk"
     client.reset()
     client.act(libero_obs(seed=1), "put the bowl on the plate")
     assert policy.observations[-1]["seed"] != sent["seed"]
-    assert format_instruction("open the drawer.") == "Open the drawer."
 
 
 def test_calvin_conventions():
     policy = RecordingPolicy()
     client = CalvinClient(policy, robot_type="calvin_abcd_orig")
-    rng = np.random.default_rng(0)
-    obs = {"rgb_obs": {"rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
-                       "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8)},
-           "robot_obs": np.arange(15, dtype=np.float64)}
-    first = client.act(obs, "open the drawer")
+    obs = calvin_obs()
+    first = client.act(obs, "open the Drawer")
     sent = policy.observations[0]
-    assert sent["images"]["base"].shape == (200, 200, 3) and sent["images"]["wrist"].shape == (84, 84, 3)
-    assert np.array_equal(sent["images"]["base"], center_crop_resize(obs["rgb_obs"]["rgb_static"], 0.95))
-    assert sent["state"].tolist() == list(range(7)) and sent["robot_type"] == "calvin_abcd_orig"
+    assert sent["images"]["base"].shape == (200, 200, 3) and sent["images"]["wrist_left"].shape == (84, 84, 3)
+    expected = center_crop_resize(Image.fromarray(obs["rgb_obs"]["rgb_gripper"]), 0.95)
+    assert np.array_equal(sent["images"]["wrist_left"], np.asarray(expected))
+    assert np.allclose(sent["state"][:7], np.arange(7) / 10) and sent["state"].shape == (32,)
+    assert sent["instruction"] == "Open the drawer." and sent["robot_type"] == "calvin_abcd_orig"
     assert first[6] == 1.0 and first[0] == 50.0
-    policy.infer = lambda observation: {"actions": -np.ones((30, 7), np.float32)}
+    policy.infer = lambda observation: {"actions": np.zeros((10, 7), np.float32)}
     client.reset()
-    assert client.act(obs, "open the drawer")[6] == -1.0
+    assert client.act(obs, "open the drawer")[6] == -1.0, "a gripper action of exactly 0 closes (sign > 0 opens)"
     with pytest.raises(ValueError, match="CALVIN robot_type"):
         CalvinClient(policy, robot_type="libero_all")
 
 
-def test_center_crop_resize_zooms_in():
-    image = np.zeros((100, 100, 3), np.uint8)
-    image[:2] = 255  # a border stripe that the 0.95 crop removes
-    assert center_crop_resize(image).shape == (100, 100, 3)
-    assert center_crop_resize(image)[:1].max() < 255
+def test_center_crop_keeps_int_of_the_scaled_side():
+    image = Image.fromarray(np.arange(84 * 84 * 3, dtype=np.uint8).reshape(84, 84, 3))
+    # int(84 * 0.95) = 79 pixels are kept (rounding would keep 80), offset (84 - 79) // 2 = 2.
+    cropped = center_crop_resize(image)
+    assert cropped.size == (84, 84)
+    assert np.array_equal(np.asarray(cropped), np.asarray(image.crop((2, 2, 81, 81)).resize((84, 84), Image.BILINEAR)))
 
 
-@pytest.mark.parametrize("robot_type, view, size", [("bridge_delta", "base", (256, 256)), ("fractal_delta", "ego", (256, 320))])
-def test_simplerenv_conventions(robot_type, view, size):
-    policy = RecordingPolicy()
+@pytest.mark.parametrize("robot_type, title, size", [("bridge_delta", "Base", (256, 256)), ("fractal_delta", "Ego", (256, 320))])
+def test_simplerenv_conventions(robot_type, title, size):
+    policy = RecordingPolicy(length=4)
     client = SimplerEnvClient(policy, robot_type)
-    obs = {"image": np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8), "state": np.ones(8)}
     for _ in range(5):
-        client.act(obs, "put the spoon on the towel")
+        client.act(simpler_obs(), "put the spoon on the towel")
     assert len(policy.observations) == 2, "a chunk every 4 steps"
     sent = policy.observations[0]
-    assert list(sent["images"]) == [view] and sent["images"][view].shape == (*size, 3)
+    assert list(sent["images"]) == ["base"] and sent["images"]["base"].shape == (*size, 3)
+    assert sent["instruction"] == "Put the spoon on the towel." and sent["state"].shape == (8,)
+    request, _ = client.requests(simpler_obs(), "put the spoon on the towel")
+    assert request["language"] == format_prompt("Put the spoon on the towel.", [title])
+    assert single_view_prompt(title, "x") == format_prompt("x", [title])
+
+
+def test_simplerenv_action_postprocessing():
+    action = np.array([0.01, -0.02, 0.03, 0.3, -0.2, 1.1, 0.7])
+    bridge = SimplerEnvClient(None, "bridge_delta").postprocess(action)
+    fractal = SimplerEnvClient(None, "fractal_delta").postprocess(action)
+    # The same rotation as roll-pitch-yaw (static x-y-z: Rz·Ry·Rx) and as axis-angle (Rodrigues' formula).
+    def rotation(axis, angle):
+        c, s = np.cos(angle), np.sin(angle)
+        k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        return np.eye(3) + s * k + (1 - c) * k @ k
+
+    roll, pitch, yaw = action[3:6]
+    expected = rotation([0, 0, 1], yaw) @ rotation([0, 1, 0], pitch) @ rotation([1, 0, 0], roll)
+    angle = np.linalg.norm(bridge[3:6])
+    assert np.allclose(rotation(bridge[3:6] / angle, angle), expected)
+    assert bridge[6] == 1.0 and fractal[6] == pytest.approx(-(2 * 0.7 - 1))
 
 
 def test_libero_client_against_the_real_server():

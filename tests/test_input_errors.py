@@ -26,10 +26,10 @@ def call(model, batch, **overrides):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("state", torch.zeros(2, 32), r"`state` must have shape \(B, S, state_dim\) = \(2, 1, 32\)"),
+        ("state", torch.zeros(2, 32), r"`state` must have shape \(B, S, state_dim\) = \(2, S >= 1, 32\)"),
         ("state", torch.zeros(2, 1, 7), r"`state` must have shape"),
         ("state", torch.full((2, 1, 32), float("nan")), r"`state` contains NaN"),
-        ("action_mask", torch.ones(2, 6, 7), r"`action_mask` must have shape \(B, T, A\) = \(2, 6, 32\)"),
+        ("action_mask", torch.ones(2, 6, 7), r"`action_mask` must have shape \(B, T, A\) = \(2, T, 32\)"),
         ("action_mask", torch.ones(6, 32), r"`action_mask` must have shape"),
         ("noise", torch.zeros(1, 6, 32), r"`noise` must have shape \(B, T, A\) = \(2, 6, 32\)"),
         ("noise", torch.full((2, 6, 32), float("inf")), r"`noise` contains NaN"),

@@ -12,9 +12,8 @@ from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from conftest import REPO_ROOT
-from tiny import tiny_model
-from test_modeling import published_state_dict, write_published_config
-from test_processing import image, published_action_config
+from published_layout import action_expert_shapes, write_published_checkpoint
+from test_processing import image
 from xr0.modeling_xr0 import XR0ForActionGeneration
 from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES
 
@@ -40,6 +39,10 @@ def test_root_config_builds_the_real_model_whose_keys_equal_the_index():
     stored = {k: v for k, v in model.state_dict().items() if not k.startswith("vlm.lm_head.")}
     assert set(index["weight_map"]) == set(stored)
     assert index["metadata"]["total_size"] == sum(2 * v.numel() for v in stored.values())  # bf16
+    # The action expert's part of the index, against the official modules' table (not our module).
+    expert = {k for k in index["weight_map"] if not k.startswith("vlm.")}
+    assert expert == set(action_expert_shapes(hidden=1024, layers=16, head_dim=128))
+    assert {k: tuple(v.shape) for k, v in stored.items() if k in expert} == action_expert_shapes(1024, 16, 128)
     files = sorted(set(index["weight_map"].values()))
     assert files == [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
 
@@ -65,13 +68,13 @@ def test_tiny_checkpoint_loads_with_auto_classes_and_acts():
     assert (TINY_CHECKPOINT / "model.safetensors").stat().st_size < 8e6
     model = AutoModel.from_pretrained(TINY_CHECKPOINT, trust_remote_code=True, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(TINY_CHECKPOINT, trust_remote_code=True)
-    inputs = processor(images={"base": image(0), "wrist": image(1)}, instruction="Pick up the bowl.",
+    inputs = processor(images={"base": image(0), "wrist_left": image(1)}, instruction="Pick up the bowl.",
                        state=np.zeros(8), robot_type="libero_all")
     with torch.no_grad():
         actions = model(**inputs, seed=0).actions
-    assert actions.shape == (1, 30, 32)
+    assert actions.shape == (1, 10, 32)  # libero_all's statistics are (10, 32)
     decoded = processor.decode_action(actions, "libero_all")
-    assert decoded.shape == (1, 30, 7) and torch.isfinite(decoded).all()
+    assert decoded.shape == (1, 10, 7) and torch.isfinite(decoded).all()
 
 
 # ---- variants ------------------------------------------------------------------------------------------------
@@ -82,70 +85,80 @@ def test_six_variants_with_cards_consistent_with_the_processor():
     for name in VARIANTS:
         variant = json.loads((REPO_ROOT / "variants" / name / "variant.json").read_text())
         card = (REPO_ROOT / "variants" / name / "README.md").read_text()
-        assert variant["name"] == name and variant["repo_id"].startswith("XiaomiRobotics/")
+        assert variant["name"] == name and variant["repo_id"] == PUBLISHED_REPOS[name][0]
+        assert variant["revision"] == PUBLISHED_REPOS[name][1] and variant["revision"] in card
         assert card.startswith("---\nlicense: apache-2.0\n") and variant["title"] in card
         if variant["robot_type"]:
             published = PUBLISHED_ROBOT_TYPES[variant["robot_type"]]
             assert variant["views"] == published["views"]
             assert variant["active_action_dims"] == published["active_action_dims"]
-            assert variant["steps_per_chunk"] in (4, 10)
+            assert variant["chunk_length"] == published["chunk_length"] == variant["steps_per_chunk"]
+            assert f"chunks of T = {variant['chunk_length']} steps" in card
+            for key, _ in variant["views"]:
+                assert f"`{key}`" in card
             for row, value in variant["results"]["rows"]:
                 assert f"| {row} | {value} |" in card
+        else:
+            assert variant["pretraining_robot_types"] == {
+                name: PUBLISHED_ROBOT_TYPES[name]["chunk_length"] for name in variant["pretraining_robot_types"]
+            }
+            assert "base_model: XiaomiRobotics" not in card
 
 
 # ---- converter -----------------------------------------------------------------------------------------------
 
-
-def write_published_checkpoint(directory, model, prefix="module.", shards=2):
-    """A tiny checkpoint in the published layout: mibot config, sharded safetensors, action_config."""
-    directory.mkdir(parents=True, exist_ok=True)
-    write_published_config(model, directory)
-    tensors = published_state_dict(model, prefix)
-    names = sorted(tensors)
-    weight_map = {}
-    for i in range(shards):
-        part = names[i::shards]
-        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({k: tensors[k] for k in part}, str(directory / file), metadata={"format": "pt"})
-        weight_map.update({k: file for k in part})
-    (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    preprocessor = json.loads((REPO_ROOT / "preprocessor_config.json").read_text())
-    preprocessor.update(processor_class="MiBoTProcessor", action_config=published_action_config(T=model.config.action_length))
-    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+# The published repos and the commits the spec pins (verified against a third party that loads all six).
+PUBLISHED_REPOS = {
+    "base": ("XiaomiRobotics/Xiaomi-Robotics-0-Pretrain", "50276c277f7d5c9b1a52fcecdea79045568c6916"),
+    "libero": ("XiaomiRobotics/Xiaomi-Robotics-0-LIBERO", "fc04bbdcc53e498695cfad95d1199091396ef55b"),
+    "calvin-abcd-d": ("XiaomiRobotics/Xiaomi-Robotics-0-Calvin-ABCD_D", "1161227fbcde104c7333ccf684695d3612df2d26"),
+    "calvin-abc-d": ("XiaomiRobotics/Xiaomi-Robotics-0-Calvin-ABC_D", "3e64bfa35ab26c00cb5572e3f174a2421a85577d"),
+    "simplerenv-google-robot": ("XiaomiRobotics/Xiaomi-Robotics-0-SimplerEnv-Google-Robot",
+                                "3b6b1bf65cf9ffbf0865a9abc0b66ee338e0bee6"),
+    "simplerenv-widowx": ("XiaomiRobotics/Xiaomi-Robotics-0-SimplerEnv-WidowX", "3f25b13ea6007d44466e6ea9d2ffe460876142c5"),
+}
 
 
-def test_converter_output_loads_and_acts_like_the_published_checkpoint(tmp_path):
-    model = tiny_model()
+def test_converter_pins_the_published_revisions():
+    for repo_id, revision in PUBLISHED_REPOS.values():
+        assert convert_official.pinned_revision(repo_id) == revision
+    assert convert_official.pinned_revision("someone/else") is None
+
+
+@pytest.mark.parametrize("robot_type, length", [("libero_all", 10), ("fractal_delta", 4), ("agibot_pt_v3", 30)])
+def test_converter_output_loads_and_acts_like_the_published_checkpoint(tmp_path, robot_type, length):
     source = tmp_path / "published"
-    write_published_checkpoint(source, model)
+    write_published_checkpoint(source, prefix="module.", shards=2)
     output = tmp_path / "converted"
     report = convert_official.convert(str(source), output, max_shard_bytes=4_000_000)
     assert report["variant"] == "libero" and report["stripped_prefix"] == "module."
     assert report["shards"] > 1 and (output / "model.safetensors.index.json").is_file()
+    assert report["image_bounds"] == {"source": {"size": {"shortest_edge": 65536, "longest_edge": 16777216}},
+                                      "min_pixels": 3136, "max_pixels": 1003520}
     assert (output / "README.md").read_text() == (REPO_ROOT / "variants" / "libero" / "README.md").read_text()
 
     converted = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(output, trust_remote_code=True)
     direct = XR0ForActionGeneration.from_pretrained(source).eval()
-    inputs = processor(images={"base": image(0), "wrist": image(1)}, instruction="Pick up the bowl.",
-                       state=np.linspace(0, 1, 8), robot_type="libero_all")
+    if robot_type == "agibot_pt_v3":  # no camera contract of its own: register the views fed
+        processor.register_robot_type(robot_type, views=[["head", "Head"]])
+    views = {key: image(i, (200, 200)) for i, (key, _) in enumerate(processor.robot_spec(robot_type)["views"])}
+    inputs = processor(images=views, instruction="Pick up the bowl.", state=np.linspace(0, 1, 8), robot_type=robot_type)
+    assert inputs["action_mask"].shape == (1, length, 32)
     with torch.no_grad():
         expected = direct(**inputs, seed=0).actions
         actual = converted(**inputs, seed=0).actions
-    assert torch.equal(actual, expected)
-    assert torch.equal(inputs["action_mask"][0], processor.get_action_mask("libero_all"))
-    assert processor.decode_action(actual, "libero_all").shape == (1, model.config.action_length, 7)
+    assert (actual - expected).abs().max() <= 1e-6 * max(1.0, float(expected.abs().max()))
+    assert processor.decode_action(actual, robot_type).shape == (1, length, 7)
     saved = json.loads((output / "config.json").read_text())
     assert saved["model_type"] == "xr0" and saved["auto_map"]["AutoProcessor"] == "processing_xr0.XR0Processor"
 
 
 def test_converter_refuses_a_checkpoint_that_does_not_match_its_config(tmp_path):
-    model = tiny_model()
     source = tmp_path / "published"
-    write_published_checkpoint(source, model, prefix="", shards=1)
+    write_published_checkpoint(source, shards=2)
     index = json.loads((source / "model.safetensors.index.json").read_text())
-    tensors = {k: torch.zeros(3) for k in ["dit.layers.0.adaln_table"]}
-    save_file(tensors, str(source / "extra.safetensors"))
+    save_file({"dit.layers.0.adaln_table": torch.zeros(3)}, str(source / "extra.safetensors"))
     index["weight_map"]["dit.layers.0.adaln_table"] = "extra.safetensors"
     (source / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(convert_official.ConversionError, match=r"1 wrong shape: dit.layers.0.adaln_table: \(3,\)"):
@@ -174,7 +187,7 @@ def test_demo_prints_a_chunk_and_writes_the_plot(tmp_path):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--plot", str(plot)],
                             check=True, capture_output=True, text=True)
     assert "RANDOM weights" in result.stdout and "VLM prefill" in result.stdout and "DiT step 4" in result.stdout
-    assert "(30, 7)" in result.stdout
+    assert "(10, 7)" in result.stdout  # the tiny checkpoint's libero_all statistics are (10, 32)
     from PIL import Image
 
     with Image.open(plot) as picture:
