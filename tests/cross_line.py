@@ -15,6 +15,7 @@ import conftest  # noqa: F401  (offline, `xr0` package)
 from transformers import AutoModel, AutoProcessor, __version__
 from conftest import REPO_ROOT
 from tiny import tiny_model
+from xr0.processing_xr0 import set_image_bounds
 
 
 def observation():
@@ -34,8 +35,12 @@ def act(model, processor):
 def save(directory: str) -> None:
     model = tiny_model()
     processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=model.config.action_length)
+    # (T, 32) statistics with T = 15 and a 256² image floor: both must survive the other line's loading.
+    mean, std = np.zeros((15, 32)), np.zeros((15, 32))
+    mean[:, :6], std[:, :6] = np.linspace(0, 1, 6), 0.5
     processor.register_robot_type("my_arm", views=[["front", "Front"], ["hand", "Hand"]], active_action_dims=6,
-                                  action_mean=np.linspace(0, 1, 6), action_std=np.full(6, 0.5))
+                                  action_mean=mean, action_std=std)
+    set_image_bounds(processor.image_processor, 256 * 256, 1024 * 1024)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     np.save(f"{directory}/expected_actions.npy", act(model, processor))
@@ -45,7 +50,10 @@ def save(directory: str) -> None:
 def check(directory: str) -> None:
     model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
-    difference = np.abs(act(model, processor) - np.load(f"{directory}/expected_actions.npy")).max()
+    actions = act(model, processor)
+    if actions.shape != (15, 6) and actions.shape != (1, 15, 6):
+        sys.exit(f"cross-line check failed: actions of shape {actions.shape}, expected T = 15 chunks of 6 dims")
+    difference = np.abs(actions - np.load(f"{directory}/expected_actions.npy")).max()
     print(f"loaded on transformers {__version__}: max |actions - saved actions| = {difference:.2e}")
     if not difference < 1e-5:
         sys.exit("cross-line check failed")

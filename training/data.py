@@ -291,8 +291,12 @@ def register_dataset_robot(processor, robot_type: str, dataset: RobotDataset, ca
     if sorted(camera_map) != sorted(key for key, _ in views):
         raise ValueError(f"camera_map keys {sorted(camera_map)} must be the views of {robot_type!r}: {[k for k, _ in views]}")
     state_stats = {"state_mean": stats.state_mean, "state_std": stats.state_std} if normalize_state else {}
+    spec = processor.robot_types.get(robot_type, {})
+    for key in ("action_mean", "action_std"):  # per-step statistics of another chunk length give way to the dataset's
+        if key in spec and len(np.shape(spec[key])) == 2 and len(spec[key]) != dataset.action_length:
+            del spec[key]
     processor.register_robot_type(
-        robot_type, views=views, active_action_dims=dataset.actions.shape[1],
+        robot_type, views=views, active_action_dims=dataset.actions.shape[1], chunk_length=dataset.action_length,
         action_mean=stats.action_mean, action_std=stats.action_std, **state_stats,
     )
     return camera_map

@@ -70,6 +70,11 @@ class DataArguments:
         default=None, metadata={"help": "view=camera pairs, e.g. 'base=top,wrist=wrist' (default: in order)"}
     )
     normalize_state: bool = field(default=False, metadata={"help": "normalize the state with dataset statistics"})
+    chunk_length: Optional[int] = field(
+        default=None,
+        metadata={"help": "T, actions per training chunk (default: the robot type's own, e.g. 10 for libero_all; "
+                          "the model config's action_length for a new robot type)"},
+    )
     vl_dataset: Optional[str] = field(
         default=None, metadata={"help": "directory with conversations.jsonl for vision-language co-training"}
     )
@@ -135,7 +140,9 @@ def finetune(model_args: ModelArguments, data_args: DataArguments, training_args
     training_args.label_names = ["actions"]
     model, processor = load_model_and_processor(model_args)
     apply_recipe(model, model_args)
-    dataset = open_dataset(data_args.dataset, model.config.action_length, data_args.dataset_format)
+    known = model_args.robot_type in processor.robot_types
+    chunk_length = data_args.chunk_length or (processor.chunk_length(model_args.robot_type) if known else processor.action_length)
+    dataset = open_dataset(data_args.dataset, chunk_length, data_args.dataset_format)
     camera_map = register_dataset_robot(
         processor, model_args.robot_type, dataset, parse_camera_map(data_args.camera_map), data_args.normalize_state
     )
