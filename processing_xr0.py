@@ -8,7 +8,7 @@ Two ways to call it:
     # as published: a prompt with one <|image_pad|> per image
     processor(text=[prompt], images=[img_base, img_wrist], padding=True, return_tensors="pt")
     # one observation (or a list of them): everything `XR0ForActionGeneration.forward` needs
-    processor(images={"base": img, "wrist": img}, instruction="pick up the bowl", state=q, robot_type="libero_all")
+    processor(images={"base": img, "wrist_left": img}, instruction="pick up the bowl", state=q, robot_type="libero_all")
 """
 
 import copy

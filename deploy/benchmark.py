@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def observation(step: int) -> dict:
     rng = np.random.default_rng(step)
     return {
-        "images": {view: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for view in ("base", "wrist")},
+        "images": {view: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for view in ("base", "wrist_left")},
         "instruction": "Put both the alphabet soup and the tomato sauce in the basket.",
         "state": rng.normal(size=8).astype(np.float32),
         "robot_type": "libero_all",

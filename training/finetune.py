@@ -67,7 +67,7 @@ class DataArguments:
     dataset: str = field(metadata={"help": "LeRobot v3.0 dataset directory or a JSONL dataset directory"})
     dataset_format: str = field(default="auto", metadata={"help": "auto, lerobot or jsonl"})
     camera_map: Optional[str] = field(
-        default=None, metadata={"help": "view=camera pairs, e.g. 'base=top,wrist=wrist' (default: in order)"}
+        default=None, metadata={"help": "view=camera pairs, e.g. 'base=top,wrist_left=wrist' (default: in order)"}
     )
     normalize_state: bool = field(default=False, metadata={"help": "normalize the state with dataset statistics"})
     chunk_length: Optional[int] = field(
