@@ -11,7 +11,6 @@ from typing import Any, Optional, Union
 from transformers import PretrainedConfig
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 
-
 # Values of the public Qwen3-VL-4B-Instruct config, written out so the default config is the real model.
 QWEN3_VL_4B_TEXT_CONFIG = {
     "vocab_size": 151936,

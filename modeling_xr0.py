@@ -40,7 +40,6 @@ from transformers.utils import ModelOutput
 
 from .configuration_xr0 import XR0Config
 
-
 # transformers 5.x needs the token types (text 0, image 1, video 2) to place images in MRoPE; 4.57 reads
 # them off input_ids itself.
 _ROPE_INDEX_TAKES_TOKEN_TYPES = "mm_token_type_ids" in inspect.signature(Qwen3VLModel.get_rope_index).parameters
@@ -641,7 +640,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         action_tokens = self.action_projector((noisy_actions * action_mask).to(dtype))  # (B, T, H)
         hidden_states = torch.cat([observation.context_tokens.to(dtype), action_tokens], dim=1)  # (B, Q, H)
         time_modulation = self.t_projector(self.t_embedder(timestep))  # (B, 6, H)
-        for layer, cache_key, cache_value in zip(self.dit.layers, observation.cache_keys, observation.cache_values):
+        for layer, cache_key, cache_value in zip(self.dit.layers, observation.cache_keys, observation.cache_values, strict=True):
             hidden_states = layer(
                 hidden_states,
                 time_modulation,

@@ -23,7 +23,6 @@ from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import cached_file
 
-
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -378,7 +377,7 @@ class XR0Processor(ProcessorMixin):
         if not (len(images) == len(prompts) == len(answers)) or not prompts:
             raise ValueError("`images`, `prompts` and `answers` must be non-empty lists of the same length.")
         texts, flat_images = [], []
-        for i, (sample_images, prompt, answer) in enumerate(zip(images, prompts, answers)):
+        for i, (sample_images, prompt, answer) in enumerate(zip(images, prompts, answers, strict=True)):
             if not isinstance(prompt, str) or not isinstance(answer, str) or not answer:
                 raise ValueError(f"conversation {i}: `prompt` must be a str and `answer` a non-empty str.")
             texts.append(
@@ -428,7 +427,7 @@ class XR0Processor(ProcessorMixin):
         states = self._state_rows(state, batch_size, batched)
 
         prompts, ordered_images, masks, state_rows = [], [], [], []
-        for i, (views, task, robot, raw_state) in enumerate(zip(image_rows, instructions, robot_types, states)):
+        for i, (views, task, robot, raw_state) in enumerate(zip(image_rows, instructions, robot_types, states, strict=True)):
             spec = self.robot_spec(robot)
             if "views" not in spec:
                 raise ValueError(f"robot_type {robot!r} has no camera `views` registered (register_robot_type).")

@@ -1,6 +1,6 @@
 """Benchmark of the policy server's round-trip overhead and of the real-time executor (numbers, not a test).
 
-    python deploy/benchmark.py [--model fixtures/tiny-xr0] [--requests 50]
+    python -m xr0.deploy.benchmark [--model fixtures/tiny-xr0] [--requests 50]
 
 1. Round trip for one observation of two 224x224 views over a websocket on 127.0.0.1: client-measured
    time minus the server's own inference time = protocol + validation + transport overhead.
@@ -10,20 +10,26 @@
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from client import XR0Client  # noqa: E402
-from protocol import pack, unpack  # noqa: E402
-from realtime import FakeClock, LocalChunkSource, RealtimeExecutor, RemoteChunkSource, SimulatedRunner, ThreadedRunner  # noqa: E402
-from server import PolicyServer, load_policy, parse_request  # noqa: E402
+from xr0_client import (
+    FakeClock,
+    LocalChunkSource,
+    RealtimeExecutor,
+    RemoteChunkSource,
+    SimulatedRunner,
+    ThreadedRunner,
+    XR0Client,
+    pack,
+    unpack,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .. import REPO_ROOT
+from .policy import load_policy, parse_request
+from .server import PolicyServer
 
 
 def observation(step: int) -> dict:
@@ -76,7 +82,7 @@ def main() -> None:
             overheads.append(rtt - infer)
         print(f"round trip ({args.requests} requests): {ms(round_trips)}")
         print(f"server inference:           {ms(infers)}")
-        print(f"overhead (round trip - inference): {ms(overheads)}  (median share {statistics.median(o / r for o, r in zip(overheads, round_trips)):.1%})")
+        print(f"overhead (round trip - inference): {ms(overheads)}  (median share {statistics.median(o / r for o, r in zip(overheads, round_trips, strict=True)):.1%})")
 
         runner = ThreadedRunner(RemoteChunkSource(client))
         executor = RealtimeExecutor(runner, lambda: observation(1), lambda action: None, control_hz=30,

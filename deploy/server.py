@@ -1,18 +1,15 @@
-"""XR0 policy server: openpi's websocket protocol (msgpack + numpy), without pickle.
+"""XR0 policy server: openpi's websocket protocol (msgpack + numpy), without pickle. Only the transport lives
+here; the request model and the policy are `xr0.deploy.policy`.
 
-    python deploy/server.py --model <checkpoint dir> [--host 127.0.0.1] [--port 8000] [--token SECRET]
+    xr0-serve --model <checkpoint dir> [--host 127.0.0.1] [--port 8000]      (token: XR0_SERVER_TOKEN or --token)
 
 On connect the server sends its metadata (robot types it can serve, their views and chunk lengths). Each binary
-frame is one observation:
-
-    {"images": {view: uint8 (H, W, 3)}, "instruction": str, "state": float (D,), "robot_type": str,
-     "seed": int (optional), "action_prefix": float (p, active dims) (optional, robot units)}
-
-and gets `{"actions": float32 (T, active dims) in robot units (T = the robot type's chunk length), "robot_type": ..., "server_timing": {...}}`.
-Every field is validated before it reaches the model; a bad request gets a TEXT frame
-`{"error": {"field", "message"}}` (openpi clients raise it as RuntimeError) and the connection stays usable.
-One inference runs at a time per model; waiting requests are served in arrival order. `GET /healthz` answers
-200. With `--token` (or XR0_SERVER_TOKEN), clients must send `Authorization: Api-Key <token>`.
+frame is one observation (see `xr0.deploy.policy`) and gets `{"actions": float32 (T, active dims) in robot
+units, "robot_type": ..., "server_timing": {...}}`, T = the robot type's chunk length. Every field is validated
+before it reaches the model; a bad request gets a TEXT frame `{"error": {"field", "message"}}` (openpi clients
+raise it as RuntimeError) and the connection stays usable. One inference runs at a time per model; waiting
+requests are served in arrival order. `GET /healthz` answers 200. With a token, clients must send
+`Authorization: Api-Key <token>`.
 """
 
 import argparse
@@ -20,143 +17,28 @@ import asyncio
 import hmac
 import logging
 import os
-import sys
 import threading
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protocol import ProtocolError, error_text, pack, unpack  # noqa: E402
+from xr0_client.protocol import ProtocolError, error_text, pack, unpack
+
+from .policy import (
+    OBSERVATION_KEYS,
+    RequestError,
+    XR0Policy,
+    load_policy,
+    parse_request,
+    servable_robot_types,
+)
 
 logger = logging.getLogger("xr0.server")
-
-OBSERVATION_KEYS = {"images", "instruction", "state", "robot_type", "seed", "action_prefix"}
-REQUIRED_KEYS = {"images", "instruction", "state", "robot_type"}
-MAX_INSTRUCTION_CHARS = 2000
-IMAGE_SIDE_RANGE = (16, 4096)
-
-
-class RequestError(ValueError):
-    def __init__(self, field: Optional[str], message: str):
-        super().__init__(message)
-        self.field = field
-
-
-@dataclass
-class Request:
-    images: dict
-    instruction: str
-    state: np.ndarray
-    robot_type: str
-    seed: Optional[int]
-    action_prefix: Optional[np.ndarray]
-
-
-def parse_request(message, processor) -> Request:
-    """Checks every field of an observation message against the processor's robot registry."""
-    if not isinstance(message, dict) or not all(isinstance(key, str) for key in message):
-        raise RequestError(None, "the observation must be a map with string keys")
-    unknown = set(message) - OBSERVATION_KEYS
-    if unknown:
-        raise RequestError(sorted(unknown)[0], f"unknown fields {sorted(unknown)}; allowed: {sorted(OBSERVATION_KEYS)}")
-    missing = REQUIRED_KEYS - set(message)
-    if missing:
-        raise RequestError(sorted(missing)[0], f"missing fields {sorted(missing)}")
-
-    robot_type = message["robot_type"]
-    servable = servable_robot_types(processor)
-    if not isinstance(robot_type, str) or robot_type not in servable:
-        raise RequestError("robot_type", f"unknown robot_type {robot_type!r}; this server serves {sorted(servable)}")
-    spec = processor.robot_spec(robot_type)
-
-    images = message["images"]
-    views = [key for key, _ in spec["views"]]
-    if not isinstance(images, dict) or sorted(map(str, images)) != sorted(views):
-        got = sorted(map(str, images)) if isinstance(images, dict) else type(images).__name__
-        raise RequestError("images", f"expected a map with the views {views} of {robot_type!r}, got {got}")
-    for view, image in images.items():
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            described = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-            raise RequestError(f"images.{view}", f"expected a uint8 (H, W, 3) array, got {described}")
-        low, high = IMAGE_SIDE_RANGE
-        if not (low <= image.shape[0] <= high and low <= image.shape[1] <= high):
-            raise RequestError(f"images.{view}", f"image sides must be in [{low}, {high}], got {image.shape[:2]}")
-
-    instruction = message["instruction"]
-    if not isinstance(instruction, str) or not instruction.strip() or len(instruction) > MAX_INSTRUCTION_CHARS:
-        raise RequestError("instruction", f"expected a non-empty string of at most {MAX_INSTRUCTION_CHARS} characters")
-
-    state = _float_array("state", message["state"], ndim=1)
-    if not 1 <= state.shape[0] <= processor.state_dim:
-        raise RequestError("state", f"expected 1 to {processor.state_dim} values, got {state.shape[0]}")
-
-    seed = message.get("seed")
-    if seed is not None:
-        if isinstance(seed, np.integer):
-            seed = int(seed)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise RequestError("seed", f"expected an int in [0, 2**63), got {seed!r}")
-
-    prefix = message.get("action_prefix")
-    if prefix is not None:
-        prefix = _float_array("action_prefix", prefix, ndim=2)
-        dims = processor.active_action_dims(robot_type)
-        length = processor.chunk_length(robot_type)
-        if not 1 <= prefix.shape[0] < length or prefix.shape[1] != dims:
-            raise RequestError(
-                "action_prefix",
-                f"expected (p, {dims}) with 1 <= p < {length} (the chunk length of {robot_type!r}), got {prefix.shape}",
-            )
-    return Request(dict(images), instruction, state, robot_type, seed, prefix)
-
-
-def _float_array(field: str, value, ndim: int) -> np.ndarray:
-    if isinstance(value, list):
-        try:
-            value = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise RequestError(field, "expected numbers") from error
-    if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf" or value.ndim != ndim:
-        described = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
-        raise RequestError(field, f"expected a {ndim}-D numeric array, got {described}")
-    if not np.isfinite(value).all():
-        raise RequestError(field, "contains NaN or infinite values")
-    return value.astype(np.float32)
-
-
-def servable_robot_types(processor) -> dict:
-    """Robot types with camera views and action statistics: the ones a request can name."""
-    return {name: spec for name, spec in processor.robot_types.items() if "views" in spec and "action_std" in spec}
-
-
-class XR0Policy:
-    """Model + processor: a validated request -> actions in robot units. Used by the server and in-process."""
-
-    def __init__(self, model, processor):
-        self.model = model.eval()
-        self.processor = processor
-
-    def __call__(self, request: Request) -> np.ndarray:
-        inputs = self.processor(
-            images=request.images, instruction=request.instruction, state=request.state, robot_type=request.robot_type
-        ).to(self.model.device)
-        # As the official server does: the mask in the model's dtype, so that a seed draws the official noise.
-        inputs["action_mask"] = inputs["action_mask"].to(self.model.dtype)
-        prefix = None
-        if request.action_prefix is not None:
-            prefix = torch.from_numpy(self.processor.normalize_action(request.action_prefix, request.robot_type))[None]
-        with torch.inference_mode():
-            actions = self.model(**inputs, seed=request.seed, action_prefix=prefix).actions
-        return self.processor.decode_action(actions, request.robot_type)[0].numpy().astype(np.float32)
-
 
 class PolicyServer:
     def __init__(self, policy: XR0Policy, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
@@ -265,14 +147,6 @@ class PolicyServer:
         if self._server is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._server.close)
             self._thread.join(timeout=10)
-
-
-def load_policy(model_dir: str, device: str, dtype: torch.dtype) -> XR0Policy:
-    from transformers import AutoModel, AutoProcessor
-
-    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype).to(device)
-    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    return XR0Policy(model, processor)
 
 
 def main(argv=None) -> None:

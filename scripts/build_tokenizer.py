@@ -2,7 +2,7 @@
 ships, and write them to the repository root (tokenizer.json, tokenizer_config.json, vocab.json, merges.txt).
 
     pip install dashscope tokenizers tiktoken   # tiktoken only for --verify
-    python scripts/build_tokenizer.py [--ranks path/to/qwen.tiktoken] [--output .] [--verify 2000]
+    python -m xr0.scripts.build_tokenizer [--ranks path/to/qwen.tiktoken] [--output .] [--verify 2000]
 
 Facts used (spec §5): the 151,643 regular tokens are byte-level BPE tokens whose ids are their ranks; text is
 split by the Qwen2 pre-tokenizer pattern (one digit per piece) before BPE; the 26 added tokens follow at ids
@@ -201,8 +201,9 @@ def sample_texts(count: int, seed: int = 0) -> list:
 
 
 def verify(tokenizer: Tokenizer, ranks: dict, count: int) -> None:
-    import tiktoken
     import unicodedata
+
+    import tiktoken
 
     specials = {content: NUM_REGULAR_TOKENS + i for i, (content, _) in enumerate(ADDED_TOKENS)}
     reference = tiktoken.Encoding("qwen-ranks", pat_str=PRETOKENIZE_PATTERN, mergeable_ranks=ranks, special_tokens=specials)

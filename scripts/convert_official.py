@@ -1,7 +1,7 @@
 """Convert a published XiaomiRobotics checkpoint into a complete, loadable directory of this repository.
 
-    python scripts/convert_official.py --source XiaomiRobotics/Xiaomi-Robotics-0-LIBERO --output out/libero
-    python scripts/convert_official.py --source /data/Xiaomi-Robotics-0-LIBERO --output out/libero --variant libero
+    xr0-convert --source XiaomiRobotics/Xiaomi-Robotics-0-LIBERO --output out/libero
+    xr0-convert --source /data/Xiaomi-Robotics-0-LIBERO --output out/libero --variant libero
 
 The source is a Hugging Face repo id (downloaded with `huggingface_hub.snapshot_download`, JSON and safetensors
 only, at `--revision`: by default the revision the variant pins; the resolved commit is recorded) or a local
@@ -26,11 +26,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from write_root_files import MAX_SHARD_BYTES, REMOTE_CODE_FILES, config_dict, index_dict, shard_plan, stored_tensor_shapes, write_json
-from xr0_import import REPO_ROOT
-from xr0.configuration_xr0 import OFFICIAL_MODEL_TYPE, XR0Config, from_official_config_dict
-from xr0.modeling_xr0 import checkpoint_wrapper_prefix
-from xr0.processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, XR0Processor, set_image_bounds
+from .. import REPO_ROOT
+from ..configuration_xr0 import OFFICIAL_MODEL_TYPE, XR0Config, from_official_config_dict
+from ..modeling_xr0 import checkpoint_wrapper_prefix
+from ..processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, XR0Processor, set_image_bounds
+from .write_root_files import (
+    MAX_SHARD_BYTES,
+    REMOTE_CODE_FILES,
+    config_dict,
+    index_dict,
+    shard_plan,
+    stored_tensor_shapes,
+    write_json,
+)
 
 VARIANTS_DIR = REPO_ROOT / "variants"
 
@@ -219,7 +227,7 @@ def check_image_processor(image_config: dict, image_processor) -> None:
 
 def _same(a, b) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(a)))
     return a == b

@@ -1,9 +1,9 @@
 """XR0 demo: camera images + instruction + state -> processor -> model -> decoded action chunk, with per-stage
 timings and a plot of the action trajectories.
 
-    python scripts/demo.py                                  # embedded tiny checkpoint, RANDOM weights
-    python scripts/demo.py --model out/libero               # a converted checkpoint (scripts/convert_official.py)
-    python scripts/demo.py --model out/libero --image base=cam0.png --image wrist_left=cam1.png --state 0.1 0.2 ...
+    xr0-demo                                  # embedded tiny checkpoint, RANDOM weights
+    xr0-demo --model out/libero               # a converted checkpoint (xr0-convert)
+    xr0-demo --model out/libero --image base=cam0.png --image wrist_left=cam1.png --state 0.1 0.2 ...
 
 Without --image, synthetic camera views stand in for real ones.
 """
@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import AutoModel, AutoProcessor
 
-from xr0_import import REPO_ROOT
+from .. import REPO_ROOT
 
 TINY_CHECKPOINT = REPO_ROOT / "fixtures" / "tiny-xr0"
 DEFAULT_INSTRUCTION = "Put both the alphabet soup and the tomato sauce in the basket."

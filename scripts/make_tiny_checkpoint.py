@@ -2,7 +2,7 @@
 weights, small enough to ship in the repository (~5 MB, bf16), so the demo and the tests run the whole path
 (processor -> model -> decoded actions) on a fresh clone without downloading anything.
 
-    python scripts/make_tiny_checkpoint.py [--output fixtures/tiny-xr0]
+    python -m xr0.scripts.make_tiny_checkpoint [--output fixtures/tiny-xr0]
 
 Tokenizer and remote-code files are symlinks to the repository root, so there is one copy of each.
 """
@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tiny_model import tiny_model
-from write_root_files import (
+from .. import REPO_ROOT
+from ..processing_xr0 import PUBLISHED_ROBOT_TYPES
+from .tiny_model import tiny_model
+from .write_root_files import (
     IMAGE_PROCESSOR_CONFIG,
     REMOTE_CODE_FILES,
     TOKENIZER_FILES,
@@ -23,8 +25,6 @@ from write_root_files import (
     processor_config,
     write_json,
 )
-from xr0_import import REPO_ROOT
-from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES
 
 CHECKPOINT_VLM_CONFIG = {
     "text_config": {

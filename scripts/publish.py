@@ -1,6 +1,6 @@
 """Push a converted variant directory to the Hugging Face Hub (safetensors only).
 
-    python scripts/publish.py --folder out/libero --repo-id me/xr0-libero [--private] [--revision main] [--dry-run]
+    python -m xr0.scripts.publish --folder out/libero --repo-id me/xr0-libero [--private] [--revision main] [--dry-run]
 
 `--dry-run` prints what would be uploaded and calls nothing. Without it, a token is needed (`huggingface-cli
 login` or HF_TOKEN).
@@ -20,14 +20,14 @@ def main(argv=None) -> None:
     parser.add_argument("--repo-id", required=True)
     parser.add_argument("--revision", default=None, help="branch to push to (default: the repo's default branch)")
     parser.add_argument("--private", action="store_true")
-    parser.add_argument("--commit-message", default="Upload XR0 checkpoint converted with scripts/convert_official.py")
+    parser.add_argument("--commit-message", default="Upload XR0 checkpoint converted with xr0-convert")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
 
     files = sorted(p for p in args.folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
     missing = [name for name in REQUIRED_FILES if not (args.folder / name).is_file()]
     if missing:
-        sys.exit(f"publish: {args.folder} lacks {missing}: convert a checkpoint first (scripts/convert_official.py)")
+        sys.exit(f"publish: {args.folder} lacks {missing}: convert a checkpoint first (xr0-convert)")
     pickled = [str(p.relative_to(args.folder)) for p in files if p.suffix in PICKLE_SUFFIXES]
     if pickled:
         sys.exit(f"publish: refusing to upload pickle files {pickled}: this repository ships safetensors only")

@@ -15,13 +15,16 @@ for line in "${LINES[@]}"; do
   venv=$(venv_of "$name")
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0
-  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt -r training/requirements.txt \
-    -r deploy/requirements.txt "${line#*:}" pytest typing_extensions
+  "$venv/bin/pip" install -q --disable-pip-version-check -e ".[train,dev]" "${line#*:}"
   # openpi-client pins numpy<2 but works with numpy 2: install it without its pins, for the protocol test.
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps openpi-client==0.1.2
   echo "== tests on $("$venv/bin/python" -c 'import transformers, torch; print("transformers", transformers.__version__, "/ torch", torch.__version__)')"
   "$venv/bin/python" -m pytest tests -q -p no:cacheprovider "$@"
 done
+
+echo "== lint and format (ruff, configured in pyproject.toml)"
+"$(venv_of 5)/bin/ruff" check .
+"$(venv_of 5)/bin/ruff" format --check .
 
 echo "== a directory saved on one transformers line, loaded on the other"
 scratch=$(mktemp -d)

@@ -3,9 +3,8 @@ never built on these machines)."""
 
 import torch
 
-from xr0_import import xr0  # noqa: F401
-from xr0.configuration_xr0 import XR0Config
-from xr0.modeling_xr0 import XR0ForActionGeneration
+from ..configuration_xr0 import XR0Config
+from ..modeling_xr0 import XR0ForActionGeneration
 
 TINY_VLM_CONFIG = {
     "text_config": {

@@ -6,7 +6,7 @@
     preprocessor_config.json       the Qwen3-VL image processor with the pixel bounds the official runtime uses
     processor_config.json          XR0Processor: chunk sizes and the robot-type registry (published view layouts)
 
-    python scripts/write_root_files.py [--output .]
+    python -m xr0.scripts.write_root_files [--output .]
 
 The functions here also serve the converter and the tiny checkpoint, so every directory is written one way.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from xr0_import import REPO_ROOT, xr0  # noqa: F401
-from xr0.configuration_xr0 import QWEN3_VL_4B_CONFIG, XR0Config
-from xr0.modeling_xr0 import XR0ForActionGeneration
-from xr0.processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PUBLISHED_ROBOT_TYPES
+from .. import REPO_ROOT
+from ..configuration_xr0 import QWEN3_VL_4B_CONFIG, XR0Config
+from ..modeling_xr0 import XR0ForActionGeneration
+from ..processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PUBLISHED_ROBOT_TYPES
 
 REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")

@@ -1,13 +1,13 @@
 """Render each variant's model card, variants/<name>/README.md, from its variants/<name>/variant.json, so the
 facts of a variant are written once.
 
-    python scripts/write_variant_cards.py
+    python -m xr0.scripts.write_variant_cards
 """
 
 import argparse
 import json
 
-from xr0_import import REPO_ROOT
+from .. import REPO_ROOT
 
 VARIANTS_DIR = REPO_ROOT / "variants"
 
@@ -33,7 +33,7 @@ def render(variant: dict) -> str:
         variant["use"],
         "",
         f"Converted from the published checkpoint [`{variant['repo_id']}`](https://huggingface.co/{variant['repo_id']}) "
-        f"at revision `{variant['revision']}` with `scripts/convert_official.py` (which pins that revision by default): "
+        f"at revision `{variant['revision']}` with `xr0-convert` (which pins that revision by default): "
         "weights unchanged, loaded by this repository's remote code (transformers 4.57 and 5.x, CPU or GPU, "
         "eager/sdpa/flash-attention).",
         "",

@@ -8,13 +8,13 @@ scripts/test.sh runs it in both directions after the test suites.
 
 import sys
 
+import conftest  # noqa: F401  (offline, `xr0` package)
 import numpy as np
 import torch
-
-import conftest  # noqa: F401  (offline, `xr0` package)
-from transformers import AutoModel, AutoProcessor, __version__
-from conftest import REPO_ROOT
 from tiny import tiny_model
+from transformers import AutoModel, AutoProcessor, __version__
+
+from xr0 import REPO_ROOT
 from xr0.processing_xr0 import set_image_bounds
 
 

@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from tiny import TINY_DIT_CONFIG, tiny_config
+
 from xr0.configuration_xr0 import XR0Config
 
 

@@ -11,15 +11,22 @@ import torch
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import REPO_ROOT
-
-import sys
-
-sys.path.insert(0, str(REPO_ROOT / "deploy"))
-from client import ServerError, XR0Client  # noqa: E402
-from protocol import ProtocolError, pack, unpack  # noqa: E402
-from realtime import FakeClock, LocalChunkSource, RealtimeExecutor, RemoteChunkSource, SimulatedRunner, ThreadedRunner  # noqa: E402
-from server import PolicyServer, load_policy, parse_request  # noqa: E402
+from xr0 import REPO_ROOT
+from xr0.deploy.policy import load_policy, parse_request
+from xr0.deploy.server import PolicyServer
+from xr0_client import (
+    FakeClock,
+    LocalChunkSource,
+    ProtocolError,
+    RealtimeExecutor,
+    RemoteChunkSource,
+    ServerError,
+    SimulatedRunner,
+    ThreadedRunner,
+    XR0Client,
+    pack,
+    unpack,
+)
 
 TINY = REPO_ROOT / "fixtures" / "tiny-xr0"
 
@@ -255,7 +262,8 @@ def test_late_inference_keeps_executing_then_adapts(policy30):
 def trained_phase_model():
     """A tiny model fitted (async recipe) to sine chunks of random phase that the observation does not reveal:
     only the committed prefix tells the phase, so only prefix-conditioned chunks can continue smoothly."""
-    from tiny import action_mask, observation as tiny_observation, tiny_model
+    from tiny import action_mask, tiny_model
+    from tiny import observation as tiny_observation
 
     model = tiny_model(action_length=12, action_prefix_probability=0.8, action_attention_window=4,
                        noisy_action_position_offset=10, max_action_prefix_length=6)

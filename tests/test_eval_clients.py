@@ -2,20 +2,23 @@
 round trip. The seeds below were computed by the official clients' own hash function on the same observations
 (run outside this repository); the clients must reproduce them exactly."""
 
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT
-
-sys.path.insert(0, str(REPO_ROOT / "eval"))
-sys.path.insert(0, str(REPO_ROOT / "deploy"))
-from clients import (CalvinClient, LiberoClient, SimplerEnvClient, center_crop_resize,  # noqa: E402
-                     official_request_seed, quaternion_to_axis_angle, single_view_prompt)
-from xr0.processing_xr0 import format_prompt  # noqa: E402
+from xr0 import REPO_ROOT
+from xr0.processing_xr0 import format_prompt
+from xr0_client.benchmarks import (
+    CalvinClient,
+    LiberoClient,
+    SimplerEnvClient,
+    center_crop_resize,
+    official_request_seed,
+    quaternion_to_axis_angle,
+    single_view_prompt,
+)
 
 
 class RecordingPolicy:
@@ -167,8 +170,9 @@ def test_simplerenv_action_postprocessing():
 
 
 def test_libero_client_against_the_real_server():
-    from client import XR0Client
-    from server import PolicyServer, load_policy
+    from xr0.deploy.policy import load_policy
+    from xr0.deploy.server import PolicyServer
+    from xr0_client import XR0Client
 
     server = PolicyServer(load_policy(str(REPO_ROOT / "fixtures" / "tiny-xr0"), "cpu", torch.float32), port=0).start_in_thread()
     try:

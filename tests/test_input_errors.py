@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from tiny import IMAGE_PAD, action_mask, observation, tiny_model
 
 

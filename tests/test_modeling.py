@@ -3,12 +3,11 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModel
-
-from tiny import action_mask, observation, row, tiny_model
 from published_layout import action_expert_shapes, write_published_checkpoint
 from reference_xr0 import reference_actions
+from tiny import action_mask, observation, row, tiny_model
+from transformers import AutoConfig, AutoModel
+
 from xr0.modeling_xr0 import XR0ForActionGeneration, build_dit_attention_mask, generator_from_seed
 
 
@@ -314,7 +313,7 @@ def test_gradient_checkpointing_trains_and_rebuilds_the_cache_exactly():
     assert all(layer.gradient_checkpointing for layer in model.dit.layers)
     model.train()
     rebuilt = model.encode_observation(*args)
-    for a, b in zip(cached.cache_keys + cached.cache_values, rebuilt.cache_keys + rebuilt.cache_values):
+    for a, b in zip(cached.cache_keys + cached.cache_values, rebuilt.cache_keys + rebuilt.cache_values, strict=True):
         assert (a - b).abs().max() < 1e-5
     v = model.velocity(torch.randn(2, 6, 32), torch.tensor([0.5, 0.1]), rebuilt, action_mask(2, model.config))
     v.pow(2).mean().backward()

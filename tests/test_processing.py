@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_model
 from transformers import AutoProcessor, AutoTokenizer
 
-from conftest import REPO_ROOT
-from tiny import tiny_model
+from xr0 import REPO_ROOT
 from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES, XR0Processor, format_prompt
 
 LIBERO_INSTRUCTION = "Put both the alphabet soup and the tomato sauce in the basket."

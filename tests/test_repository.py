@@ -4,23 +4,20 @@ the converter from the published layout, the publisher and the demo."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from published_layout import action_expert_shapes, write_published_checkpoint
 from safetensors.torch import save_file
+from test_processing import image
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from conftest import REPO_ROOT
-from published_layout import action_expert_shapes, write_published_checkpoint
-from test_processing import image
+from xr0 import REPO_ROOT
 from xr0.modeling_xr0 import XR0ForActionGeneration
 from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES
-
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-import convert_official  # noqa: E402
-import publish  # noqa: E402
-import write_root_files  # noqa: E402
+from xr0.scripts import convert_official, publish, write_root_files
 
 TINY_CHECKPOINT = REPO_ROOT / "fixtures" / "tiny-xr0"
 VARIANTS = ["base", "calvin-abc-d", "calvin-abcd-d", "libero", "simplerenv-google-robot", "simplerenv-widowx"]
@@ -48,8 +45,8 @@ def test_root_config_builds_the_real_model_whose_keys_equal_the_index():
 
 
 def test_root_files_are_what_the_script_writes(tmp_path):
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "write_root_files.py"), "--output", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "xr0.scripts.write_root_files", "--output", str(tmp_path)],
+                   check=True, capture_output=True, cwd=tmp_path)
     for name in ("config.json", "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json"):
         assert (tmp_path / name).read_text() == (REPO_ROOT / name).read_text(), name
 
@@ -184,8 +181,9 @@ def test_publish_dry_run_lists_the_upload(tmp_path, capsys):
 
 def test_demo_prints_a_chunk_and_writes_the_plot(tmp_path):
     plot = tmp_path / "actions.png"
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "demo.py"), "--plot", str(plot)],
-                            check=True, capture_output=True, text=True)
+    # The entry point, from a directory that is not the repository.
+    demo = Path(sys.executable).with_name("xr0-demo")
+    result = subprocess.run([str(demo), "--plot", str(plot)], check=True, capture_output=True, text=True, cwd=tmp_path)
     assert "RANDOM weights" in result.stdout and "VLM prefill" in result.stdout and "DiT step 4" in result.stdout
     assert "(10, 7)" in result.stdout  # the tiny checkpoint's libero_all statistics are (10, 32)
     from PIL import Image

@@ -1,21 +1,18 @@
 """The fine-tuning pipeline: dataset readers, statistics, collator, and real Trainer runs on tiny data."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from robot_datasets import TASKS, episodes, write_jsonl, write_lerobot
 from safetensors import safe_open
+from tiny import tiny_model
 from transformers import AutoModel, AutoProcessor
 
-from conftest import REPO_ROOT
-from robot_datasets import TASKS, episodes, write_jsonl, write_lerobot
-from tiny import tiny_model
-
-sys.path.insert(0, str(REPO_ROOT / "training"))
-import finetune  # noqa: E402
-from data import XR0Collator, compute_statistics, open_dataset, register_dataset_robot  # noqa: E402
+from xr0 import REPO_ROOT
+from xr0.training import finetune
+from xr0.training.data import XR0Collator, compute_statistics, open_dataset, register_dataset_robot
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +196,10 @@ def test_conversation_labels_cover_only_the_answer():
 
 
 def test_language_loss_trains_the_vlm_and_adds_to_the_action_loss(tmp_path):
-    from data import VisionLanguageDataset
     from robot_datasets import write_conversations
     from tiny import action_mask, observation
+
+    from xr0.training.data import VisionLanguageDataset
 
     processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=6)
     conversations = VisionLanguageDataset(write_conversations(tmp_path / "vl"))
@@ -223,8 +221,9 @@ def test_language_loss_trains_the_vlm_and_adds_to_the_action_loss(tmp_path):
 
 
 def test_cotraining_run_mixes_one_vl_sample_per_six(tiny_checkpoint, lerobot_dir, tmp_path):
-    from data import MixedDataset, VisionLanguageDataset
     from robot_datasets import write_conversations
+
+    from xr0.training.data import MixedDataset, VisionLanguageDataset
 
     vl_dir = write_conversations(tmp_path / "vl")
     mixed = MixedDataset(open_dataset(lerobot_dir, 6), VisionLanguageDataset(vl_dir), robot_per_vl=6)

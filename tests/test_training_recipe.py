@@ -3,8 +3,8 @@ reweighting, loss masking, and that the loss trains."""
 
 import pytest
 import torch
-
 from tiny import action_mask, observation, tiny_model
+
 from xr0.modeling_xr0 import build_dit_attention_mask
 
 

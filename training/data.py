@@ -281,7 +281,7 @@ def register_dataset_robot(processor, robot_type: str, dataset: RobotDataset, ca
     known_views = processor.robot_types.get(robot_type, {}).get("views")
     if camera_map is None:
         if known_views and len(known_views) == len(dataset.cameras):
-            camera_map = {key: camera for (key, _), camera in zip(known_views, dataset.cameras)}
+            camera_map = {key: camera for (key, _), camera in zip(known_views, dataset.cameras, strict=True)}
         else:
             camera_map = {camera: camera for camera in dataset.cameras}
     unknown = set(camera_map.values()) - set(dataset.cameras)

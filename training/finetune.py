@@ -1,6 +1,6 @@
 """Fine-tune XR0 on a robot dataset with Hugging Face `Trainer`.
 
-    python training/finetune.py --model <checkpoint dir> --dataset <LeRobot v3 or JSONL dir> \
+    xr0-finetune --model <checkpoint dir> --dataset <LeRobot v3 or JSONL dir> \
         --robot_type my_arm --output_dir out/my_arm --max_steps 30000 --recipe async \
         --per_device_train_batch_size 8 --learning_rate 1e-4 --bf16 true
 
@@ -14,11 +14,10 @@ vision-language samples (1 per `--robot_per_vl` robot samples) whose next-token 
 language ability. The output directory holds
 code, config, processor (with the robot type's statistics) and weights, and loads with AutoModel/AutoProcessor.
 
-Multi-GPU: `accelerate launch --config_file training/accelerate/deepspeed_zero2.yaml training/finetune.py ...`
+Multi-GPU: `accelerate launch --config_file training/accelerate/deepspeed_zero2.yaml -m xr0.training.finetune ...`
 (or fsdp.yaml).
 """
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -26,13 +25,10 @@ from typing import Optional
 import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from xr0_import import REPO_ROOT  # noqa: E402
-from xr0.modeling_xr0 import XR0ForActionGeneration  # noqa: E402
-from xr0.processing_xr0 import XR0Processor  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset, register_dataset_robot  # noqa: E402
+from .. import REPO_ROOT
+from ..modeling_xr0 import XR0ForActionGeneration
+from ..processing_xr0 import XR0Processor
+from .data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset, register_dataset_robot
 
 # The asynchronous post-training of the report; the window and offset are what inference reads back.
 ASYNC_RECIPE = {

@@ -1,5 +1,5 @@
 """Benchmark clients for LIBERO, CALVIN and SimplerEnv that follow the official evaluation clients' conventions
-and talk to an XR0 policy: the websocket server (`deploy/client.py`) or anything with `infer(observation)`.
+and talk to an XR0 policy: the websocket server (`XR0Client`) or anything with `infer(observation)`.
 
 Each client turns a simulator observation into the official request (camera views under `base` /
 `wrist_left`, raw state layout, instruction), derives the request's seed from it exactly as the official

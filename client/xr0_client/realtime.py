@@ -24,9 +24,10 @@ executor's behaviour is testable deterministically.
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -39,20 +40,19 @@ class ChunkSource(Protocol):
 
 
 class LocalChunkSource:
-    """In-process model: an `XR0Policy` (deploy/server.py, model + processor), with the server's validation."""
+    """An in-process policy: anything with openpi's `infer(observation) -> {"actions": ...}`, e.g. `XR0Policy`
+    (xr0.deploy.policy: model + processor, with the server's validation)."""
 
     def __init__(self, policy):
         self.policy = policy
 
     def __call__(self, observation: dict, action_prefix: Optional[np.ndarray]) -> np.ndarray:
-        from server import parse_request  # here, so robots that only use the remote server never import torch
-
         message = dict(observation, **({"action_prefix": action_prefix} if action_prefix is not None else {}))
-        return self.policy(parse_request(message, self.policy.processor))
+        return np.asarray(self.policy.infer(message)["actions"])
 
 
 class RemoteChunkSource:
-    """The policy server, through `XR0Client` (deploy/client.py)."""
+    """The policy server, through `XR0Client` (xr0_client.client)."""
 
     def __init__(self, client):
         self.client = client

@@ -1,22 +1,19 @@
-"""Client of the XR0 policy server (deploy/server.py). openpi's `WebsocketClientPolicy` works too; this one adds
+"""Client of the XR0 policy server (`xr0-serve`). openpi's `WebsocketClientPolicy` works too; this one adds
 structured errors, a timeout and reconnection.
 
-    from client import XR0Client
+    from xr0_client import XR0Client
     with XR0Client("127.0.0.1", 8000) as policy:
         reply = policy.infer({"images": {...}, "instruction": "...", "state": state, "robot_type": "libero_all"})
         reply["actions"]  # (T, active dims), robot units
 """
 
 import json
-import sys
-from pathlib import Path
 from typing import Optional
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protocol import pack, unpack  # noqa: E402
+from .protocol import pack, unpack
 
 
 class ServerError(RuntimeError):

@@ -1,0 +1,38 @@
+"""The light side of XR0 deployment: what runs next to a robot or a simulator, without torch or transformers.
+
+- `XR0Client` talks to the policy server (`xr0-serve`) over openpi's websocket protocol (`protocol`).
+- `RealtimeExecutor` runs action chunks on the report's asynchronous timeline (`realtime`).
+- `LiberoClient`, `CalvinClient`, `SimplerEnvClient` build benchmark requests as the official clients do (`benchmarks`).
+"""
+
+from .benchmarks import CalvinClient, LiberoClient, SimplerEnvClient, official_request_seed
+from .client import ServerError, XR0Client
+from .protocol import ProtocolError, pack, unpack
+from .realtime import (
+    FakeClock,
+    LocalChunkSource,
+    MonotonicClock,
+    RealtimeExecutor,
+    RemoteChunkSource,
+    SimulatedRunner,
+    ThreadedRunner,
+)
+
+__all__ = [
+    "CalvinClient",
+    "FakeClock",
+    "LiberoClient",
+    "LocalChunkSource",
+    "MonotonicClock",
+    "ProtocolError",
+    "RealtimeExecutor",
+    "RemoteChunkSource",
+    "ServerError",
+    "SimplerEnvClient",
+    "SimulatedRunner",
+    "ThreadedRunner",
+    "XR0Client",
+    "official_request_seed",
+    "pack",
+    "unpack",
+]

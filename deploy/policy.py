@@ -1,0 +1,152 @@
+"""The XR0 policy apart from any transport: the observation request, its validation, and model + processor
+turning a validated request into actions in robot units. The websocket server (`xr0.deploy.server`) and in-process
+users (`xr0_client.LocalChunkSource`) share it.
+
+An observation is
+
+    {"images": {view: uint8 (H, W, 3)}, "instruction": str, "state": float (D,), "robot_type": str,
+     "seed": int (optional), "action_prefix": float (p, active dims) (optional, robot units)}
+
+and the reply `{"actions": float32 (T, active dims)}`, T = the robot type's chunk length.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+OBSERVATION_KEYS = {"images", "instruction", "state", "robot_type", "seed", "action_prefix"}
+REQUIRED_KEYS = {"images", "instruction", "state", "robot_type"}
+MAX_INSTRUCTION_CHARS = 2000
+IMAGE_SIDE_RANGE = (16, 4096)
+
+
+class RequestError(ValueError):
+    def __init__(self, field: Optional[str], message: str):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class Request:
+    images: dict
+    instruction: str
+    state: np.ndarray
+    robot_type: str
+    seed: Optional[int]
+    action_prefix: Optional[np.ndarray]
+
+
+def parse_request(message, processor) -> Request:
+    """Checks every field of an observation message against the processor's robot registry."""
+    if not isinstance(message, dict) or not all(isinstance(key, str) for key in message):
+        raise RequestError(None, "the observation must be a map with string keys")
+    unknown = set(message) - OBSERVATION_KEYS
+    if unknown:
+        raise RequestError(sorted(unknown)[0], f"unknown fields {sorted(unknown)}; allowed: {sorted(OBSERVATION_KEYS)}")
+    missing = REQUIRED_KEYS - set(message)
+    if missing:
+        raise RequestError(sorted(missing)[0], f"missing fields {sorted(missing)}")
+
+    robot_type = message["robot_type"]
+    servable = servable_robot_types(processor)
+    if not isinstance(robot_type, str) or robot_type not in servable:
+        raise RequestError("robot_type", f"unknown robot_type {robot_type!r}; this server serves {sorted(servable)}")
+    spec = processor.robot_spec(robot_type)
+
+    images = message["images"]
+    views = [key for key, _ in spec["views"]]
+    if not isinstance(images, dict) or sorted(map(str, images)) != sorted(views):
+        got = sorted(map(str, images)) if isinstance(images, dict) else type(images).__name__
+        raise RequestError("images", f"expected a map with the views {views} of {robot_type!r}, got {got}")
+    for view, image in images.items():
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            described = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise RequestError(f"images.{view}", f"expected a uint8 (H, W, 3) array, got {described}")
+        low, high = IMAGE_SIDE_RANGE
+        if not (low <= image.shape[0] <= high and low <= image.shape[1] <= high):
+            raise RequestError(f"images.{view}", f"image sides must be in [{low}, {high}], got {image.shape[:2]}")
+
+    instruction = message["instruction"]
+    if not isinstance(instruction, str) or not instruction.strip() or len(instruction) > MAX_INSTRUCTION_CHARS:
+        raise RequestError("instruction", f"expected a non-empty string of at most {MAX_INSTRUCTION_CHARS} characters")
+
+    state = _float_array("state", message["state"], ndim=1)
+    if not 1 <= state.shape[0] <= processor.state_dim:
+        raise RequestError("state", f"expected 1 to {processor.state_dim} values, got {state.shape[0]}")
+
+    seed = message.get("seed")
+    if seed is not None:
+        if isinstance(seed, np.integer):
+            seed = int(seed)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise RequestError("seed", f"expected an int in [0, 2**63), got {seed!r}")
+
+    prefix = message.get("action_prefix")
+    if prefix is not None:
+        prefix = _float_array("action_prefix", prefix, ndim=2)
+        dims = processor.active_action_dims(robot_type)
+        length = processor.chunk_length(robot_type)
+        if not 1 <= prefix.shape[0] < length or prefix.shape[1] != dims:
+            raise RequestError(
+                "action_prefix",
+                f"expected (p, {dims}) with 1 <= p < {length} (the chunk length of {robot_type!r}), got {prefix.shape}",
+            )
+    return Request(dict(images), instruction, state, robot_type, seed, prefix)
+
+
+def _float_array(field: str, value, ndim: int) -> np.ndarray:
+    if isinstance(value, list):
+        try:
+            value = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise RequestError(field, "expected numbers") from error
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf" or value.ndim != ndim:
+        described = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+        raise RequestError(field, f"expected a {ndim}-D numeric array, got {described}")
+    if not np.isfinite(value).all():
+        raise RequestError(field, "contains NaN or infinite values")
+    return value.astype(np.float32)
+
+
+def servable_robot_types(processor) -> dict:
+    """Robot types with camera views and action statistics: the ones a request can name."""
+    return {name: spec for name, spec in processor.robot_types.items() if "views" in spec and "action_std" in spec}
+
+
+class XR0Policy:
+    """Model + processor: a validated request -> actions in robot units. Used by the server and in-process."""
+
+    def __init__(self, model, processor):
+        self.model = model.eval()
+        self.processor = processor
+
+    def infer(self, observation: dict) -> dict:
+        """openpi's policy interface: an observation dict -> {"actions": (T, active dims)}, validated first
+        (RequestError names the field at fault)."""
+        return {"actions": self(parse_request(observation, self.processor))}
+
+    def __call__(self, request: Request) -> np.ndarray:
+        inputs = self.processor(
+            images=request.images, instruction=request.instruction, state=request.state, robot_type=request.robot_type
+        ).to(self.model.device)
+        # As the official server does: the mask in the model's dtype, so that a seed draws the official noise.
+        inputs["action_mask"] = inputs["action_mask"].to(self.model.dtype)
+        prefix = None
+        if request.action_prefix is not None:
+            prefix = torch.from_numpy(self.processor.normalize_action(request.action_prefix, request.robot_type))[None]
+        with torch.inference_mode():
+            actions = self.model(**inputs, seed=request.seed, action_prefix=prefix).actions
+        return self.processor.decode_action(actions, request.robot_type)[0].numpy().astype(np.float32)
+
+
+def load_policy(model_dir: str, device: str, dtype: torch.dtype) -> "XR0Policy":
+    """The policy of a checkpoint directory, with this package's classes: a server never runs Python code that
+    came with a checkpoint (no trust_remote_code), and reads only its safetensors and JSON files."""
+    from ..modeling_xr0 import XR0ForActionGeneration
+    from ..processing_xr0 import XR0Processor
+
+    model = XR0ForActionGeneration.from_pretrained(model_dir, dtype=dtype).to(device)
+    processor = XR0Processor.from_pretrained(model_dir)
+    return XR0Policy(model, processor)
