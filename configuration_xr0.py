@@ -267,12 +267,20 @@ class XR0Config(PretrainedConfig):
             raise ValueError(f"`time_max` must be in (0, 1], got {self.time_max!r}.")
         low, high = self.loss_reweight_range if len(self.loss_reweight_range) == 2 else (None, None)
         if low is None or not 0 < low <= high:
-            raise ValueError(f"`loss_reweight_range` must be (low, high) with 0 < low <= high, got {self.loss_reweight_range!r}.")
+            raise ValueError(
+                f"`loss_reweight_range` must be (low, high) with 0 < low <= high, got {self.loss_reweight_range!r}."
+            )
         for name in ("frequency_loss_weight", "language_loss_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
-        for name in ("hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads", "intermediate_size"):
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "head_dim",
+            "num_key_value_heads",
+            "intermediate_size",
+        ):
             positive_int(f"dit_config.{name}", self.dit_config[name])
         if self.action_attention_window is not None:
             positive_int("action_attention_window", self.action_attention_window)

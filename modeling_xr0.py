@@ -42,7 +42,9 @@ from .configuration_xr0 import XR0Config
 
 # transformers 5.x needs the token types (text 0, image 1, video 2) to place images in MRoPE; 4.57 reads
 # them off input_ids itself.
-_ROPE_INDEX_TAKES_TOKEN_TYPES = "mm_token_type_ids" in inspect.signature(Qwen3VLModel.get_rope_index).parameters
+_ROPE_INDEX_TAKES_TOKEN_TYPES = (
+    "mm_token_type_ids" in inspect.signature(Qwen3VLModel.get_rope_index).parameters
+)
 
 # Top-level submodules of the published state dict; training checkpoints may wrap them in these prefixes.
 _TOP_LEVEL_MODULES = (
@@ -144,7 +146,9 @@ class XR0ChunkLayout:
 def timestep_sinusoid(timestep: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
     """(B,) flow time in [0, 1] -> (B, dim) float32 [cos | sin] features of t·1000."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half
+    )
     args = (timestep.float() * 1000.0)[:, None] * freqs[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -194,7 +198,9 @@ def build_dit_attention_mask(
     if hidden_actions is not None:
         hidden = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=cache_mask.device)
         hidden[:, 1 + state_length :] = hidden_actions.to(cache_mask.device)
-        own_part = own_part & ~(hidden[:, None, None, :] & ~torch.eye(num_tokens, dtype=torch.bool, device=idx.device))
+        own_part = own_part & ~(
+            hidden[:, None, None, :] & ~torch.eye(num_tokens, dtype=torch.bool, device=idx.device)
+        )
     return torch.cat([cache_part, own_part], dim=-1)
 
 
@@ -350,7 +356,9 @@ class XR0DiTLayer(GradientCheckpointingLayer):
 class XR0DiT(nn.Module):
     def __init__(self, config: XR0Config):
         super().__init__()
-        self.layers = nn.ModuleList(XR0DiTLayer(config) for _ in range(config.dit_config["num_hidden_layers"]))
+        self.layers = nn.ModuleList(
+            XR0DiTLayer(config) for _ in range(config.dit_config["num_hidden_layers"])
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -466,7 +474,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
             )
         else:
-            position_ids, _ = vlm_model.get_rope_index(input_ids, image_grid_thw, None, attention_mask=attention_mask)
+            position_ids, _ = vlm_model.get_rope_index(
+                input_ids, image_grid_thw, None, attention_mask=attention_mask
+            )
         return position_ids
 
     def _vlm_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids) -> dict:
@@ -513,14 +523,18 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         self._check_observation(input_ids, attention_mask, pixel_values, image_grid_thw, state)
         config = self.config
-        vlm_inputs = self._vlm_inputs(input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids)
+        vlm_inputs = self._vlm_inputs(
+            input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids
+        )
         position_ids = vlm_inputs["position_ids"]
         num_vlm_layers = config.vlm_config.text_config.num_hidden_layers
         first_layer = num_vlm_layers - config.dit_config["num_hidden_layers"]
         if self.training and _is_checkpointing(self.vlm):
             # Checkpointed VLM layers run without a cache; rebuild the K/V of the layers we read from their
             # input hidden states instead (cheap: only those layers' k/v projections).
-            hidden_states = self.vlm.model(**vlm_inputs, use_cache=False, output_hidden_states=True).hidden_states
+            hidden_states = self.vlm.model(
+                **vlm_inputs, use_cache=False, output_hidden_states=True
+            ).hidden_states
             layer_kv = self._vlm_keys_values(hidden_states, position_ids, first_layer)
         else:
             vlm_outputs = self.vlm.model(**vlm_inputs, use_cache=True)
@@ -574,11 +588,15 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         first_action = 1 + observation.state_length
         num_tokens = first_action + action_length
         device = observation.next_position.device
-        position_ids = observation.next_position[..., None] + torch.arange(num_tokens, device=device)  # (3, B, Q)
+        position_ids = observation.next_position[..., None] + torch.arange(
+            num_tokens, device=device
+        )  # (3, B, Q)
         is_noisy = torch.ones(observation.batch_size, action_length, dtype=torch.bool, device=device)
         if prefix_lengths is not None:
             is_noisy = ~self._prefix_positions(prefix_lengths, action_length).to(device)
-        position_ids[..., first_action:] += config.noisy_action_position_offset * is_noisy.to(position_ids)[None]
+        position_ids[..., first_action:] += (
+            config.noisy_action_position_offset * is_noisy.to(position_ids)[None]
+        )
         attention_mask = build_dit_attention_mask(
             observation.cache_mask,
             observation.state_length,
@@ -592,7 +610,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             position_embeddings=self.dit_position_embeddings(position_ids, observation.cache_keys[0]),
         )
 
-    def dit_position_embeddings(self, position_ids: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dit_position_embeddings(
+        self, position_ids: torch.Tensor, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(3, B, Q) position ids -> (cos, sin), each (B, Q, D) in `like`'s dtype, from the VLM's text rotary."""
         return self.vlm.model.language_model.rotary_emb(like, position_ids)
 
@@ -640,7 +660,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         action_tokens = self.action_projector((noisy_actions * action_mask).to(dtype))  # (B, T, H)
         hidden_states = torch.cat([observation.context_tokens.to(dtype), action_tokens], dim=1)  # (B, Q, H)
         time_modulation = self.t_projector(self.t_embedder(timestep))  # (B, 6, H)
-        for layer, cache_key, cache_value in zip(self.dit.layers, observation.cache_keys, observation.cache_values, strict=True):
+        for layer, cache_key, cache_value in zip(
+            self.dit.layers, observation.cache_keys, observation.cache_values, strict=True
+        ):
             hidden_states = layer(
                 hidden_states,
                 time_modulation,
@@ -714,7 +736,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             actions = torch.where(is_prefix, clean_actions.to(actions), actions)
         dt = 1.0 / num_steps
         for step in range(num_steps):
-            timestep = torch.full((observation.batch_size,), step * dt, device=self.device, dtype=torch.float32)
+            timestep = torch.full(
+                (observation.batch_size,), step * dt, device=self.device, dtype=torch.float32
+            )
             velocity = self.velocity(actions, timestep, observation, action_mask, layout).float()
             if is_prefix is not None:
                 velocity = velocity.masked_fill(is_prefix, 0.0)
@@ -794,7 +818,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         self._check_action_tensor("action_mask", action_mask, batch_size, action_length)
         valid = torch.ones(batch_size, action_length, dtype=torch.bool, device=self.device)
         if action_is_pad is not None:
-            if not isinstance(action_is_pad, torch.Tensor) or tuple(action_is_pad.shape) != (batch_size, action_length):
+            if not isinstance(action_is_pad, torch.Tensor) or tuple(action_is_pad.shape) != (
+                batch_size,
+                action_length,
+            ):
                 raise ValueError(
                     f"`action_is_pad` must have shape (B, T) = ({batch_size}, {action_length}), "
                     f"got {_describe(action_is_pad)}."
@@ -825,7 +852,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         weight = torch.ones_like(loss_mask)
         uses_prefix = prefix_lengths > 0
         if config.loss_reweighting and bool(uses_prefix.any()):
-            weight = self._prefix_loss_weight(observation, actions, action_mask, prefix_lengths, loss_mask, generator)
+            weight = self._prefix_loss_weight(
+                observation, actions, action_mask, prefix_lengths, loss_mask, generator
+            )
             weight = torch.where(uses_prefix[:, None, None], weight, torch.ones_like(weight))
 
         count = loss_mask.sum().clamp(min=1.0)
@@ -857,7 +886,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         error = (velocity - target) * loss_mask  # (B, T, A)
         spectrum = torch.fft.rfft(error, dim=1, norm="ortho")  # (B, T // 2 + 1, A)
         active_dims = loss_mask.amax(dim=1, keepdim=True)  # (B, 1, A)
-        return (spectrum.abs() ** 2 * active_dims).sum() / (active_dims.sum() * spectrum.shape[1]).clamp(min=1.0)
+        return (spectrum.abs() ** 2 * active_dims).sum() / (active_dims.sum() * spectrum.shape[1]).clamp(
+            min=1.0
+        )
 
     def language_loss(
         self,
@@ -871,9 +902,13 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         """Next-token loss of the VLM (through its tied LM head) on vision-language samples: co-training keeps
         the backbone's language ability while the action expert trains (report: 1 VL sample per 6 robot)."""
         if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
-            raise ValueError(f"`language_batch['labels']` must have the shape of its `input_ids` {tuple(input_ids.shape)}.")
+            raise ValueError(
+                f"`language_batch['labels']` must have the shape of its `input_ids` {tuple(input_ids.shape)}."
+            )
         self._check_images(input_ids, attention_mask, pixel_values, image_grid_thw)
-        vlm_inputs = self._vlm_inputs(input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids)
+        vlm_inputs = self._vlm_inputs(
+            input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids
+        )
         outputs = self.vlm(**vlm_inputs, labels=labels, use_cache=False)
         return outputs.loss
 
@@ -929,11 +964,15 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             raise TypeError(f"XR0ForActionGeneration.forward got unexpected arguments {sorted(unexpected)}.")
         language_loss = None if language_batch is None else self.language_loss(**language_batch)
         if input_ids is None and language_loss is not None:
-            return XR0ActionOutput(loss=self.config.language_loss_weight * language_loss, language_loss=language_loss.detach())
+            return XR0ActionOutput(
+                loss=self.config.language_loss_weight * language_loss, language_loss=language_loss.detach()
+            )
         if input_ids is None:
             raise ValueError("`input_ids` is required: (B, L) prompt token ids from the XR0 processor.")
         if state is None:
-            raise ValueError(f"`state` is required: (B, S, {self.config.state_dim}) raw robot state, zero-padded.")
+            raise ValueError(
+                f"`state` is required: (B, S, {self.config.state_dim}) raw robot state, zero-padded."
+            )
         if action_mask is None:
             raise ValueError(
                 f"`action_mask` is required: (B, T, {self.config.action_dim}), 1 at the robot's active action dims "
@@ -942,9 +981,16 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         if seed is not None:
             if generator is not None:
                 raise ValueError("Pass either `seed` or `generator`, not both.")
-            generator = generator_from_seed(seed, action_mask.device if isinstance(action_mask, torch.Tensor) else "cpu")
+            generator = generator_from_seed(
+                seed, action_mask.device if isinstance(action_mask, torch.Tensor) else "cpu"
+            )
         observation = self.encode_observation(
-            input_ids, attention_mask, pixel_values, image_grid_thw, state, mm_token_type_ids=mm_token_type_ids
+            input_ids,
+            attention_mask,
+            pixel_values,
+            image_grid_thw,
+            state,
+            mm_token_type_ids=mm_token_type_ids,
         )
         if actions is not None:
             if action_prefix is not None or noise is not None:
@@ -957,7 +1003,12 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         if language_loss is not None:
             raise ValueError("`language_batch` is a training input: pass it with `actions`, or alone.")
         actions = self.sample_actions(
-            observation, action_mask, noise=noise, generator=generator, num_steps=num_steps, action_prefix=action_prefix
+            observation,
+            action_mask,
+            noise=noise,
+            generator=generator,
+            num_steps=num_steps,
+            action_prefix=action_prefix,
         )
         return XR0ActionOutput(actions=actions)
 
@@ -970,7 +1021,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         length = "T" if action_length is None else str(action_length)
         expected = f"(B, T, A) = ({batch_size}, {length}, {self.config.action_dim})"
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor of shape {expected}, got {type(tensor).__name__}.")
+            raise TypeError(
+                f"`{name}` must be a torch.Tensor of shape {expected}, got {type(tensor).__name__}."
+            )
         if (
             tensor.ndim != 3
             or tensor.shape[0] != batch_size
@@ -989,7 +1042,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         config = self.config
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
             raise ValueError(f"`input_ids` must be a (B, L) tensor, got {_describe(input_ids)}.")
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(
+            input_ids.shape
+        ):
             raise ValueError(
                 f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
                 f"got {_describe(attention_mask)}."
@@ -1016,7 +1071,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         config = self.config
         vision_config = config.vlm_config.vision_config
         merge = vision_config.spatial_merge_size**2
-        num_image_tokens = int(((input_ids == config.vlm_config.image_token_id) & attention_mask.bool()).sum())
+        num_image_tokens = int(
+            ((input_ids == config.vlm_config.image_token_id) & attention_mask.bool()).sum()
+        )
         if pixel_values is None or image_grid_thw is None:
             if num_image_tokens:
                 raise ValueError(
@@ -1026,13 +1083,22 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             if pixel_values is not None or image_grid_thw is not None:
                 raise ValueError("`pixel_values` and `image_grid_thw` must be given together.")
             return
-        if not isinstance(image_grid_thw, torch.Tensor) or image_grid_thw.ndim != 2 or image_grid_thw.shape[1] != 3:
-            raise ValueError(f"`image_grid_thw` must be a (num_images, 3) tensor, got {_describe(image_grid_thw)}.")
+        if (
+            not isinstance(image_grid_thw, torch.Tensor)
+            or image_grid_thw.ndim != 2
+            or image_grid_thw.shape[1] != 3
+        ):
+            raise ValueError(
+                f"`image_grid_thw` must be a (num_images, 3) tensor, got {_describe(image_grid_thw)}."
+            )
         patch_features = (
             vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size**2
         )
         num_patches = int(image_grid_thw.prod(dim=-1).sum())
-        if not isinstance(pixel_values, torch.Tensor) or tuple(pixel_values.shape) != (num_patches, patch_features):
+        if not isinstance(pixel_values, torch.Tensor) or tuple(pixel_values.shape) != (
+            num_patches,
+            patch_features,
+        ):
             raise ValueError(
                 f"`pixel_values` must have shape (num_patches, C·t·p·p) = ({num_patches}, {patch_features}) for "
                 f"`image_grid_thw` {image_grid_thw.tolist()}, got {_describe(pixel_values)}."

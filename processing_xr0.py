@@ -30,7 +30,11 @@ VIDEO_PAD = "<|video_pad|>"
 PROMPT_HEADER = "<|im_start|>user\nThe following observations are captured from multiple views.\n"
 PROMPT_VIEW = "# {title} View\n" + IMAGE_PLACEHOLDER + "\n"
 ASSISTANT_START = "<|im_start|>assistant\n"
-PROMPT_TASK = "Generate robot actions for the task:\n{instruction} /no_cot<|im_end|>\n" + ASSISTANT_START + "<cot></cot><|im_end|>\n"
+PROMPT_TASK = (
+    "Generate robot actions for the task:\n{instruction} /no_cot<|im_end|>\n"
+    + ASSISTANT_START
+    + "<cot></cot><|im_end|>\n"
+)
 # Dims whose std is at most this are padding (the published rule for the action mask).
 ACTIVE_STD_THRESHOLD = 1e-5
 
@@ -49,7 +53,15 @@ PUBLISHED_ROBOT_TYPES = {
     "droid_pt": {"chunk_length": 15},
     "molmoact_pt": {"chunk_length": 15},
 }
-ROBOT_SPEC_KEYS = ("views", "active_action_dims", "chunk_length", "action_mean", "action_std", "state_mean", "state_std")
+ROBOT_SPEC_KEYS = (
+    "views",
+    "active_action_dims",
+    "chunk_length",
+    "action_mean",
+    "action_std",
+    "state_mean",
+    "state_std",
+)
 # Pixel bounds of the image resize when a checkpoint's preprocessor_config.json states no `min_pixels` /
 # `max_pixels`: the Qwen2-VL image processor's defaults. The official runtime (transformers 4.57.1, slow image
 # processor, as the official server loads it) discards a saved `size` and uses these, so a file that carries only
@@ -143,8 +155,13 @@ class XR0Processor(ProcessorMixin):
             raise ValueError(f"robot type name must be a non-empty str, got {name!r}.")
         spec = self.robot_types.setdefault(name, {})
         if views is not None:
-            if not views or not all(isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) for x in v) for v in views):
-                raise ValueError(f"robot type {name!r}: `views` must be a list of [view_key, title] pairs, got {views!r}.")
+            if not views or not all(
+                isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) for x in v)
+                for v in views
+            ):
+                raise ValueError(
+                    f"robot type {name!r}: `views` must be a list of [view_key, title] pairs, got {views!r}."
+                )
             spec["views"] = [list(v) for v in views]
         if active_action_dims is not None:
             if not isinstance(active_action_dims, int) or not 1 <= active_action_dims <= self.action_dim:
@@ -154,7 +171,9 @@ class XR0Processor(ProcessorMixin):
             spec["active_action_dims"] = active_action_dims
         if chunk_length is not None:
             if isinstance(chunk_length, bool) or not isinstance(chunk_length, int) or chunk_length < 1:
-                raise ValueError(f"robot type {name!r}: `chunk_length` must be an int >= 1, got {chunk_length!r}.")
+                raise ValueError(
+                    f"robot type {name!r}: `chunk_length` must be an int >= 1, got {chunk_length!r}."
+                )
             spec["chunk_length"] = chunk_length
         for key, value, width in (
             ("action_mean", action_mean, self.action_dim),
@@ -167,9 +186,13 @@ class XR0Processor(ProcessorMixin):
         if ("action_mean" in spec) != ("action_std" in spec):
             raise ValueError(f"robot type {name!r}: give `action_mean` and `action_std` together.")
         # (T, A) statistics set the chunk length: they are what the checkpoint was trained with.
-        lengths = {len(spec[key]) for key in ("action_mean", "action_std") if key in spec and _is_table(spec[key])}
+        lengths = {
+            len(spec[key]) for key in ("action_mean", "action_std") if key in spec and _is_table(spec[key])
+        }
         if len(lengths) > 1:
-            raise ValueError(f"robot type {name!r}: `action_mean` and `action_std` have different lengths {sorted(lengths)}.")
+            raise ValueError(
+                f"robot type {name!r}: `action_mean` and `action_std` have different lengths {sorted(lengths)}."
+            )
         if lengths:
             length = lengths.pop()
             if chunk_length is not None and chunk_length != length:
@@ -211,7 +234,9 @@ class XR0Processor(ProcessorMixin):
 
     def robot_spec(self, robot_type: str) -> dict:
         if robot_type not in self.robot_types:
-            raise ValueError(f"Unknown robot_type {robot_type!r}; known robot types: {sorted(self.robot_types)}.")
+            raise ValueError(
+                f"Unknown robot_type {robot_type!r}; known robot types: {sorted(self.robot_types)}."
+            )
         return self.robot_types[robot_type]
 
     def chunk_length(self, robot_type: str) -> int:
@@ -244,7 +269,9 @@ class XR0Processor(ProcessorMixin):
             std = self._statistic(robot_type, "action_std", self.action_dim, length)
             return torch.from_numpy((std > ACTIVE_STD_THRESHOLD).astype(np.float32))
         if "active_action_dims" not in spec:
-            raise ValueError(f"robot_type {robot_type!r} has neither action statistics nor `active_action_dims`.")
+            raise ValueError(
+                f"robot_type {robot_type!r} has neither action statistics nor `active_action_dims`."
+            )
         mask = torch.zeros(length, self.action_dim)
         mask[:, : spec["active_action_dims"]] = 1
         return mask
@@ -277,7 +304,11 @@ class XR0Processor(ProcessorMixin):
         is_tensor = isinstance(actions, torch.Tensor)
         array = actions.detach().float().cpu().numpy() if is_tensor else np.asarray(actions, dtype=np.float32)
         length = self.chunk_length(robot_type)
-        if array.ndim not in (2, 3) or not 1 <= array.shape[-2] <= length or array.shape[-1] > self.action_dim:
+        if (
+            array.ndim not in (2, 3)
+            or not 1 <= array.shape[-2] <= length
+            or array.shape[-1] > self.action_dim
+        ):
             raise ValueError(
                 f"`actions` must be (B, n, D) or (n, D) with n <= T={length} (robot type {robot_type!r}), "
                 f"D <= {self.action_dim}, got {array.shape}."
@@ -318,13 +349,17 @@ class XR0Processor(ProcessorMixin):
         low-level call: `text` prompts holding one `<|image_pad|>` per image in `images`."""
         if robot_type is not None or instruction is not None or state is not None:
             if text is not None or videos is not None:
-                raise ValueError("Pass either `text` (low-level call) or `instruction`/`state`/`robot_type`, not both.")
+                raise ValueError(
+                    "Pass either `text` (low-level call) or `instruction`/`state`/`robot_type`, not both."
+                )
             return self.prepare_observations(images, instruction, state, robot_type)
         if videos is not None:
             raise ValueError("XR0 takes camera images, not videos.")
         return self.encode_prompts(text, images, return_tensors=return_tensors, **kwargs)
 
-    def encode_prompts(self, text, images=None, return_tensors="pt", padding=True, padding_side=None, **tokenizer_kwargs) -> BatchFeature:
+    def encode_prompts(
+        self, text, images=None, return_tensors="pt", padding=True, padding_side=None, **tokenizer_kwargs
+    ) -> BatchFeature:
         """Prompts with `<|image_pad|>` placeholders + their images (in order) -> input_ids, attention_mask,
         pixel_values, image_grid_thw, mm_token_type_ids."""
         if isinstance(text, str):
@@ -352,7 +387,9 @@ class XR0Processor(ProcessorMixin):
             expanded = []
             for prompt in text:
                 pieces = prompt.split(IMAGE_PAD)
-                prompt = pieces[0] + "".join(IMAGE_PAD * next(tokens_per_image) + piece for piece in pieces[1:])
+                prompt = pieces[0] + "".join(
+                    IMAGE_PAD * next(tokens_per_image) + piece for piece in pieces[1:]
+                )
                 expanded.append(prompt)
             text = expanded
 
@@ -381,8 +418,13 @@ class XR0Processor(ProcessorMixin):
             if not isinstance(prompt, str) or not isinstance(answer, str) or not answer:
                 raise ValueError(f"conversation {i}: `prompt` must be a str and `answer` a non-empty str.")
             texts.append(
-                "<|im_start|>user\n" + IMAGE_PLACEHOLDER * len(sample_images) + prompt
-                + "<|im_end|>\n" + ASSISTANT_START + answer + "<|im_end|>\n"
+                "<|im_start|>user\n"
+                + IMAGE_PLACEHOLDER * len(sample_images)
+                + prompt
+                + "<|im_end|>\n"
+                + ASSISTANT_START
+                + answer
+                + "<|im_end|>\n"
             )
             flat_images += list(sample_images)
         inputs = self.encode_prompts(texts, flat_images or None, padding_side="right")
@@ -391,7 +433,9 @@ class XR0Processor(ProcessorMixin):
         for row, ids in enumerate(inputs["input_ids"].tolist()):
             starts = [k for k in range(len(ids) - len(marker) + 1) if ids[k : k + len(marker)] == marker]
             end = int(inputs["attention_mask"][row].sum())
-            labels[row, starts[-1] + len(marker) : end] = inputs["input_ids"][row, starts[-1] + len(marker) : end]
+            labels[row, starts[-1] + len(marker) : end] = inputs["input_ids"][
+                row, starts[-1] + len(marker) : end
+            ]
         inputs["labels"] = labels
         return inputs
 
@@ -427,10 +471,14 @@ class XR0Processor(ProcessorMixin):
         states = self._state_rows(state, batch_size, batched)
 
         prompts, ordered_images, masks, state_rows = [], [], [], []
-        for i, (views, task, robot, raw_state) in enumerate(zip(image_rows, instructions, robot_types, states, strict=True)):
+        for i, (views, task, robot, raw_state) in enumerate(
+            zip(image_rows, instructions, robot_types, states, strict=True)
+        ):
             spec = self.robot_spec(robot)
             if "views" not in spec:
-                raise ValueError(f"robot_type {robot!r} has no camera `views` registered (register_robot_type).")
+                raise ValueError(
+                    f"robot_type {robot!r} has no camera `views` registered (register_robot_type)."
+                )
             keys = [key for key, _ in spec["views"]]
             where = f"images[{i}]" if batched else "images"
             if sorted(views) != sorted(keys):
@@ -457,14 +505,18 @@ class XR0Processor(ProcessorMixin):
 
     def _state_rows(self, state, batch_size: int, batched: bool) -> list:
         if state is None:
-            raise ValueError(f"`state` is required: the raw robot state, (D,) or (B, D) with D <= {self.state_dim}.")
+            raise ValueError(
+                f"`state` is required: the raw robot state, (D,) or (B, D) with D <= {self.state_dim}."
+            )
         array = state.detach().cpu().numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
         if array.dtype == object or not np.issubdtype(array.dtype, np.number):
             raise ValueError(f"`state` must be numeric, got dtype {array.dtype}.")
         if not batched and array.ndim == 1:
             array = array[None]
         if array.ndim != 2 or array.shape[0] != batch_size:
-            raise ValueError(f"`state` must be (D,) for one observation or (B, D) for B={batch_size}, got shape {array.shape}.")
+            raise ValueError(
+                f"`state` must be (D,) for one observation or (B, D) for B={batch_size}, got shape {array.shape}."
+            )
         if array.shape[1] > self.state_dim:
             raise ValueError(
                 f"`state` has {array.shape[1]} values, more than state_dim={self.state_dim}: nothing is truncated, "
@@ -525,7 +577,9 @@ class XR0Processor(ProcessorMixin):
                 with open(path) as f:
                     saved = json.load(f)
                 # 4.57 and the published repos write preprocessor_config.json; 5.x nests it in processor_config.json.
-                image_processor_dict.update(saved.get("image_processor", saved) if name.startswith("processor") else saved)
+                image_processor_dict.update(
+                    saved.get("image_processor", saved) if name.startswith("processor") else saved
+                )
         if image_processor_dict.get("action_config"):
             processor.merge_action_config(image_processor_dict["action_config"])
         set_image_bounds(
@@ -537,7 +591,15 @@ class XR0Processor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list:
-        return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids", "state", "action_mask"]
+        return [
+            "input_ids",
+            "attention_mask",
+            "pixel_values",
+            "image_grid_thw",
+            "mm_token_type_ids",
+            "state",
+            "action_mask",
+        ]
 
 
 def set_image_bounds(image_processor, min_pixels: int, max_pixels: int) -> None:
@@ -570,7 +632,12 @@ def _write_image_bounds(save_directory, image_processor) -> None:
 def _per_row(name: str, value, batch_size: int, batched: bool, kind: type) -> list:
     if isinstance(value, kind):
         return [value] * batch_size
-    if batched and isinstance(value, (list, tuple)) and len(value) == batch_size and all(isinstance(v, kind) for v in value):
+    if (
+        batched
+        and isinstance(value, (list, tuple))
+        and len(value) == batch_size
+        and all(isinstance(v, kind) for v in value)
+    ):
         return list(value)
     expected = f"a {kind.__name__}" + (f" or a list of {batch_size} {kind.__name__}" if batched else "")
     raise ValueError(f"`{name}` must be {expected}, got {value!r}.")
@@ -592,7 +659,9 @@ def _to_hwc_uint8(image, name: str) -> np.ndarray:
                 f"`{name}`: an array image must be uint8 of shape (H, W, 3), got {image.dtype} {image.shape}."
             )
         return image
-    raise ValueError(f"`{name}` must be a PIL image, a uint8 (H, W, 3) array or a uint8 (3, H, W) tensor, got {type(image).__name__}.")
+    raise ValueError(
+        f"`{name}` must be a PIL image, a uint8 (H, W, 3) array or a uint8 (3, H, W) tensor, got {type(image).__name__}."
+    )
 
 
 XR0Processor.register_for_auto_class()

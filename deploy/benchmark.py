@@ -35,7 +35,9 @@ from .server import PolicyServer
 def observation(step: int) -> dict:
     rng = np.random.default_rng(step)
     return {
-        "images": {view: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for view in ("base", "wrist_left")},
+        "images": {
+            view: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for view in ("base", "wrist_left")
+        },
         "instruction": "Put both the alphabet soup and the tomato sauce in the basket.",
         "state": rng.normal(size=8).astype(np.float32),
         "robot_type": "libero_all",
@@ -49,7 +51,9 @@ def ms(values) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=str(REPO_ROOT / "fixtures" / "tiny-xr0"))
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -82,27 +86,46 @@ def main() -> None:
             overheads.append(rtt - infer)
         print(f"round trip ({args.requests} requests): {ms(round_trips)}")
         print(f"server inference:           {ms(infers)}")
-        print(f"overhead (round trip - inference): {ms(overheads)}  (median share {statistics.median(o / r for o, r in zip(overheads, round_trips, strict=True)):.1%})")
+        print(
+            f"overhead (round trip - inference): {ms(overheads)}  (median share {statistics.median(o / r for o, r in zip(overheads, round_trips, strict=True)):.1%})"
+        )
 
         runner = ThreadedRunner(RemoteChunkSource(client))
-        executor = RealtimeExecutor(runner, lambda: observation(1), lambda action: None, control_hz=30,
-                                    execute_steps=10, commit_steps=5)
+        executor = RealtimeExecutor(
+            runner,
+            lambda: observation(1),
+            lambda action: None,
+            control_hz=30,
+            execute_steps=10,
+            commit_steps=5,
+        )
         metrics = executor.run(150).summary()
         runner.close()
         print("executor, wall clock, remote server, 150 ticks at 30 Hz (T_e=10, Δt_c=5):")
-        print("  " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        print(
+            "  "
+            + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        )
     server.stop()
 
     source = LocalChunkSource(policy)
     print("executor, simulated clock, 300 ticks at 30 Hz (T_e=10, Δt_c=5 = 167 ms):")
     for latency_ms in (50, 150, 300, 1200):
         clock = FakeClock()
-        executor = RealtimeExecutor(SimulatedRunner(source, clock, lambda k, latency_ms=latency_ms: latency_ms / 1e3), lambda: observation(2),
-                                    lambda action: None, clock=clock, execute_steps=10, commit_steps=5)
+        executor = RealtimeExecutor(
+            SimulatedRunner(source, clock, lambda k, latency_ms=latency_ms: latency_ms / 1e3),
+            lambda: observation(2),
+            lambda action: None,
+            clock=clock,
+            execute_steps=10,
+            commit_steps=5,
+        )
         summary = executor.run(300).summary()
-        print(f"  latency {latency_ms:5d} ms: idle_ticks={summary['idle_ticks']:3d} late_switches={summary['late_switches']} "
-              f"commit_steps_last={summary['commit_steps_last']} seam_delta_mean={summary['seam_delta_mean']:.3f} "
-              f"inner_delta_mean={summary['inner_delta_mean']:.3f}")
+        print(
+            f"  latency {latency_ms:5d} ms: idle_ticks={summary['idle_ticks']:3d} late_switches={summary['late_switches']} "
+            f"commit_steps_last={summary['commit_steps_last']} seam_delta_mean={summary['seam_delta_mean']:.3f} "
+            f"inner_delta_mean={summary['inner_delta_mean']:.3f}"
+        )
 
 
 if __name__ == "__main__":

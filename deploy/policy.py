@@ -44,7 +44,9 @@ def parse_request(message, processor) -> Request:
         raise RequestError(None, "the observation must be a map with string keys")
     unknown = set(message) - OBSERVATION_KEYS
     if unknown:
-        raise RequestError(sorted(unknown)[0], f"unknown fields {sorted(unknown)}; allowed: {sorted(OBSERVATION_KEYS)}")
+        raise RequestError(
+            sorted(unknown)[0], f"unknown fields {sorted(unknown)}; allowed: {sorted(OBSERVATION_KEYS)}"
+        )
     missing = REQUIRED_KEYS - set(message)
     if missing:
         raise RequestError(sorted(missing)[0], f"missing fields {sorted(missing)}")
@@ -52,7 +54,9 @@ def parse_request(message, processor) -> Request:
     robot_type = message["robot_type"]
     servable = servable_robot_types(processor)
     if not isinstance(robot_type, str) or robot_type not in servable:
-        raise RequestError("robot_type", f"unknown robot_type {robot_type!r}; this server serves {sorted(servable)}")
+        raise RequestError(
+            "robot_type", f"unknown robot_type {robot_type!r}; this server serves {sorted(servable)}"
+        )
     spec = processor.robot_spec(robot_type)
 
     images = message["images"]
@@ -61,16 +65,31 @@ def parse_request(message, processor) -> Request:
         got = sorted(map(str, images)) if isinstance(images, dict) else type(images).__name__
         raise RequestError("images", f"expected a map with the views {views} of {robot_type!r}, got {got}")
     for view, image in images.items():
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            described = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        if (
+            not isinstance(image, np.ndarray)
+            or image.dtype != np.uint8
+            or image.ndim != 3
+            or image.shape[2] != 3
+        ):
+            described = (
+                f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            )
             raise RequestError(f"images.{view}", f"expected a uint8 (H, W, 3) array, got {described}")
         low, high = IMAGE_SIDE_RANGE
         if not (low <= image.shape[0] <= high and low <= image.shape[1] <= high):
-            raise RequestError(f"images.{view}", f"image sides must be in [{low}, {high}], got {image.shape[:2]}")
+            raise RequestError(
+                f"images.{view}", f"image sides must be in [{low}, {high}], got {image.shape[:2]}"
+            )
 
     instruction = message["instruction"]
-    if not isinstance(instruction, str) or not instruction.strip() or len(instruction) > MAX_INSTRUCTION_CHARS:
-        raise RequestError("instruction", f"expected a non-empty string of at most {MAX_INSTRUCTION_CHARS} characters")
+    if (
+        not isinstance(instruction, str)
+        or not instruction.strip()
+        or len(instruction) > MAX_INSTRUCTION_CHARS
+    ):
+        raise RequestError(
+            "instruction", f"expected a non-empty string of at most {MAX_INSTRUCTION_CHARS} characters"
+        )
 
     state = _float_array("state", message["state"], ndim=1)
     if not 1 <= state.shape[0] <= processor.state_dim:
@@ -112,7 +131,9 @@ def _float_array(field: str, value, ndim: int) -> np.ndarray:
 
 def servable_robot_types(processor) -> dict:
     """Robot types with camera views and action statistics: the ones a request can name."""
-    return {name: spec for name, spec in processor.robot_types.items() if "views" in spec and "action_std" in spec}
+    return {
+        name: spec for name, spec in processor.robot_types.items() if "views" in spec and "action_std" in spec
+    }
 
 
 class XR0Policy:
@@ -129,13 +150,18 @@ class XR0Policy:
 
     def __call__(self, request: Request) -> np.ndarray:
         inputs = self.processor(
-            images=request.images, instruction=request.instruction, state=request.state, robot_type=request.robot_type
+            images=request.images,
+            instruction=request.instruction,
+            state=request.state,
+            robot_type=request.robot_type,
         ).to(self.model.device)
         # As the official server does: the mask in the model's dtype, so that a seed draws the official noise.
         inputs["action_mask"] = inputs["action_mask"].to(self.model.dtype)
         prefix = None
         if request.action_prefix is not None:
-            prefix = torch.from_numpy(self.processor.normalize_action(request.action_prefix, request.robot_type))[None]
+            prefix = torch.from_numpy(
+                self.processor.normalize_action(request.action_prefix, request.robot_type)
+            )[None]
         with torch.inference_mode():
             actions = self.model(**inputs, seed=request.seed, action_prefix=prefix).actions
         return self.processor.decode_action(actions, request.robot_type)[0].numpy().astype(np.float32)

@@ -40,9 +40,17 @@ from .policy import (
 
 logger = logging.getLogger("xr0.server")
 
+
 class PolicyServer:
-    def __init__(self, policy: XR0Policy, host: str = "127.0.0.1", port: int = 8000, token: Optional[str] = None,
-                 max_message_bytes: int = 16 * 2**20, name: str = "xr0"):
+    def __init__(
+        self,
+        policy: XR0Policy,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        token: Optional[str] = None,
+        max_message_bytes: int = 16 * 2**20,
+        name: str = "xr0",
+    ):
         self.policy = policy
         self.host, self.port = host, port
         self.token = token
@@ -76,8 +84,12 @@ class PolicyServer:
         if self.token is not None:
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Api-Key {self.token}".encode()):
-                logger.warning("refused a connection from %s: bad or missing Api-Key", connection.remote_address)
-                return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong Authorization: Api-Key\n")
+                logger.warning(
+                    "refused a connection from %s: bad or missing Api-Key", connection.remote_address
+                )
+                return connection.respond(
+                    HTTPStatus.UNAUTHORIZED, "missing or wrong Authorization: Api-Key\n"
+                )
         return None
 
     async def _handle(self, websocket) -> None:
@@ -111,19 +123,35 @@ class PolicyServer:
                 return error_text(None, "internal error during inference (logged on the server)")
             finished = time.perf_counter()
         timing = {"infer_ms": (finished - started) * 1e3, "queue_ms": (started - received) * 1e3}
-        logger.info("%s: %s infer %.1f ms, queued %.1f ms", peer, request.robot_type, timing["infer_ms"], timing["queue_ms"])
+        logger.info(
+            "%s: %s infer %.1f ms, queued %.1f ms",
+            peer,
+            request.robot_type,
+            timing["infer_ms"],
+            timing["queue_ms"],
+        )
         return pack({"actions": actions, "robot_type": request.robot_type, "server_timing": timing})
 
     async def serve_forever(self, ready: Optional[threading.Event] = None) -> None:
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
         async with serve(
-            self._handle, self.host, self.port, max_size=self.max_message_bytes, compression=None,
+            self._handle,
+            self.host,
+            self.port,
+            max_size=self.max_message_bytes,
+            compression=None,
             process_request=self._process_request,
         ) as server:
             self._server = server
             self.port = server.sockets[0].getsockname()[1]
-            logger.info("serving %s on ws://%s:%d%s", self.name, self.host, self.port, " (token required)" if self.token else "")
+            logger.info(
+                "serving %s on ws://%s:%d%s",
+                self.name,
+                self.host,
+                self.port,
+                " (token required)" if self.token else "",
+            )
             if ready is not None:
                 ready.set()
             await server.serve_forever()
@@ -131,7 +159,9 @@ class PolicyServer:
     def start_in_thread(self) -> "PolicyServer":
         """Serve from a daemon thread (tests, benchmarks, in-process robots); returns once listening."""
         ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run_until_closed(ready)), daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._run_until_closed(ready)), daemon=True
+        )
         self._thread.start()
         if not ready.wait(timeout=30):
             raise RuntimeError("the policy server did not start within 30 s")
@@ -150,20 +180,28 @@ class PolicyServer:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="checkpoint directory (converted or fine-tuned)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--token", default=os.environ.get("XR0_SERVER_TOKEN"), help="shared Api-Key clients must send")
+    parser.add_argument(
+        "--token", default=os.environ.get("XR0_SERVER_TOKEN"), help="shared Api-Key clients must send"
+    )
     parser.add_argument("--max-message-mb", type=float, default=16.0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
-        logger.warning("binding %s without --token: anyone who can reach this port can drive the policy", args.host)
+        logger.warning(
+            "binding %s without --token: anyone who can reach this port can drive the policy", args.host
+        )
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     policy = load_policy(args.model, args.device, dtype)
-    server = PolicyServer(policy, args.host, args.port, args.token, int(args.max_message_mb * 2**20), Path(args.model).name)
+    server = PolicyServer(
+        policy, args.host, args.port, args.token, int(args.max_message_mb * 2**20), Path(args.model).name
+    )
     asyncio.run(server.serve_forever())
 
 

@@ -20,7 +20,13 @@ from xr0_client import LiberoClient, XR0Client
 
 SETTLE_STEPS = 10
 SETTLE_ACTION = [0.0] * 6 + [-1.0]
-MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+MAX_STEPS = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
 
 
 def make_env(suite, task_index: int, resolution: int):
@@ -34,14 +40,18 @@ def make_env(suite, task_index: int, resolution: int):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--token", default=os.environ.get("XR0_SERVER_TOKEN"))
     parser.add_argument("--suite", default="libero_spatial", choices=sorted(MAX_STEPS))
     parser.add_argument("--tasks", type=int, nargs="+", default=[0])
     parser.add_argument("--episodes", type=int, default=1, help="episodes per task (init states in order)")
-    parser.add_argument("--max-steps", type=int, default=None, help="policy steps per episode (default: the suite's)")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="policy steps per episode (default: the suite's)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--resolution", type=int, default=256)
     args = parser.parse_args(argv)
@@ -53,7 +63,9 @@ def main(argv=None) -> None:
     successes, total = 0, 0
     with XR0Client(args.host, args.port, token=args.token) as policy:
         if "libero_all" not in policy.metadata.get("robot_types", {}):
-            sys.exit(f"the server at {policy.uri} does not serve robot_type libero_all: {policy.metadata.get('robot_types')}")
+            sys.exit(
+                f"the server at {policy.uri} does not serve robot_type libero_all: {policy.metadata.get('robot_types')}"
+            )
         client = LiberoClient(policy)
         for task_index in args.tasks:
             env, instruction = make_env(suite, task_index, args.resolution)
@@ -71,8 +83,11 @@ def main(argv=None) -> None:
                     steps += 1
                 successes += int(done)
                 total += 1
-                print(f"task {task_index} episode {episode}: {'success' if done else 'failure'} after {steps} steps "
-                      f"({time.time() - start:.1f} s) - {instruction}", flush=True)
+                print(
+                    f"task {task_index} episode {episode}: {'success' if done else 'failure'} after {steps} steps "
+                    f"({time.time() - start:.1f} s) - {instruction}",
+                    flush=True,
+                )
             env.close()
     print(f"{args.suite}: {successes}/{total} successes ({100.0 * successes / max(total, 1):.1f}%)")
 

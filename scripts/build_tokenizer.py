@@ -20,9 +20,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-PRETOKENIZE_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+PRETOKENIZE_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 NUM_REGULAR_TOKENS = 151643
 # (content, special): ids 151643.. in this order. Special tokens are never split and are skipped when decoding
 # with skip_special_tokens; the others are whole tokens that still decode.
@@ -75,7 +73,9 @@ CHAT_TEMPLATE = (
 def bytes_to_unicode() -> dict:
     """The byte-level alphabet: printable latin-1 bytes map to themselves, the other 68 bytes to code points
     from 256 upward, so every byte sequence becomes a printable string."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
     mapping, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -90,7 +90,9 @@ def default_ranks_path() -> Path:
     try:
         import dashscope
     except ImportError:
-        sys.exit("`dashscope` is not installed: `pip install dashscope`, or pass --ranks path/to/qwen.tiktoken.")
+        sys.exit(
+            "`dashscope` is not installed: `pip install dashscope`, or pass --ranks path/to/qwen.tiktoken."
+        )
     return Path(dashscope.__file__).parent / "resources" / "qwen.tiktoken"
 
 
@@ -167,7 +169,9 @@ def tokenizer_config() -> dict:
     return {
         "tokenizer_class": "Qwen2Tokenizer",
         "added_tokens_decoder": added,
-        "additional_special_tokens": [c for c, special in ADDED_TOKENS if special and c not in ("<|endoftext|>", "<|im_end|>")],
+        "additional_special_tokens": [
+            c for c, special in ADDED_TOKENS if special and c not in ("<|endoftext|>", "<|im_end|>")
+        ],
         "bos_token": None,
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
@@ -185,11 +189,30 @@ def sample_texts(count: int, seed: int = 0) -> list:
     """Mixed texts for --verify: English, Chinese, digits, code, whitespace runs, emoji, special-looking text."""
     rng = random.Random(seed)
     pieces = [
-        "Hello world", "pick up the black bowl", "Put both the alphabet soup and the tomato sauce in the basket.",
-        "机器人抓取红色的杯子", "小米机器人", "坐标 3.14159 和 -2.71828", "12345678901234567890", "   leading spaces",
-        "tabs\tand\nnewlines\r\n", "def f(x):\n    return x**2  # square", "emoji 🤖🦾 ok", "naïve café façade",
-        "ÅΩ≈ç√∫", "😀😃😄", "<|im_start|> inside text", "x" * 40, "1,000,000", "año 2026年11月25日", " ' s 're",
-        "Привет мир", "こんにちは世界", "한국어 텍스트", "\u00a0nbsp", "a\u0301 combining",
+        "Hello world",
+        "pick up the black bowl",
+        "Put both the alphabet soup and the tomato sauce in the basket.",
+        "机器人抓取红色的杯子",
+        "小米机器人",
+        "坐标 3.14159 和 -2.71828",
+        "12345678901234567890",
+        "   leading spaces",
+        "tabs\tand\nnewlines\r\n",
+        "def f(x):\n    return x**2  # square",
+        "emoji 🤖🦾 ok",
+        "naïve café façade",
+        "ÅΩ≈ç√∫",
+        "😀😃😄",
+        "<|im_start|> inside text",
+        "x" * 40,
+        "1,000,000",
+        "año 2026年11月25日",
+        " ' s 're",
+        "Привет мир",
+        "こんにちは世界",
+        "한국어 텍스트",
+        "\u00a0nbsp",
+        "a\u0301 combining",
     ]
     texts = []
     for _ in range(count):
@@ -206,12 +229,17 @@ def verify(tokenizer: Tokenizer, ranks: dict, count: int) -> None:
     import tiktoken
 
     specials = {content: NUM_REGULAR_TOKENS + i for i, (content, _) in enumerate(ADDED_TOKENS)}
-    reference = tiktoken.Encoding("qwen-ranks", pat_str=PRETOKENIZE_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    reference = tiktoken.Encoding(
+        "qwen-ranks", pat_str=PRETOKENIZE_PATTERN, mergeable_ranks=ranks, special_tokens=specials
+    )
     mismatches = 0
     for text in sample_texts(count):
         text = unicodedata.normalize("NFC", text)
         ours = tokenizer.encode(text, add_special_tokens=False).ids
-        if ours != reference.encode(text, allowed_special="all") or tokenizer.decode(ours, skip_special_tokens=False) != text:
+        if (
+            ours != reference.encode(text, allowed_special="all")
+            or tokenizer.decode(ours, skip_special_tokens=False) != text
+        ):
             mismatches += 1
             print(f"mismatch: {text!r}", file=sys.stderr)
     print(f"verified against tiktoken on {count} texts: {mismatches} mismatches")
@@ -220,8 +248,12 @@ def verify(tokenizer: Tokenizer, ranks: dict, count: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ranks", type=Path, default=None, help="qwen.tiktoken (default: the one dashscope ships)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--ranks", type=Path, default=None, help="qwen.tiktoken (default: the one dashscope ships)"
+    )
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--verify", type=int, default=0, help="compare with tiktoken on this many texts")
     args = parser.parse_args()
@@ -232,8 +264,12 @@ def main() -> None:
     tokenizer.save(str(args.output / "tokenizer.json"))
     (args.output / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, separators=(",", ":")))
     (args.output / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    (args.output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), ensure_ascii=False, indent=2) + "\n")
-    print(f"wrote {len(vocab)} regular tokens, {len(merges)} merges, {len(ADDED_TOKENS)} added tokens to {args.output}")
+    (args.output / "tokenizer_config.json").write_text(
+        json.dumps(tokenizer_config(), ensure_ascii=False, indent=2) + "\n"
+    )
+    print(
+        f"wrote {len(vocab)} regular tokens, {len(merges)} merges, {len(ADDED_TOKENS)} added tokens to {args.output}"
+    )
     if args.verify:
         verify(tokenizer, ranks, args.verify)
 

@@ -99,7 +99,9 @@ def read_weight_files(directory: Path) -> dict:
     if single.is_file():
         with safe_open(str(single), framework="pt") as f:
             return {key: single for key in f.keys()}
-    raise ConversionError(f"{directory}: no model.safetensors or model.safetensors.index.json (only safetensors are read)")
+    raise ConversionError(
+        f"{directory}: no model.safetensors or model.safetensors.index.json (only safetensors are read)"
+    )
 
 
 def tensor_metadata(files: dict) -> dict:
@@ -117,22 +119,34 @@ def tensor_metadata(files: dict) -> dict:
 def check_tensors(renamed: dict, expected: dict) -> None:
     missing = sorted(set(expected) - set(renamed))
     unexpected = sorted(set(renamed) - set(expected) - {"vlm.lm_head.weight"})
-    mismatched = [f"{k}: {renamed[k][0]} != {expected[k]}" for k in sorted(set(renamed) & set(expected)) if tuple(renamed[k][0]) != expected[k]]
+    mismatched = [
+        f"{k}: {renamed[k][0]} != {expected[k]}"
+        for k in sorted(set(renamed) & set(expected))
+        if tuple(renamed[k][0]) != expected[k]
+    ]
     if missing or unexpected or mismatched:
         lines = []
         for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if items:
-                lines.append(f"{len(items)} {title}: " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
+                lines.append(
+                    f"{len(items)} {title}: " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else "")
+                )
         raise ConversionError("the checkpoint does not match its config:\n  " + "\n  ".join(lines))
 
 
 def convert(
-    source: str, output: Path, variant_name: str = None, revision: Optional[str] = None, max_shard_bytes: int = MAX_SHARD_BYTES
+    source: str,
+    output: Path,
+    variant_name: str = None,
+    revision: Optional[str] = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> dict:
     directory, provenance = resolve_source(source, revision)
     official = json.loads((directory / "config.json").read_text())
     if official.get("model_type") not in (OFFICIAL_MODEL_TYPE, XR0Config.model_type):
-        raise ConversionError(f"{directory}/config.json: model_type {official.get('model_type')!r} is not an XR0 checkpoint")
+        raise ConversionError(
+            f"{directory}/config.json: model_type {official.get('model_type')!r} is not an XR0 checkpoint"
+        )
     config = XR0Config(**{k: v for k, v in from_official_config_dict(official).items() if k != "model_type"})
     preprocessor = directory / "preprocessor_config.json"
     image_config = json.loads(preprocessor.read_text()) if preprocessor.is_file() else {}
@@ -142,25 +156,30 @@ def convert(
     files = read_weight_files(directory)
     prefix = checkpoint_wrapper_prefix(directory) or ""
     stored = tensor_metadata(files)
-    renamed = {key[len(prefix):]: meta for key, meta in stored.items()}
+    renamed = {key[len(prefix) :]: meta for key, meta in stored.items()}
     expected = stored_tensor_shapes(config)  # builds the model on the meta device: once
     check_tensors(renamed, expected)
-    source_key = {key[len(prefix):]: key for key in stored}
+    source_key = {key[len(prefix) :]: key for key in stored}
     names = list(expected)  # the model's order
 
     output.mkdir(parents=True, exist_ok=True)
     tensor_bytes = {}
     for name in names:
         shape, dtype = renamed[name]
-        tensor_bytes[name] = torch.Size(shape).numel() * torch.tensor([], dtype=_torch_dtype(dtype)).element_size()
+        tensor_bytes[name] = (
+            torch.Size(shape).numel() * torch.tensor([], dtype=_torch_dtype(dtype)).element_size()
+        )
     weight_map = shard_plan(tensor_bytes, max_shard_bytes)
     shards = {}
     for name in names:
         shards.setdefault(weight_map[name], []).append(name)
-    with contextlib.ExitStack() as stack, tqdm(
-        total=sum(tensor_bytes.values()), unit="B", unit_scale=True, desc="copying weights"
-    ) as progress:
-        readers = {file: stack.enter_context(safe_open(str(file), framework="pt")) for file in set(files.values())}
+    with (
+        contextlib.ExitStack() as stack,
+        tqdm(total=sum(tensor_bytes.values()), unit="B", unit_scale=True, desc="copying weights") as progress,
+    ):
+        readers = {
+            file: stack.enter_context(safe_open(str(file), framework="pt")) for file in set(files.values())
+        }
         for file, shard_names in shards.items():
             tensors = {}
             for name in shard_names:
@@ -172,14 +191,23 @@ def convert(
         write_json(output / "model.safetensors.index.json", index_dict(tensor_bytes, weight_map))
 
     dtype = official.get("dtype") or official.get("torch_dtype") or "bfloat16"
-    write_json(output / "config.json", config_dict(config, official["vlm_config"], dtype=str(dtype).replace("torch.", "")))
+    write_json(
+        output / "config.json",
+        config_dict(config, official["vlm_config"], dtype=str(dtype).replace("torch.", "")),
+    )
 
     processor = XR0Processor.from_pretrained(
-        REPO_ROOT, action_length=config.action_length, action_dim=config.action_dim, state_dim=config.state_dim
+        REPO_ROOT,
+        action_length=config.action_length,
+        action_dim=config.action_dim,
+        state_dim=config.state_dim,
     )
     check_image_processor(image_config, processor.image_processor)
     # The source's bounds, resolved as the official runtime resolves them, written out explicitly.
-    image_bounds = image_config.get("min_pixels") or DEFAULT_MIN_PIXELS, image_config.get("max_pixels") or DEFAULT_MAX_PIXELS
+    image_bounds = (
+        image_config.get("min_pixels") or DEFAULT_MIN_PIXELS,
+        image_config.get("max_pixels") or DEFAULT_MAX_PIXELS,
+    )
     set_image_bounds(processor.image_processor, *image_bounds)
     if variant["robot_type"]:
         processor.register_robot_type(
@@ -201,7 +229,9 @@ def convert(
         "stripped_prefix": prefix or None,
         "robot_types_with_statistics": sorted(action_config),
         "image_bounds": {
-            "source": {key: image_config[key] for key in ("size", "min_pixels", "max_pixels") if key in image_config},
+            "source": {
+                key: image_config[key] for key in ("size", "min_pixels", "max_pixels") if key in image_config
+            },
             "min_pixels": image_bounds[0],
             "max_pixels": image_bounds[1],
         },
@@ -212,7 +242,15 @@ def convert(
 
 # Image-processor fields whose value the model was trained with: a source that states another value is refused
 # rather than silently converted with ours.
-IMAGE_PROCESSOR_FACTS = ("patch_size", "merge_size", "temporal_patch_size", "image_mean", "image_std", "resample", "rescale_factor")
+IMAGE_PROCESSOR_FACTS = (
+    "patch_size",
+    "merge_size",
+    "temporal_patch_size",
+    "image_mean",
+    "image_std",
+    "resample",
+    "rescale_factor",
+)
 
 
 def check_image_processor(image_config: dict, image_processor) -> None:
@@ -222,7 +260,9 @@ def check_image_processor(image_config: dict, image_processor) -> None:
         if key in image_config and not _same(image_config[key], getattr(image_processor, key))
     ]
     if differing:
-        raise ConversionError("preprocessor_config.json differs from the Qwen3-VL image pipeline: " + "; ".join(differing))
+        raise ConversionError(
+            "preprocessor_config.json differs from the Qwen3-VL image pipeline: " + "; ".join(differing)
+        )
 
 
 def _same(a, b) -> bool:
@@ -234,20 +274,36 @@ def _same(a, b) -> bool:
 
 
 def _torch_dtype(safetensors_dtype: str) -> torch.dtype:
-    names = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64,
-             "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+    names = {
+        "BF16": torch.bfloat16,
+        "F16": torch.float16,
+        "F32": torch.float32,
+        "F64": torch.float64,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
+    }
     if safetensors_dtype not in names:
         raise ConversionError(f"unsupported tensor dtype {safetensors_dtype}")
     return names[safetensors_dtype]
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, help="published repo id or local directory in the published layout")
-    parser.add_argument("--output", required=True, type=Path, help="directory to write")
-    parser.add_argument("--variant", default=None, help="variant name under variants/ (default: guessed from the source)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--revision", default=None, help="revision of a hub source (default: the commit the variant pins, else main)"
+        "--source", required=True, help="published repo id or local directory in the published layout"
+    )
+    parser.add_argument("--output", required=True, type=Path, help="directory to write")
+    parser.add_argument(
+        "--variant", default=None, help="variant name under variants/ (default: guessed from the source)"
+    )
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help="revision of a hub source (default: the commit the variant pins, else main)",
     )
     args = parser.parse_args(argv)
     try:

@@ -28,7 +28,9 @@ def synthetic_view(size: int, seed: int) -> np.ndarray:
     """A uint8 HWC stand-in camera view: smooth gradients plus noise."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 255, size, dtype=np.float32)
-    image = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), np.full((size, size), 128.0)], -1)
+    image = np.stack(
+        [ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1), np.full((size, size), 128.0)], -1
+    )
     return np.clip(np.roll(image, 37 * seed, axis=1) + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
 
 
@@ -49,7 +51,10 @@ def plot_actions(actions: np.ndarray, path: Path, title: str) -> None:
         low, high = float(values.min()), float(values.max())
         span = high - low or 1.0
         points = [
-            (box[0] + (box[2] - box[0]) * t / max(steps - 1, 1), box[3] - (box[3] - box[1]) * (v - low) / span)
+            (
+                box[0] + (box[2] - box[0]) * t / max(steps - 1, 1),
+                box[3] - (box[3] - box[1]) * (v - low) / span,
+            )
             for t, v in enumerate(values)
         ]
         draw.line(points, fill=(31, 119, 180), width=2)
@@ -60,13 +65,24 @@ def plot_actions(actions: np.ndarray, path: Path, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=TINY_CHECKPOINT, help="checkpoint directory (default: embedded tiny one)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=TINY_CHECKPOINT,
+        help="checkpoint directory (default: embedded tiny one)",
+    )
     parser.add_argument("--robot-type", default=None, help="default: the first robot type with statistics")
     parser.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
     parser.add_argument("--state", type=float, nargs="+", default=DEFAULT_STATE, help="raw robot state")
-    parser.add_argument("--image", action="append", default=[], metavar="VIEW=PATH", help="a camera image per view")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (a local generator; global RNG untouched)")
+    parser.add_argument(
+        "--image", action="append", default=[], metavar="VIEW=PATH", help="a camera image per view"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="noise seed (a local generator; global RNG untouched)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="Euler steps (default: the config's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--plot", type=Path, default=Path("xr0_demo_actions.png"))
@@ -83,31 +99,43 @@ def main() -> None:
         raise SystemExit(f"{args.model}: no robot type with action statistics; pass --robot-type")
     parameters = sum(p.numel() for p in model.parameters())
     if random_weights:
-        print(f"XR0 demo on the embedded TINY checkpoint with RANDOM weights ({parameters / 1e6:.1f} M parameters): "
-              "the actions show the pipeline works, not a trained policy.")
+        print(
+            f"XR0 demo on the embedded TINY checkpoint with RANDOM weights ({parameters / 1e6:.1f} M parameters): "
+            "the actions show the pipeline works, not a trained policy."
+        )
     else:
         print(f"XR0 demo on {args.model} ({parameters / 1e9:.2f} B parameters, {dtype}, {args.device}).")
 
     views = processor.robot_spec(robot_type)["views"]
     given = dict(item.split("=", 1) for item in args.image)
-    images = {key: np.asarray(Image.open(given[key]).convert("RGB")) if key in given else synthetic_view(224, i)
-              for i, (key, _) in enumerate(views)}
+    images = {
+        key: np.asarray(Image.open(given[key]).convert("RGB")) if key in given else synthetic_view(224, i)
+        for i, (key, _) in enumerate(views)
+    }
     if not given:
         print(f"camera views {[key for key, _ in views]}: synthetic 224x224 images (pass --image VIEW=PATH)")
 
     timings = {}
     start = time.perf_counter()
-    inputs = processor(images=images, instruction=args.instruction, state=np.array(args.state), robot_type=robot_type)
+    inputs = processor(
+        images=images, instruction=args.instruction, state=np.array(args.state), robot_type=robot_type
+    )
     inputs = inputs.to(args.device)
     timings["processor"] = time.perf_counter() - start
 
     step_times = []
     model.dit.layers[0].register_forward_pre_hook(lambda *_: step_times.append(time.perf_counter()))
-    model.dit.layers[-1].register_forward_hook(lambda *_: step_times.__setitem__(-1, time.perf_counter() - step_times[-1]))
+    model.dit.layers[-1].register_forward_hook(
+        lambda *_: step_times.__setitem__(-1, time.perf_counter() - step_times[-1])
+    )
     with torch.inference_mode():
         start = time.perf_counter()
         observation = model.encode_observation(
-            inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], inputs["image_grid_thw"], inputs["state"]
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["pixel_values"],
+            inputs["image_grid_thw"],
+            inputs["state"],
         )
         timings["VLM prefill"] = time.perf_counter() - start
         actions = model.sample_actions(
@@ -119,7 +147,9 @@ def main() -> None:
         )
     decoded = processor.decode_action(actions, robot_type)[0].numpy()
 
-    print(f"robot type {robot_type}; instruction {args.instruction!r}; prompt {inputs['input_ids'].shape[1]} tokens")
+    print(
+        f"robot type {robot_type}; instruction {args.instruction!r}; prompt {inputs['input_ids'].shape[1]} tokens"
+    )
     print(f"action chunk {decoded.shape} (T x active dims, de-normalized):")
     np.set_printoptions(precision=3, suppress=True, linewidth=120)
     print(decoded)

@@ -60,15 +60,21 @@ ROBOT_TYPE = "libero_all"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
-    for name in REMOTE_CODE_FILES + TOKENIZER_FILES:  # links of an earlier run: save_pretrained would write through them
+    for name in (
+        REMOTE_CODE_FILES + TOKENIZER_FILES
+    ):  # links of an earlier run: save_pretrained would write through them
         (output / name).unlink(missing_ok=True)
 
-    model = tiny_model(seed=0, vlm_config=CHECKPOINT_VLM_CONFIG, dit_config=CHECKPOINT_DIT_CONFIG, action_length=30)
+    model = tiny_model(
+        seed=0, vlm_config=CHECKPOINT_VLM_CONFIG, dit_config=CHECKPOINT_DIT_CONFIG, action_length=30
+    )
     model.to(torch.bfloat16).save_pretrained(output)
     # save_pretrained wrote copies of the code files and a line-dependent config; replace both.
     for name in REMOTE_CODE_FILES:
@@ -80,8 +86,15 @@ def main() -> None:
     chunk_length = PUBLISHED_ROBOT_TYPES[ROBOT_TYPE]["chunk_length"]
     mean = np.zeros(32)
     std = np.r_[np.full(6, 0.05), 1.0, np.zeros(25)]
-    action_config = {ROBOT_TYPE: {"mean": np.tile(mean, (chunk_length, 1)).tolist(), "std": np.tile(std, (chunk_length, 1)).tolist()}}
-    write_json(output / "preprocessor_config.json", {**IMAGE_PROCESSOR_CONFIG, "action_config": action_config})
+    action_config = {
+        ROBOT_TYPE: {
+            "mean": np.tile(mean, (chunk_length, 1)).tolist(),
+            "std": np.tile(std, (chunk_length, 1)).tolist(),
+        }
+    }
+    write_json(
+        output / "preprocessor_config.json", {**IMAGE_PROCESSOR_CONFIG, "action_config": action_config}
+    )
     write_json(output / "processor_config.json", processor_config(action_length=30))
 
     for name in REMOTE_CODE_FILES + TOKENIZER_FILES:
@@ -89,8 +102,10 @@ def main() -> None:
         link.unlink(missing_ok=True)
         link.symlink_to(os.path.relpath(REPO_ROOT / name, output))
     size = (output / "model.safetensors").stat().st_size
-    print(f"wrote {output} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-          f"model.safetensors {size / 1e6:.1f} MB, random weights)")
+    print(
+        f"wrote {output} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"model.safetensors {size / 1e6:.1f} MB, random weights)"
+    )
 
 
 if __name__ == "__main__":

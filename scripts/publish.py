@@ -15,10 +15,14 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--folder", required=True, type=Path)
     parser.add_argument("--repo-id", required=True)
-    parser.add_argument("--revision", default=None, help="branch to push to (default: the repo's default branch)")
+    parser.add_argument(
+        "--revision", default=None, help="branch to push to (default: the repo's default branch)"
+    )
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--commit-message", default="Upload XR0 checkpoint converted with xr0-convert")
     parser.add_argument("--dry-run", action="store_true")
@@ -30,12 +34,17 @@ def main(argv=None) -> None:
         sys.exit(f"publish: {args.folder} lacks {missing}: convert a checkpoint first (xr0-convert)")
     pickled = [str(p.relative_to(args.folder)) for p in files if p.suffix in PICKLE_SUFFIXES]
     if pickled:
-        sys.exit(f"publish: refusing to upload pickle files {pickled}: this repository ships safetensors only")
+        sys.exit(
+            f"publish: refusing to upload pickle files {pickled}: this repository ships safetensors only"
+        )
 
     total = sum(p.stat().st_size for p in files)
-    print(f"{'dry run: would upload' if args.dry_run else 'uploading'} {len(files)} files ({total / 1e6:.1f} MB) "
-          f"from {args.folder} to {args.repo_id}" + (f"@{args.revision}" if args.revision else "")
-          + (" (private)" if args.private else ""))
+    print(
+        f"{'dry run: would upload' if args.dry_run else 'uploading'} {len(files)} files ({total / 1e6:.1f} MB) "
+        f"from {args.folder} to {args.repo_id}"
+        + (f"@{args.revision}" if args.revision else "")
+        + (" (private)" if args.private else "")
+    )
     for path in files:
         print(f"  {path.relative_to(args.folder)}  {path.stat().st_size / 1e6:.2f} MB")
     if args.dry_run:

@@ -87,7 +87,9 @@ def config_dict(config: XR0Config, vlm_config: dict, dtype: str = "bfloat16") ->
     }
 
 
-def processor_config(action_length: int = 30, action_dim: int = 32, state_dim: int = 32, robot_types=None) -> dict:
+def processor_config(
+    action_length: int = 30, action_dim: int = 32, state_dim: int = 32, robot_types=None
+) -> dict:
     return {
         "auto_map": PROCESSOR_AUTO_MAP,
         "processor_class": "XR0Processor",
@@ -102,7 +104,9 @@ def stored_tensor_shapes(config: XR0Config) -> dict:
     """{name: shape} of every tensor a checkpoint stores (the tied lm_head is not stored), from a meta model."""
     with torch.device("meta"):
         model = XR0ForActionGeneration(config)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items() if not name.startswith("vlm.lm_head.")}
+    return {
+        name: tuple(t.shape) for name, t in model.state_dict().items() if not name.startswith("vlm.lm_head.")
+    }
 
 
 def shard_plan(tensor_bytes: dict, max_shard_bytes: int = MAX_SHARD_BYTES) -> dict:
@@ -119,7 +123,9 @@ def shard_plan(tensor_bytes: dict, max_shard_bytes: int = MAX_SHARD_BYTES) -> di
     if len(shards) == 1:
         return {name: "model.safetensors" for name in shards[0]}
     return {
-        name: f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i, names in enumerate(shards, start=1) for name in names
+        name: f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        for i, names in enumerate(shards, start=1)
+        for name in names
     }
 
 
@@ -133,17 +139,22 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", type=Path, default=REPO_ROOT)
     args = parser.parse_args()
 
     config = XR0Config()
     bytes_per_value = torch.finfo(torch.bfloat16).bits // 8
     tensor_bytes = {
-        name: bytes_per_value * int(torch.Size(shape).numel()) for name, shape in stored_tensor_shapes(config).items()
+        name: bytes_per_value * int(torch.Size(shape).numel())
+        for name, shape in stored_tensor_shapes(config).items()
     }
     write_json(args.output / "config.json", config_dict(config, QWEN3_VL_4B_CONFIG))
-    write_json(args.output / "model.safetensors.index.json", index_dict(tensor_bytes, shard_plan(tensor_bytes)))
+    write_json(
+        args.output / "model.safetensors.index.json", index_dict(tensor_bytes, shard_plan(tensor_bytes))
+    )
     write_json(args.output / "preprocessor_config.json", IMAGE_PROCESSOR_CONFIG)
     write_json(args.output / "processor_config.json", processor_config())
 

@@ -26,7 +26,11 @@ tags:
 
 
 def render(variant: dict) -> str:
-    base_model = "Qwen/Qwen3-VL-4B-Instruct" if variant["name"] == "base" else "XiaomiRobotics/Xiaomi-Robotics-0-Pretrain"
+    base_model = (
+        "Qwen/Qwen3-VL-4B-Instruct"
+        if variant["name"] == "base"
+        else "XiaomiRobotics/Xiaomi-Robotics-0-Pretrain"
+    )
     extra_tags = f"  - {variant['robot_type']}\n" if variant["robot_type"] else ""
     lines = [FRONT_MATTER.format(base_model=base_model, extra_tags=extra_tags), f"# {variant['title']}", ""]
     lines += [
@@ -78,7 +82,9 @@ def render(variant: dict) -> str:
         lines += [f"| {name} | {value} |" for name, value in variant["results"]["rows"]]
         lines += ["", f"Source: {variant['source']}.", ""]
     else:
-        robot_types = ", ".join(f"`{name}` (T = {length})" for name, length in variant["pretraining_robot_types"].items())
+        robot_types = ", ".join(
+            f"`{name}` (T = {length})" for name, length in variant["pretraining_robot_types"].items()
+        )
         lines += [
             "## Pre-training robot types",
             "",
@@ -108,7 +114,9 @@ def render(variant: dict) -> str:
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     for path in sorted(VARIANTS_DIR.glob("*/variant.json")):
         card = path.parent / "README.md"
         card.write_text(render(json.loads(path.read_text())))

@@ -21,8 +21,12 @@ from xr0.processing_xr0 import set_image_bounds
 def observation():
     rng = np.random.default_rng(0)
     images = {key: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for key in ("front", "hand")}
-    return dict(images=images, instruction="Stack the red cube on the blue one.", state=np.linspace(-1, 1, 9),
-                robot_type="my_arm")
+    return dict(
+        images=images,
+        instruction="Stack the red cube on the blue one.",
+        state=np.linspace(-1, 1, 9),
+        robot_type="my_arm",
+    )
 
 
 def act(model, processor):
@@ -34,12 +38,19 @@ def act(model, processor):
 
 def save(directory: str) -> None:
     model = tiny_model()
-    processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=model.config.action_length)
+    processor = AutoProcessor.from_pretrained(
+        REPO_ROOT, trust_remote_code=True, action_length=model.config.action_length
+    )
     # (T, 32) statistics with T = 15 and a 256² image floor: both must survive the other line's loading.
     mean, std = np.zeros((15, 32)), np.zeros((15, 32))
     mean[:, :6], std[:, :6] = np.linspace(0, 1, 6), 0.5
-    processor.register_robot_type("my_arm", views=[["front", "Front"], ["hand", "Hand"]], active_action_dims=6,
-                                  action_mean=mean, action_std=std)
+    processor.register_robot_type(
+        "my_arm",
+        views=[["front", "Front"], ["hand", "Hand"]],
+        active_action_dims=6,
+        action_mean=mean,
+        action_std=std,
+    )
     set_image_bounds(processor.image_processor, 256 * 256, 1024 * 1024)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
@@ -52,7 +63,9 @@ def check(directory: str) -> None:
     processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
     actions = act(model, processor)
     if actions.shape != (15, 6) and actions.shape != (1, 15, 6):
-        sys.exit(f"cross-line check failed: actions of shape {actions.shape}, expected T = 15 chunks of 6 dims")
+        sys.exit(
+            f"cross-line check failed: actions of shape {actions.shape}, expected T = 15 chunks of 6 dims"
+        )
     difference = np.abs(actions - np.load(f"{directory}/expected_actions.npy")).max()
     print(f"loaded on transformers {__version__}: max |actions - saved actions| = {difference:.2e}")
     if not difference < 1e-5:

@@ -27,7 +27,9 @@ QWEN3_VL_PREPROCESSOR = {
 }
 
 
-def action_expert_shapes(hidden: int, layers: int, head_dim: int, action_dim: int = 32, state_dim: int = 32) -> dict:
+def action_expert_shapes(
+    hidden: int, layers: int, head_dim: int, action_dim: int = 32, state_dim: int = 32
+) -> dict:
     """{name: shape} of everything outside `vlm.` in a published checkpoint (spec of the official modules)."""
     shapes = {
         "state_projector.layers.0.weight": (hidden, state_dim),
@@ -44,21 +46,23 @@ def action_expert_shapes(hidden: int, layers: int, head_dim: int, action_dim: in
     }
     for i in range(layers):
         p = f"dit.layers.{i}."
-        shapes.update({
-            p + "attn.qkv_proj.weight": (3 * hidden, hidden),
-            p + "attn.qkv_proj.bias": (3 * hidden,),
-            p + "attn.o_proj.weight": (hidden, hidden),
-            p + "attn.q_norm.weight": (head_dim,),
-            p + "attn.k_norm.weight": (head_dim,),
-            p + "mlp.gate_proj.weight": (4 * hidden, hidden),
-            p + "mlp.up_proj.weight": (4 * hidden, hidden),
-            p + "mlp.down_proj.weight": (hidden, 4 * hidden),
-            p + "input_layernorm.weight": (hidden,),
-            p + "middle_layernorm.weight": (hidden,),
-            p + "post_layernorm.weight": (hidden,),
-            p + "final_layernorm.weight": (hidden,),
-            p + "adaln_table": (6, hidden),
-        })
+        shapes.update(
+            {
+                p + "attn.qkv_proj.weight": (3 * hidden, hidden),
+                p + "attn.qkv_proj.bias": (3 * hidden,),
+                p + "attn.o_proj.weight": (hidden, hidden),
+                p + "attn.q_norm.weight": (head_dim,),
+                p + "attn.k_norm.weight": (head_dim,),
+                p + "mlp.gate_proj.weight": (4 * hidden, hidden),
+                p + "mlp.up_proj.weight": (4 * hidden, hidden),
+                p + "mlp.down_proj.weight": (hidden, 4 * hidden),
+                p + "input_layernorm.weight": (hidden,),
+                p + "middle_layernorm.weight": (hidden,),
+                p + "post_layernorm.weight": (hidden,),
+                p + "final_layernorm.weight": (hidden,),
+                p + "adaln_table": (6, hidden),
+            }
+        )
     return shapes
 
 
@@ -73,8 +77,13 @@ def published_shapes(config: dict) -> dict:
     dit = config["dit_config"]
     return {
         **vlm_shapes(config["vlm_config"]),
-        **action_expert_shapes(dit["hidden_size"], dit["num_hidden_layers"], dit["head_dim"],
-                               config["action_dim"], config["state_dim"]),
+        **action_expert_shapes(
+            dit["hidden_size"],
+            dit["num_hidden_layers"],
+            dit["head_dim"],
+            config["action_dim"],
+            config["state_dim"],
+        ),
     }
 
 
@@ -89,12 +98,16 @@ def action_config(chunk_lengths: dict, seed: int = 0) -> dict:
     for robot_type, length in chunk_lengths.items():
         mean = np.r_[rng.normal(0, 0.5, 7), np.zeros(25)]
         std = np.r_[rng.uniform(0.05, 2.0, 7), np.zeros(25)]
-        config[robot_type] = {"mean": np.tile(mean, (length, 1)).tolist(), "std": np.tile(std, (length, 1)).tolist()}
+        config[robot_type] = {
+            "mean": np.tile(mean, (length, 1)).tolist(),
+            "std": np.tile(std, (length, 1)).tolist(),
+        }
     return config
 
 
-def write_published_checkpoint(directory: Path, seed: int = 0, shards: int = 2, prefix: str = "",
-                               chunk_lengths: dict = None) -> dict:
+def write_published_checkpoint(
+    directory: Path, seed: int = 0, shards: int = 2, prefix: str = "", chunk_lengths: dict = None
+) -> dict:
     """Random weights in the published layout (fp32, `shards` files with an index when > 1, keys optionally
     wrapped in `prefix`), the official config.json and a Qwen3-VL preprocessor_config.json with action_config.
     Returns the tensors by their unwrapped names."""
@@ -111,15 +124,23 @@ def write_published_checkpoint(directory: Path, seed: int = 0, shards: int = 2, 
     names = list(tensors)
     parts = [names[i::shards] for i in range(shards)]
     if shards == 1:
-        save_file({prefix + k: tensors[k] for k in names}, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            {prefix + k: tensors[k] for k in names},
+            str(directory / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
     else:
         weight_map = {}
         for i, part in enumerate(parts, start=1):
             file = f"model-{i:05d}-of-{shards:05d}.safetensors"
-            save_file({prefix + k: tensors[k] for k in part}, str(directory / file), metadata={"format": "pt"})
+            save_file(
+                {prefix + k: tensors[k] for k in part}, str(directory / file), metadata={"format": "pt"}
+            )
             weight_map.update({prefix + k: file for k in part})
         total = sum(t.numel() * 4 for t in tensors.values())
-        (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        (directory / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+        )
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     chunk_lengths = chunk_lengths or {"libero_all": 10, "fractal_delta": 4, "agibot_pt_v3": 30}
     preprocessor = dict(QWEN3_VL_PREPROCESSOR, action_config=action_config(chunk_lengths, seed))

@@ -15,7 +15,10 @@ def _rms(x, weight, eps=1e-6):
 
 
 def _two_layer(x, sd, prefix):
-    return F.linear(F.gelu(F.linear(x, sd[prefix + "layers.0.weight"]), approximate="tanh"), sd[prefix + "layers.2.weight"])
+    return F.linear(
+        F.gelu(F.linear(x, sd[prefix + "layers.0.weight"]), approximate="tanh"),
+        sd[prefix + "layers.2.weight"],
+    )
 
 
 def _rope(x, cos, sin):
@@ -24,8 +27,18 @@ def _rope(x, cos, sin):
     return x * cos[:, None] + rotated * sin[:, None]
 
 
-def reference_actions(vlm, state_dict, config, input_ids, attention_mask, pixel_values, image_grid_thw, state,
-                      action_mask, noise):
+def reference_actions(
+    vlm,
+    state_dict,
+    config,
+    input_ids,
+    attention_mask,
+    pixel_values,
+    image_grid_thw,
+    state,
+    action_mask,
+    noise,
+):
     sd = state_dict
     text = config.vlm_config.text_config
     hidden = config.dit_config["hidden_size"]
@@ -36,16 +49,24 @@ def reference_actions(vlm, state_dict, config, input_ids, attention_mask, pixel_
     S = state.shape[1]
 
     # 1. VLM prefill as the official code does it.
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                  image_grid_thw=image_grid_thw, use_cache=True)
+    kwargs = dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        pixel_values=pixel_values,
+        image_grid_thw=image_grid_thw,
+        use_cache=True,
+    )
     rope_params = inspect.signature(vlm.model.get_rope_index).parameters
     if "mm_token_type_ids" in rope_params:
         token_types = (input_ids == config.vlm_config.image_token_id).int()
         kwargs["mm_token_type_ids"] = token_types
-        positions, _ = vlm.model.get_rope_index(input_ids, token_types, image_grid_thw=image_grid_thw,
-                                                attention_mask=attention_mask)
+        positions, _ = vlm.model.get_rope_index(
+            input_ids, token_types, image_grid_thw=image_grid_thw, attention_mask=attention_mask
+        )
     else:
-        positions, _ = vlm.model.get_rope_index(input_ids, image_grid_thw, None, attention_mask=attention_mask)
+        positions, _ = vlm.model.get_rope_index(
+            input_ids, image_grid_thw, None, attention_mask=attention_mask
+        )
     out = vlm(**kwargs)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     B, L = input_ids.shape
@@ -58,8 +79,13 @@ def reference_actions(vlm, state_dict, config, input_ids, attention_mask, pixel_
     cos, sin = vlm.model.language_model.rotary_emb(noise, dit_pos)
 
     # 3. Mask: prompt padding for the cache part, lower-triangular over the DiT tokens.
-    mask = torch.cat([real[:, None, None, :].expand(B, 1, Q, L),
-                      torch.ones(Q, Q, dtype=torch.bool).tril()[None, None].expand(B, 1, Q, Q)], dim=-1)
+    mask = torch.cat(
+        [
+            real[:, None, None, :].expand(B, 1, Q, L),
+            torch.ones(Q, Q, dtype=torch.bool).tril()[None, None].expand(B, 1, Q, Q),
+        ],
+        dim=-1,
+    )
 
     def velocity(x, t):
         # 6. timestep embedding
@@ -67,10 +93,18 @@ def reference_actions(vlm, state_dict, config, input_ids, attention_mask, pixel_
         args = (t * 1000)[:, None] * freqs[None]
         emb = torch.cat([torch.cos(args), torch.sin(args)], -1)
         emb = F.linear(F.silu(F.linear(emb, sd["t_embedder.mlp.0.weight"])), sd["t_embedder.mlp.2.weight"])
-        t_mod = F.linear(emb, sd["t_projector.layers.0.weight"], sd["t_projector.layers.0.bias"]).view(B, 6, hidden)
+        t_mod = F.linear(emb, sd["t_projector.layers.0.weight"], sd["t_projector.layers.0.bias"]).view(
+            B, 6, hidden
+        )
         # 7. token sequence [sink, state, actions]
-        h = torch.cat([sd["sink.weight"][None].expand(B, 1, hidden), _two_layer(state, sd, "state_projector."),
-                       _two_layer(x * action_mask, sd, "action_projector.")], dim=1)
+        h = torch.cat(
+            [
+                sd["sink.weight"][None].expand(B, 1, hidden),
+                _two_layer(state, sd, "state_projector."),
+                _two_layer(x * action_mask, sd, "action_projector."),
+            ],
+            dim=1,
+        )
         for i in range(n_dit):
             p = f"dit.layers.{i}."
             layer_cache = cache.layers[text.num_hidden_layers - n_dit + i]
@@ -92,8 +126,11 @@ def reference_actions(vlm, state_dict, config, input_ids, attention_mask, pixel_
             h = h + g1 * F.linear(attn, sd[p + "attn.o_proj.weight"])
             h = _rms(h, sd[p + "middle_layernorm.weight"])
             m_in = _rms(h, sd[p + "post_layernorm.weight"]) * (1 + c2) + s2
-            mlp = F.linear(F.silu(F.linear(m_in, sd[p + "mlp.gate_proj.weight"])) * F.linear(m_in, sd[p + "mlp.up_proj.weight"]),
-                           sd[p + "mlp.down_proj.weight"])
+            mlp = F.linear(
+                F.silu(F.linear(m_in, sd[p + "mlp.gate_proj.weight"]))
+                * F.linear(m_in, sd[p + "mlp.up_proj.weight"]),
+                sd[p + "mlp.down_proj.weight"],
+            )
             h = _rms(h + g2 * mlp, sd[p + "final_layernorm.weight"])
         return _two_layer(h[:, -T:], sd, "action_output_layer.")
 

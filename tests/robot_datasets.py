@@ -22,8 +22,17 @@ def episodes(num_episodes=4, length=12, state_dim=6, action_dim=5, seed=0):
             state = np.sin(phase + t * np.arange(1, state_dim + 1)).astype(np.float32)
             action = np.cos(phase + 2 * t + np.arange(action_dim)).astype(np.float32)
             images = {cam: rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for cam in ("top", "wrist")}
-            frames.append(dict(episode_index=episode, frame_index=step, task_index=episode % 2, state=state,
-                               action=action, images=images, timestamp=step / FPS))
+            frames.append(
+                dict(
+                    episode_index=episode,
+                    frame_index=step,
+                    task_index=episode % 2,
+                    state=state,
+                    action=action,
+                    images=images,
+                    timestamp=step / FPS,
+                )
+            )
     return frames
 
 
@@ -61,25 +70,41 @@ def write_lerobot(root, video=False, **kwargs) -> Path:
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     (root / "data" / "chunk-000").mkdir(parents=True)
     state_dim, action_dim = len(frames[0]["state"]), len(frames[0]["action"])
-    image_feature = {"dtype": "video" if video else "image", "shape": [64, 64, 3], "names": ["height", "width", "channel"]}
+    image_feature = {
+        "dtype": "video" if video else "image",
+        "shape": [64, 64, 3],
+        "names": ["height", "width", "channel"],
+    }
     info = {
-        "codebase_version": "v3.0", "robot_type": "tiny_arm", "fps": FPS,
-        "total_episodes": frames[-1]["episode_index"] + 1, "total_frames": len(frames), "total_tasks": len(TASKS),
-        "chunks_size": 1000, "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "codebase_version": "v3.0",
+        "robot_type": "tiny_arm",
+        "fps": FPS,
+        "total_episodes": frames[-1]["episode_index"] + 1,
+        "total_frames": len(frames),
+        "total_tasks": len(TASKS),
+        "chunks_size": 1000,
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
         "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
         "splits": {"train": f"0:{frames[-1]['episode_index'] + 1}"},
         "features": {
             "observation.state": {"dtype": "float32", "shape": [state_dim], "names": None},
             "action": {"dtype": "float32", "shape": [action_dim], "names": None},
-            "observation.images.top": image_feature, "observation.images.wrist": image_feature,
-            "timestamp": {"dtype": "float32", "shape": [1]}, "frame_index": {"dtype": "int64", "shape": [1]},
-            "episode_index": {"dtype": "int64", "shape": [1]}, "index": {"dtype": "int64", "shape": [1]},
+            "observation.images.top": image_feature,
+            "observation.images.wrist": image_feature,
+            "timestamp": {"dtype": "float32", "shape": [1]},
+            "frame_index": {"dtype": "int64", "shape": [1]},
+            "episode_index": {"dtype": "int64", "shape": [1]},
+            "index": {"dtype": "int64", "shape": [1]},
             "task_index": {"dtype": "int64", "shape": [1]},
         },
     }
     (root / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-    pq.write_table(pa.Table.from_pandas(pd.DataFrame({"task_index": range(len(TASKS))}, index=pd.Index(TASKS, name="task"))),
-                   root / "meta" / "tasks.parquet")
+    pq.write_table(
+        pa.Table.from_pandas(
+            pd.DataFrame({"task_index": range(len(TASKS))}, index=pd.Index(TASKS, name="task"))
+        ),
+        root / "meta" / "tasks.parquet",
+    )
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     columns = {
         "observation.state": pa.array([f["state"].tolist() for f in frames], pa.list_(pa.float32())),
@@ -92,18 +117,25 @@ def write_lerobot(root, video=False, **kwargs) -> Path:
     }
     for cam in ("top", "wrist"):
         if video:
-            write_video(root / "videos" / f"observation.images.{cam}" / "chunk-000" / "file-000.mp4",
-                        [f["images"][cam] for f in frames])
+            write_video(
+                root / "videos" / f"observation.images.{cam}" / "chunk-000" / "file-000.mp4",
+                [f["images"][cam] for f in frames],
+            )
         else:
             columns[f"observation.images.{cam}"] = pa.array(
-                [{"bytes": png_bytes(f["images"][cam]), "path": None} for f in frames], image_type)
+                [{"bytes": png_bytes(f["images"][cam]), "path": None} for f in frames], image_type
+            )
     pq.write_table(pa.table(columns), root / "data" / "chunk-000" / "file-000.parquet")
     lengths = np.bincount([f["episode_index"] for f in frames])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     episode_columns = {
-        "episode_index": list(range(len(lengths))), "tasks": [[TASKS[i % 2]] for i in range(len(lengths))],
-        "length": lengths.tolist(), "dataset_from_index": starts.tolist(), "dataset_to_index": (starts + lengths).tolist(),
-        "data/chunk_index": [0] * len(lengths), "data/file_index": [0] * len(lengths),
+        "episode_index": list(range(len(lengths))),
+        "tasks": [[TASKS[i % 2]] for i in range(len(lengths))],
+        "length": lengths.tolist(),
+        "dataset_from_index": starts.tolist(),
+        "dataset_to_index": (starts + lengths).tolist(),
+        "data/chunk_index": [0] * len(lengths),
+        "data/file_index": [0] * len(lengths),
     }
     if video:
         for cam in ("top", "wrist"):
@@ -126,9 +158,18 @@ def write_jsonl(root, **kwargs) -> Path:
         for cam, array in f["images"].items():
             paths[cam] = f"images/{i:05d}_{cam}.png"
             Image.fromarray(array).save(root / paths[cam])
-        lines.append(json.dumps({"episode_index": f["episode_index"], "frame_index": f["frame_index"],
-                                 "instruction": TASKS[f["task_index"]], "state": f["state"].tolist(),
-                                 "action": f["action"].tolist(), "images": paths}))
+        lines.append(
+            json.dumps(
+                {
+                    "episode_index": f["episode_index"],
+                    "frame_index": f["frame_index"],
+                    "instruction": TASKS[f["task_index"]],
+                    "state": f["state"].tolist(),
+                    "action": f["action"].tolist(),
+                    "images": paths,
+                }
+            )
+        )
     (root / "frames.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
@@ -142,6 +183,10 @@ def write_conversations(root, count=5, seed=0) -> Path:
     for i in range(count):
         path = f"images/{i}.png"
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(root / path)
-        lines.append(json.dumps({"images": [path], "prompt": "What is on the table?", "answer": f"A red cube number {i}."}))
+        lines.append(
+            json.dumps(
+                {"images": [path], "prompt": "What is on the table?", "answer": f"A red cube number {i}."}
+            )
+        )
     (root / "conversations.jsonl").write_text("\n".join(lines) + "\n")
     return root

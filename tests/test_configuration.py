@@ -10,12 +10,24 @@ def test_defaults_are_the_published_model():
     config = XR0Config()
     text, vision = config.vlm_config.text_config, config.vlm_config.vision_config
     assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (2560, 9728, 36)
-    assert (text.num_attention_heads, text.num_key_value_heads, text.head_dim, text.vocab_size) == (32, 8, 128, 151936)
-    assert (vision.depth, vision.hidden_size, vision.out_hidden_size, vision.patch_size) == (24, 1024, 2560, 16)
+    assert (text.num_attention_heads, text.num_key_value_heads, text.head_dim, text.vocab_size) == (
+        32,
+        8,
+        128,
+        151936,
+    )
+    assert (vision.depth, vision.hidden_size, vision.out_hidden_size, vision.patch_size) == (
+        24,
+        1024,
+        2560,
+        16,
+    )
     assert list(vision.deepstack_visual_indexes) == [5, 11, 17]
     assert config.vlm_config.image_token_id == 151655
-    assert {k: config.dit_config[k] for k in ("hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads")} == {
-        "hidden_size": 1024, "num_hidden_layers": 16, "head_dim": 128, "num_key_value_heads": 8}
+    assert {
+        k: config.dit_config[k]
+        for k in ("hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads")
+    } == {"hidden_size": 1024, "num_hidden_layers": 16, "head_dim": 128, "num_key_value_heads": 8}
     assert (config.action_length, config.action_dim, config.state_dim) == (30, 32, 32)
     assert (config.state_length, config.num_inference_steps) == (1, 5)
     assert config.action_attention_window is None and config.noisy_action_position_offset == 0
@@ -54,7 +66,12 @@ def test_official_config_json_loads(tmp_path):
         "torch_dtype": "bfloat16",
         "transformers_version": "4.57.1",
         "vlm_config": json.loads(json.dumps(XR0Config().to_dict()["vlm_config"])),
-        "dit_config": {"hidden_size": 1024, "num_hidden_layers": 16, "head_dim": 128, "num_key_value_heads": 8},
+        "dit_config": {
+            "hidden_size": 1024,
+            "num_hidden_layers": 16,
+            "head_dim": 128,
+            "num_key_value_heads": 8,
+        },
         "action_length": 30,
         "action_dim": 32,
         "state_dim": 32,
@@ -79,13 +96,22 @@ def test_saved_config_carries_both_rope_forms_and_reads_either(tmp_path):
     assert text["tie_word_embeddings"] is True and saved["vlm_config"]["tie_word_embeddings"] is True
     # A config written by the other transformers line: only `rope_parameters` (5.x) present.
     text.pop("rope_scaling"), text.pop("rope_theta")
-    text["rope_parameters"] = {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True,
-                               "rope_theta": 10000.0}
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "mrope_section": [2, 3, 3],
+        "mrope_interleaved": True,
+        "rope_theta": 10000.0,
+    }
     (tmp_path / "config.json").write_text(json.dumps(saved))
     reloaded = XR0Config.from_pretrained(tmp_path)
-    rope = getattr(reloaded.vlm_config.text_config, "rope_parameters", None) or reloaded.vlm_config.text_config.rope_scaling
+    rope = (
+        getattr(reloaded.vlm_config.text_config, "rope_parameters", None)
+        or reloaded.vlm_config.text_config.rope_scaling
+    )
     assert list(rope["mrope_section"]) == [2, 3, 3]
-    assert float(rope.get("rope_theta", getattr(reloaded.vlm_config.text_config, "rope_theta", None))) == 10000.0
+    assert (
+        float(rope.get("rope_theta", getattr(reloaded.vlm_config.text_config, "rope_theta", None))) == 10000.0
+    )
 
 
 def test_attn_implementation_reaches_the_vlm(tmp_path):

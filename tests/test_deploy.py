@@ -34,7 +34,9 @@ TINY = REPO_ROOT / "fixtures" / "tiny-xr0"
 def observation(seed=0, size=224, **overrides):
     rng = np.random.default_rng(seed)
     obs = {
-        "images": {view: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for view in ("base", "wrist_left")},
+        "images": {
+            view: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for view in ("base", "wrist_left")
+        },
         "instruction": "Put the bowl on the plate.",
         "state": rng.normal(size=8).astype(np.float32),
         "robot_type": "libero_all",
@@ -54,8 +56,12 @@ def policy30():
     """The tiny checkpoint serving a robot type with 1 s chunks (T = 30, as the pre-training robot types have)."""
     policy = load_policy(str(TINY), "cpu", torch.float32)
     std = np.tile(np.r_[np.full(7, 0.1), np.zeros(25)], (30, 1))
-    policy.processor.register_robot_type("arm30", views=[["base", "Base"], ["wrist_left", "Left-Wrist"]],
-                                        action_mean=np.zeros((30, 32)), action_std=std)
+    policy.processor.register_robot_type(
+        "arm30",
+        views=[["base", "Base"], ["wrist_left", "Left-Wrist"]],
+        action_mean=np.zeros((30, 32)),
+        action_std=std,
+    )
     return policy
 
 
@@ -69,7 +75,9 @@ def server(policy):
 # ---- protocol ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_])
+@pytest.mark.parametrize(
+    "dtype", [np.uint8, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_]
+)
 def test_arrays_round_trip(dtype):
     array = (np.arange(24).reshape(2, 3, 4) % 3).astype(dtype)
     decoded = unpack(pack({"x": array, "s": np.float32(1.5), "n": [1, "a"]}))
@@ -81,10 +89,16 @@ def test_unsafe_or_inconsistent_arrays_are_refused():
     with pytest.raises(TypeError):
         pack({"x": np.array([object()])})
     good = {b"__ndarray__": True, b"data": b"\x00" * 8, b"dtype": "<f4", b"shape": [2]}
-    for change, message in [({b"dtype": "|O"}, "not allowed"), ({b"dtype": "<c16"}, "not allowed"),
-                            ({b"dtype": "|V8"}, "not allowed"), ({b"dtype": "nonsense"}, "unknown array dtype"),
-                            ({b"shape": [3]}, "needs 12 bytes"), ({b"shape": [-1, -2]}, "non-negative"),
-                            ({b"data": "text"}, "must be bytes"), ({b"shape": [1] * 9}, "at most 8")]:
+    for change, message in [
+        ({b"dtype": "|O"}, "not allowed"),
+        ({b"dtype": "<c16"}, "not allowed"),
+        ({b"dtype": "|V8"}, "not allowed"),
+        ({b"dtype": "nonsense"}, "unknown array dtype"),
+        ({b"shape": [3]}, "needs 12 bytes"),
+        ({b"shape": [-1, -2]}, "non-negative"),
+        ({b"data": "text"}, "must be bytes"),
+        ({b"shape": [1] * 9}, "at most 8"),
+    ]:
         frame = msgpack.packb({**good, **change}, use_bin_type=True)
         with pytest.raises(ProtocolError, match=message):
             unpack(frame)
@@ -100,7 +114,11 @@ def test_openpi_client_drives_the_server(server, policy):
 
     client = WebsocketClientPolicy("127.0.0.1", server.port)
     metadata = client.get_server_metadata()
-    assert metadata["robot_types"]["libero_all"] == {"views": ["base", "wrist_left"], "active_action_dims": 7, "chunk_length": 10}
+    assert metadata["robot_types"]["libero_all"] == {
+        "views": ["base", "wrist_left"],
+        "active_action_dims": 7,
+        "chunk_length": 10,
+    }
     reply = client.infer(observation(seed=3))
     assert reply["actions"].shape == (10, 7) and reply["actions"].dtype == np.float32
     assert reply["server_timing"]["infer_ms"] > 0
@@ -120,23 +138,61 @@ def test_action_prefix_is_returned_unchanged(server):
     assert not np.allclose(second[4:7], first[7:10])
 
 
-@pytest.mark.parametrize("overrides, field, message", [
-    ({"images": {"base": np.zeros((224, 224, 3), np.uint8)}}, "images", "views"),
-    ({"images": {"base": np.zeros((224, 224, 3), np.float32), "wrist_left": np.zeros((224, 224, 3), np.uint8)}}, "images.base", "uint8"),
-    ({"images": {"base": np.zeros((224, 224), np.uint8), "wrist_left": np.zeros((224, 224, 3), np.uint8)}}, "images.base", "uint8"),
-    ({"images": {"base": np.zeros((8, 8, 3), np.uint8), "wrist_left": np.zeros((224, 224, 3), np.uint8)}}, "images.base", "sides"),
-    ({"state": np.zeros(33, np.float32)}, "state", "1 to 32 values"),
-    ({"state": np.array([np.nan], np.float32)}, "state", "NaN"),
-    ({"state": "0.1 0.2"}, "state", "numeric array"),
-    ({"instruction": ""}, "instruction", "non-empty"),
-    ({"instruction": "x" * 3000}, "instruction", "at most"),
-    ({"seed": -1}, "seed", "int in"),
-    ({"seed": 1.5}, "seed", "int in"),
-    ({"action_prefix": np.zeros((3, 6), np.float32)}, "action_prefix", r"\(p, 7\)"),
-    ({"action_prefix": np.zeros((10, 7), np.float32)}, "action_prefix", r"p < 10 \(the chunk length of 'libero_all'\)"),
-    ({"extra": 1}, "extra", "unknown fields"),
-    ({"robot_type": "bridge_delta"}, "robot_type", "serves"),  # known type, but no statistics in this checkpoint
-])
+@pytest.mark.parametrize(
+    "overrides, field, message",
+    [
+        ({"images": {"base": np.zeros((224, 224, 3), np.uint8)}}, "images", "views"),
+        (
+            {
+                "images": {
+                    "base": np.zeros((224, 224, 3), np.float32),
+                    "wrist_left": np.zeros((224, 224, 3), np.uint8),
+                }
+            },
+            "images.base",
+            "uint8",
+        ),
+        (
+            {
+                "images": {
+                    "base": np.zeros((224, 224), np.uint8),
+                    "wrist_left": np.zeros((224, 224, 3), np.uint8),
+                }
+            },
+            "images.base",
+            "uint8",
+        ),
+        (
+            {
+                "images": {
+                    "base": np.zeros((8, 8, 3), np.uint8),
+                    "wrist_left": np.zeros((224, 224, 3), np.uint8),
+                }
+            },
+            "images.base",
+            "sides",
+        ),
+        ({"state": np.zeros(33, np.float32)}, "state", "1 to 32 values"),
+        ({"state": np.array([np.nan], np.float32)}, "state", "NaN"),
+        ({"state": "0.1 0.2"}, "state", "numeric array"),
+        ({"instruction": ""}, "instruction", "non-empty"),
+        ({"instruction": "x" * 3000}, "instruction", "at most"),
+        ({"seed": -1}, "seed", "int in"),
+        ({"seed": 1.5}, "seed", "int in"),
+        ({"action_prefix": np.zeros((3, 6), np.float32)}, "action_prefix", r"\(p, 7\)"),
+        (
+            {"action_prefix": np.zeros((10, 7), np.float32)},
+            "action_prefix",
+            r"p < 10 \(the chunk length of 'libero_all'\)",
+        ),
+        ({"extra": 1}, "extra", "unknown fields"),
+        (
+            {"robot_type": "bridge_delta"},
+            "robot_type",
+            "serves",
+        ),  # known type, but no statistics in this checkpoint
+    ],
+)
 def test_bad_fields_get_named_errors(server, overrides, field, message):
     with XR0Client("127.0.0.1", server.port) as client:
         with pytest.raises(ServerError, match=message) as error:
@@ -147,7 +203,18 @@ def test_bad_fields_get_named_errors(server, overrides, field, message):
 def test_fuzzed_messages_all_get_error_replies(server, policy):
     rng = np.random.default_rng(0)
     valid = observation(seed=5)
-    junk = [None, 7, -3.5, "text", b"bytes", [1, 2], {"a": 1}, np.zeros(3, np.int8), np.zeros((2, 2), np.float64), True]
+    junk = [
+        None,
+        7,
+        -3.5,
+        "text",
+        b"bytes",
+        [1, 2],
+        {"a": 1},
+        np.zeros(3, np.int8),
+        np.zeros((2, 2), np.float64),
+        True,
+    ]
     with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
         ws.recv()  # metadata
         for i in range(200):
@@ -155,7 +222,9 @@ def test_fuzzed_messages_all_get_error_replies(server, policy):
             if kind == 0:
                 frame = rng.bytes(int(rng.integers(1, 300)))
             elif kind == 1:
-                frame = msgpack.packb({str(rng.integers(0, 9)): junk[int(rng.integers(0, 7))] for _ in range(3)})
+                frame = msgpack.packb(
+                    {str(rng.integers(0, 9)): junk[int(rng.integers(0, 7))] for _ in range(3)}
+                )
             elif kind == 2:
                 message = dict(valid)
                 field = list(valid)[int(rng.integers(0, len(valid)))]
@@ -238,8 +307,13 @@ def test_token_authentication_and_health_check(policy):
 def simulate(source, latency_s, ticks=150, robot_type="arm30", **kwargs):
     clock = FakeClock()
     sent = []
-    executor = RealtimeExecutor(SimulatedRunner(source, clock, lambda k: latency_s),
-                                lambda: observation(robot_type=robot_type), sent.append, clock=clock, **kwargs)
+    executor = RealtimeExecutor(
+        SimulatedRunner(source, clock, lambda k: latency_s),
+        lambda: observation(robot_type=robot_type),
+        sent.append,
+        clock=clock,
+        **kwargs,
+    )
     return executor.run(ticks), np.stack(sent)
 
 
@@ -265,12 +339,22 @@ def trained_phase_model():
     from tiny import action_mask, tiny_model
     from tiny import observation as tiny_observation
 
-    model = tiny_model(action_length=12, action_prefix_probability=0.8, action_attention_window=4,
-                       noisy_action_position_offset=10, max_action_prefix_length=6)
+    model = tiny_model(
+        action_length=12,
+        action_prefix_probability=0.8,
+        action_attention_window=4,
+        noisy_action_position_offset=10,
+        max_action_prefix_length=6,
+    )
     batch = tiny_observation()
     with torch.no_grad():
-        encoded = model.encode_observation(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                           batch["image_grid_thw"], batch["state"])
+        encoded = model.encode_observation(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["pixel_values"],
+            batch["image_grid_thw"],
+            batch["state"],
+        )
     mask = action_mask(1, model.config, active_dims=2)
     model.train()
     model.vlm.requires_grad_(False)
@@ -283,7 +367,9 @@ def trained_phase_model():
         chunk = torch.zeros(32, 12, 32)
         chunk[..., 0] = torch.sin(0.4 * steps + phase)
         chunk[..., 1] = torch.cos(0.4 * steps + phase)
-        loss = model.compute_loss(encoded.repeat_interleave(32), chunk, mask.expand(32, -1, -1), generator=generator)["loss"]
+        loss = model.compute_loss(
+            encoded.repeat_interleave(32), chunk, mask.expand(32, -1, -1), generator=generator
+        )["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -302,8 +388,12 @@ def test_prefix_makes_seams_smoother_on_a_trained_tiny_model():
             prefix_tensor = torch.zeros(1, len(prefix), 32)
             prefix_tensor[0, :, :2] = torch.from_numpy(np.asarray(prefix, np.float32))
         with torch.no_grad():
-            chunk = model.sample_actions(encoded, mask, generator=torch.Generator().manual_seed(next(calls)),
-                                         action_prefix=prefix_tensor)
+            chunk = model.sample_actions(
+                encoded,
+                mask,
+                generator=torch.Generator().manual_seed(next(calls)),
+                action_prefix=prefix_tensor,
+            )
         return chunk[0, :, :2].numpy()
 
     with_prefix, sent = simulate(source, 2 / 30, ticks=120, execute_steps=4, commit_steps=3)
@@ -320,7 +410,9 @@ def test_executor_with_the_remote_server_on_the_wall_clock(server):
         runner = ThreadedRunner(RemoteChunkSource(client))
         sent = []
         # LIBERO's chunks are 10 steps: infer after 5, commit 4.
-        executor = RealtimeExecutor(runner, lambda: observation(), sent.append, control_hz=30, execute_steps=5, commit_steps=4)
+        executor = RealtimeExecutor(
+            runner, lambda: observation(), sent.append, control_hz=30, execute_steps=5, commit_steps=4
+        )
         metrics = executor.run(45)
         runner.close()
     assert len(sent) == 45 and metrics.chunks >= 2

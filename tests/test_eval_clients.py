@@ -2,7 +2,6 @@
 round trip. The seeds below were computed by the official clients' own hash function on the same observations
 (run outside this repository); the clients must reproduce them exactly."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -29,7 +28,10 @@ class RecordingPolicy:
     def infer(self, observation):
         self.observations.append(observation)
         k = len(self.observations)
-        return {"actions": np.tile(np.arange(self.length, dtype=np.float32)[:, None] + 100 * k, (1, self.dims)) - 50}
+        return {
+            "actions": np.tile(np.arange(self.length, dtype=np.float32)[:, None] + 100 * k, (1, self.dims))
+            - 50
+        }
 
 
 def libero_obs(seed=0):
@@ -45,9 +47,13 @@ def libero_obs(seed=0):
 
 def calvin_obs():
     rng = np.random.default_rng(0)
-    return {"rgb_obs": {"rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
-                        "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8)},
-            "robot_obs": np.arange(15, dtype=np.float64) / 10}
+    return {
+        "rgb_obs": {
+            "rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
+            "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8),
+        },
+        "robot_obs": np.arange(15, dtype=np.float64) / 10,
+    }
 
 
 def simpler_obs():
@@ -60,9 +66,14 @@ def simpler_obs():
 
 
 def test_request_seed_hashes_like_the_official_clients():
-    assert official_request_seed({"task_id": "x", "state": np.arange(3.0), "language": "héllo wörld"}) == 1702613092
+    assert (
+        official_request_seed({"task_id": "x", "state": np.arange(3.0), "language": "héllo wörld"})
+        == 1702613092
+    )
     image = Image.fromarray(np.full((4, 5, 3), 7, np.uint8))
-    assert official_request_seed({"b": image, "a": {3, 1, 2}, "n": np.zeros((2, 2), np.float32)}) == 3022836265
+    assert (
+        official_request_seed({"b": image, "a": {3, 1, 2}, "n": np.zeros((2, 2), np.float32)}) == 3022836265
+    )
     assert official_request_seed({"task_id": "x"}, max_bytes=0) == int(
         "104307356769141497154362583301401103199744843325683543632675128172259630350482"
     )
@@ -70,12 +81,25 @@ def test_request_seed_hashes_like_the_official_clients():
         official_request_seed({"x": object()})
 
 
-@pytest.mark.parametrize("client, obs, instruction, seed", [
-    (lambda: LiberoClient(None), libero_obs, "put the bowl on the PLATE", 361539884),
-    (lambda: CalvinClient(None, "calvin_abcd_orig"), calvin_obs, "open the Drawer", 4192309989),
-    (lambda: SimplerEnvClient(None, "fractal_delta"), simpler_obs, "put the spoon on the towel", 998254299),
-    (lambda: SimplerEnvClient(None, "bridge_delta"), simpler_obs, "put the spoon on the towel", 3339409499),
-])
+@pytest.mark.parametrize(
+    "client, obs, instruction, seed",
+    [
+        (lambda: LiberoClient(None), libero_obs, "put the bowl on the PLATE", 361539884),
+        (lambda: CalvinClient(None, "calvin_abcd_orig"), calvin_obs, "open the Drawer", 4192309989),
+        (
+            lambda: SimplerEnvClient(None, "fractal_delta"),
+            simpler_obs,
+            "put the spoon on the towel",
+            998254299,
+        ),
+        (
+            lambda: SimplerEnvClient(None, "bridge_delta"),
+            simpler_obs,
+            "put the spoon on the towel",
+            3339409499,
+        ),
+    ],
+)
 def test_requests_carry_the_official_seed(client, obs, instruction, seed):
     request, _ = client().requests(obs(), instruction)
     assert official_request_seed(request) == seed
@@ -85,10 +109,14 @@ def test_requests_carry_the_official_seed(client, obs, instruction, seed):
 
 
 def test_quaternion_to_axis_angle_as_robosuite():
-    assert np.allclose(quaternion_to_axis_angle([0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)]), [0, 0, np.pi / 2])
+    assert np.allclose(
+        quaternion_to_axis_angle([0, 0, np.sin(np.pi / 4), np.cos(np.pi / 4)]), [0, 0, np.pi / 2]
+    )
     assert np.allclose(quaternion_to_axis_angle([0, 0, 0, 1]), 0)
     # No sign flip: w < 0 gives an angle above pi, as the training data holds it.
-    assert np.allclose(quaternion_to_axis_angle([0, 0, -np.sin(np.pi / 4), -np.cos(np.pi / 4)]), [0, 0, -1.5 * np.pi])
+    assert np.allclose(
+        quaternion_to_axis_angle([0, 0, -np.sin(np.pi / 4), -np.cos(np.pi / 4)]), [0, 0, -1.5 * np.pi]
+    )
 
 
 def test_libero_conventions():
@@ -124,7 +152,9 @@ def test_calvin_conventions():
     assert first[6] == 1.0 and first[0] == 50.0
     policy.infer = lambda observation: {"actions": np.zeros((10, 7), np.float32)}
     client.reset()
-    assert client.act(obs, "open the drawer")[6] == -1.0, "a gripper action of exactly 0 closes (sign > 0 opens)"
+    assert client.act(obs, "open the drawer")[6] == -1.0, (
+        "a gripper action of exactly 0 closes (sign > 0 opens)"
+    )
     with pytest.raises(ValueError, match="CALVIN robot_type"):
         CalvinClient(policy, robot_type="libero_all")
 
@@ -134,10 +164,14 @@ def test_center_crop_keeps_int_of_the_scaled_side():
     # int(84 * 0.95) = 79 pixels are kept (rounding would keep 80), offset (84 - 79) // 2 = 2.
     cropped = center_crop_resize(image)
     assert cropped.size == (84, 84)
-    assert np.array_equal(np.asarray(cropped), np.asarray(image.crop((2, 2, 81, 81)).resize((84, 84), Image.BILINEAR)))
+    assert np.array_equal(
+        np.asarray(cropped), np.asarray(image.crop((2, 2, 81, 81)).resize((84, 84), Image.BILINEAR))
+    )
 
 
-@pytest.mark.parametrize("robot_type, title, size", [("bridge_delta", "Base", (256, 256)), ("fractal_delta", "Ego", (256, 320))])
+@pytest.mark.parametrize(
+    "robot_type, title, size", [("bridge_delta", "Base", (256, 256)), ("fractal_delta", "Ego", (256, 320))]
+)
 def test_simplerenv_conventions(robot_type, title, size):
     policy = RecordingPolicy(length=4)
     client = SimplerEnvClient(policy, robot_type)
@@ -156,6 +190,7 @@ def test_simplerenv_action_postprocessing():
     action = np.array([0.01, -0.02, 0.03, 0.3, -0.2, 1.1, 0.7])
     bridge = SimplerEnvClient(None, "bridge_delta").postprocess(action)
     fractal = SimplerEnvClient(None, "fractal_delta").postprocess(action)
+
     # The same rotation as roll-pitch-yaw (static x-y-z: Rz·Ry·Rx) and as axis-angle (Rodrigues' formula).
     def rotation(axis, angle):
         c, s = np.cos(angle), np.sin(angle)
@@ -174,7 +209,9 @@ def test_libero_client_against_the_real_server():
     from xr0.deploy.server import PolicyServer
     from xr0_client import XR0Client
 
-    server = PolicyServer(load_policy(str(REPO_ROOT / "fixtures" / "tiny-xr0"), "cpu", torch.float32), port=0).start_in_thread()
+    server = PolicyServer(
+        load_policy(str(REPO_ROOT / "fixtures" / "tiny-xr0"), "cpu", torch.float32), port=0
+    ).start_in_thread()
     try:
         with XR0Client("127.0.0.1", server.port) as policy:
             client = LiberoClient(policy)

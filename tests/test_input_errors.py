@@ -32,7 +32,11 @@ def call(model, batch, **overrides):
         ("action_mask", torch.ones(6, 32), r"`action_mask` must have shape"),
         ("noise", torch.zeros(1, 6, 32), r"`noise` must have shape \(B, T, A\) = \(2, 6, 32\)"),
         ("noise", torch.full((2, 6, 32), float("inf")), r"`noise` contains NaN"),
-        ("attention_mask", torch.ones(2, 3, dtype=torch.long), r"`attention_mask` must have the shape of `input_ids`"),
+        (
+            "attention_mask",
+            torch.ones(2, 3, dtype=torch.long),
+            r"`attention_mask` must have the shape of `input_ids`",
+        ),
         ("image_grid_thw", torch.tensor([1, 4, 4]), r"`image_grid_thw` must be a \(num_images, 3\) tensor"),
         ("pixel_values", torch.zeros(10, 1536), r"`pixel_values` must have shape \(num_patches, C·t·p·p\)"),
         ("num_steps", 0, r"`num_steps` must be a positive int"),
@@ -69,5 +73,7 @@ def test_required_inputs_and_unknown_arguments(model, batch):
 def test_text_only_prompt_is_allowed(model):
     ids = torch.tensor([[151644, 872, 198, 1000, 1001, 151645]])
     with torch.no_grad():
-        actions = model(input_ids=ids, state=torch.zeros(1, 1, 32), action_mask=action_mask(1, model.config), seed=0).actions
+        actions = model(
+            input_ids=ids, state=torch.zeros(1, 1, 32), action_mask=action_mask(1, model.config), seed=0
+        ).actions
     assert actions.shape == (1, 6, 32) and torch.isfinite(actions).all()

@@ -25,12 +25,19 @@ def run(model, batch, mask=None, **kwargs):
 
 def noise_for(model, batch_size, seed=0, length=None):
     length = length or model.config.action_length
-    return torch.randn(batch_size, length, model.config.action_dim, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        batch_size, length, model.config.action_dim, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def encode(model, batch):
-    return model.encode_observation(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                    batch["image_grid_thw"], batch["state"])
+    return model.encode_observation(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["pixel_values"],
+        batch["image_grid_thw"],
+        batch["state"],
+    )
 
 
 def close(a, b, tolerance=1e-6):
@@ -69,8 +76,9 @@ def test_seed_generator_and_noise_agree(model):
     assert close(by_seed, by_noise)
 
 
-@pytest.mark.parametrize("shape, dtype", [((2, 10, 32), torch.float32), ((1, 4, 32), torch.float32),
-                                          ((2, 30, 32), torch.bfloat16)])
+@pytest.mark.parametrize(
+    "shape, dtype", [((2, 10, 32), torch.float32), ((1, 4, 32), torch.float32), ((2, 30, 32), torch.bfloat16)]
+)
 def test_seed_draws_the_official_noise(model, shape, dtype):
     # The official forward: save the RNG, torch.manual_seed(seed), x0 = randn_like(action_mask), restore.
     mask = torch.ones(shape, dtype=dtype)
@@ -82,12 +90,15 @@ def test_seed_draws_the_official_noise(model, shape, dtype):
     assert ours.dtype == torch.float32 and torch.equal(ours, official.float())
 
 
-@pytest.mark.parametrize("seed, error, message", [
-    (1.7, TypeError, r"`seed` must be an int, got float 1.7"),
-    ("12", TypeError, r"`seed` must be an int, got str '12'"),
-    (True, TypeError, r"`seed` must be an int, got bool"),
-    (2**64, ValueError, r"`seed` must be in \[-2\*\*63, 2\*\*64\)"),
-])
+@pytest.mark.parametrize(
+    "seed, error, message",
+    [
+        (1.7, TypeError, r"`seed` must be an int, got float 1.7"),
+        ("12", TypeError, r"`seed` must be an int, got str '12'"),
+        (True, TypeError, r"`seed` must be an int, got bool"),
+        (2**64, ValueError, r"`seed` must be in \[-2\*\*63, 2\*\*64\)"),
+    ],
+)
 def test_bad_seeds_are_refused_by_name(model, seed, error, message):
     with pytest.raises(error, match=message):
         run(model, observation(), seed=seed)
@@ -102,7 +113,9 @@ def test_chunk_length_comes_from_the_action_mask(model, length):
     assert actions.shape == (2, length, 32) and torch.isfinite(actions).all()
     noise = noise_for(model, 2, length=length)
     with torch.no_grad():
-        expected = reference_actions(model.vlm, model.state_dict(), model.config, action_mask=mask, noise=noise, **batch)
+        expected = reference_actions(
+            model.vlm, model.state_dict(), model.config, action_mask=mask, noise=noise, **batch
+        )
     assert (run(model, batch, mask=mask, noise=noise) - expected).abs().max() <= 1e-4
 
 
@@ -112,7 +125,9 @@ def test_state_length_comes_from_the_state(model):
     noise = noise_for(model, 1)
     mask = action_mask(1, model.config)
     with torch.no_grad():
-        expected = reference_actions(model.vlm, model.state_dict(), model.config, action_mask=mask, noise=noise, **batch)
+        expected = reference_actions(
+            model.vlm, model.state_dict(), model.config, action_mask=mask, noise=noise, **batch
+        )
     assert (run(model, batch, noise=noise) - expected).abs().max() <= 1e-4
 
 
@@ -153,8 +168,9 @@ def test_matches_independent_reference(model, padding_side):
     with torch.no_grad():
         ours = model(**batch, action_mask=mask, noise=noise).actions
         ref_batch = {k: v for k, v in batch.items()}
-        expected = reference_actions(model.vlm, model.state_dict(), model.config, action_mask=mask, noise=noise,
-                                     **ref_batch)
+        expected = reference_actions(
+            model.vlm, model.state_dict(), model.config, action_mask=mask, noise=noise, **ref_batch
+        )
     assert torch.isfinite(expected).all()
     assert (ours - expected).abs().max() <= 1e-4
 
@@ -181,7 +197,9 @@ def test_encode_once_sample_many(model):
 def test_dit_positions_continue_prompt_positions(model):
     batch = observation(num_text_tokens=(2, 9), padding_side="left")
     with torch.no_grad():
-        positions = model.vlm_position_ids(batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"])
+        positions = model.vlm_position_ids(
+            batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"]
+        )
         layout = model.chunk_layout(encode(model, batch), action_length=6)
     for b in range(2):
         real = batch["attention_mask"][b].bool()
@@ -210,7 +228,9 @@ def test_dit_attention_mask_pattern():
     assert torch.equal(causal[:, 3:], torch.ones(6, 6, dtype=torch.bool).tril())
     windowed = build_dit_attention_mask(cache, state_length=1, action_length=4, window=2)[0, 0, :, 3:]
     expected = torch.ones(6, 6, dtype=torch.bool).tril()
-    expected[4, 2] = expected[5, 2] = expected[5, 3] = False  # actions see only themselves and the previous one
+    expected[4, 2] = expected[5, 2] = expected[5, 3] = (
+        False  # actions see only themselves and the previous one
+    )
     assert torch.equal(windowed, expected)
 
 
@@ -293,10 +313,17 @@ def test_gradients_flow_through_one_velocity_evaluation(model):
     obs = encode(model, batch)
     v = model.velocity(torch.randn(1, 6, 32), torch.tensor([0.3]), obs, action_mask(1, model.config))
     v.pow(2).mean().backward()
-    for name in ("dit.layers.0.attn.qkv_proj.weight", "dit.layers.1.adaln_table", "sink.weight",
-                 "state_projector.layers.0.weight", "action_projector.layers.2.weight",
-                 "t_projector.layers.0.bias", "t_embedder.mlp.0.weight",
-                 "vlm.model.language_model.layers.3.self_attn.k_proj.weight", "vlm.model.visual.blocks.0.mlp.linear_fc1.weight"):
+    for name in (
+        "dit.layers.0.attn.qkv_proj.weight",
+        "dit.layers.1.adaln_table",
+        "sink.weight",
+        "state_projector.layers.0.weight",
+        "action_projector.layers.2.weight",
+        "t_projector.layers.0.bias",
+        "t_embedder.mlp.0.weight",
+        "vlm.model.language_model.layers.3.self_attn.k_proj.weight",
+        "vlm.model.visual.blocks.0.mlp.linear_fc1.weight",
+    ):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 
@@ -304,7 +331,13 @@ def test_gradients_flow_through_one_velocity_evaluation(model):
 def test_gradient_checkpointing_trains_and_rebuilds_the_cache_exactly():
     model = tiny_model()
     batch = observation(num_text_tokens=(2, 6))
-    args = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"], batch["state"])
+    args = (
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["pixel_values"],
+        batch["image_grid_thw"],
+        batch["state"],
+    )
     with torch.no_grad():
         cached = model.encode_observation(*args)
     # transformers 5.x renamed the switch (the old name warns); 4.57 has only the old one.
@@ -313,13 +346,18 @@ def test_gradient_checkpointing_trains_and_rebuilds_the_cache_exactly():
     assert all(layer.gradient_checkpointing for layer in model.dit.layers)
     model.train()
     rebuilt = model.encode_observation(*args)
-    for a, b in zip(cached.cache_keys + cached.cache_values, rebuilt.cache_keys + rebuilt.cache_values, strict=True):
+    for a, b in zip(
+        cached.cache_keys + cached.cache_values, rebuilt.cache_keys + rebuilt.cache_values, strict=True
+    ):
         assert (a - b).abs().max() < 1e-5
     v = model.velocity(torch.randn(2, 6, 32), torch.tensor([0.5, 0.1]), rebuilt, action_mask(2, model.config))
     v.pow(2).mean().backward()
     params = dict(model.named_parameters())
-    for name in ("dit.layers.0.attn.qkv_proj.weight", "vlm.model.language_model.layers.2.self_attn.k_proj.weight",
-                 "vlm.model.language_model.layers.0.mlp.up_proj.weight"):
+    for name in (
+        "dit.layers.0.attn.qkv_proj.weight",
+        "vlm.model.language_model.layers.2.self_attn.k_proj.weight",
+        "vlm.model.language_model.layers.0.mlp.up_proj.weight",
+    ):
         assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
     model.eval()
     assert torch.isfinite(run(model, batch, seed=0)).all()
@@ -369,7 +407,11 @@ def test_loads_published_layout(tmp_path, layout):
     assert loaded.config.model_type == "xr0"
     assert torch.equal(loaded.vlm.lm_head.weight, loaded.vlm.model.language_model.embed_tokens.weight)
     state = loaded.state_dict()
-    for name in ("action_output_layer.layers.0.weight", "action_output_layer.layers.2.weight", "dit.layers.1.adaln_table"):
+    for name in (
+        "action_output_layer.layers.0.weight",
+        "action_output_layer.layers.2.weight",
+        "dit.layers.1.adaln_table",
+    ):
         assert torch.equal(state[name], tensors[name]), name
 
 
@@ -392,23 +434,44 @@ def test_real_config_builds_the_published_model_on_meta():
     state = {k: tuple(v.shape) for k, v in real.state_dict().items() if not k.startswith("vlm.lm_head.")}
     total = sum(p.numel() for p in real.parameters())  # the tied lm_head is counted once
     assert 4.4e9 <= total <= 4.9e9, total
-    assert {k.split(".")[0] for k in state} == {"vlm", "dit", "state_projector", "action_projector",
-                                               "action_output_layer", "t_embedder", "t_projector", "sink"}
+    assert {k.split(".")[0] for k in state} == {
+        "vlm",
+        "dit",
+        "state_projector",
+        "action_projector",
+        "action_output_layer",
+        "t_embedder",
+        "t_projector",
+        "sink",
+    }
     assert sum(1 for k in state if k.startswith("dit.layers.") and k.endswith(".adaln_table")) == 16
-    layer = {k[len("dit.layers.0."):]: v for k, v in state.items() if k.startswith("dit.layers.0.")}
+    layer = {k[len("dit.layers.0.") :]: v for k, v in state.items() if k.startswith("dit.layers.0.")}
     assert layer == {
-        "attn.qkv_proj.weight": (3072, 1024), "attn.qkv_proj.bias": (3072,), "attn.o_proj.weight": (1024, 1024),
-        "attn.q_norm.weight": (128,), "attn.k_norm.weight": (128,),
-        "mlp.gate_proj.weight": (4096, 1024), "mlp.up_proj.weight": (4096, 1024), "mlp.down_proj.weight": (1024, 4096),
-        "input_layernorm.weight": (1024,), "middle_layernorm.weight": (1024,), "post_layernorm.weight": (1024,),
-        "final_layernorm.weight": (1024,), "adaln_table": (6, 1024),
+        "attn.qkv_proj.weight": (3072, 1024),
+        "attn.qkv_proj.bias": (3072,),
+        "attn.o_proj.weight": (1024, 1024),
+        "attn.q_norm.weight": (128,),
+        "attn.k_norm.weight": (128,),
+        "mlp.gate_proj.weight": (4096, 1024),
+        "mlp.up_proj.weight": (4096, 1024),
+        "mlp.down_proj.weight": (1024, 4096),
+        "input_layernorm.weight": (1024,),
+        "middle_layernorm.weight": (1024,),
+        "post_layernorm.weight": (1024,),
+        "final_layernorm.weight": (1024,),
+        "adaln_table": (6, 1024),
     }
     expected = {
-        "state_projector.layers.0.weight": (1024, 32), "state_projector.layers.2.weight": (1024, 1024),
-        "action_projector.layers.0.weight": (1024, 32), "action_projector.layers.2.weight": (1024, 1024),
-        "action_output_layer.layers.0.weight": (32, 1024), "action_output_layer.layers.2.weight": (32, 32),
-        "t_embedder.mlp.0.weight": (1024, 256), "t_embedder.mlp.2.weight": (1024, 1024),
-        "t_projector.layers.0.weight": (6144, 1024), "t_projector.layers.0.bias": (6144,),
+        "state_projector.layers.0.weight": (1024, 32),
+        "state_projector.layers.2.weight": (1024, 1024),
+        "action_projector.layers.0.weight": (1024, 32),
+        "action_projector.layers.2.weight": (1024, 1024),
+        "action_output_layer.layers.0.weight": (32, 1024),
+        "action_output_layer.layers.2.weight": (32, 32),
+        "t_embedder.mlp.0.weight": (1024, 256),
+        "t_embedder.mlp.2.weight": (1024, 1024),
+        "t_projector.layers.0.weight": (6144, 1024),
+        "t_projector.layers.0.bias": (6144,),
         "sink.weight": (1, 1024),
         "vlm.model.language_model.embed_tokens.weight": (151936, 2560),
         "vlm.model.language_model.layers.35.self_attn.k_proj.weight": (1024, 2560),
@@ -437,7 +500,9 @@ def test_action_prefix_is_kept_and_conditions_the_rest():
     assert torch.equal(conditioned[:, :3], prefix)
     assert (conditioned[:, 3:] - free[:, 3:]).abs().max() > 0.05
     assert close(via_forward, conditioned)
-    with pytest.raises(ValueError, match=r"`action_prefix` must have shape \(B, p, A\) = \(2, p <= T = 6, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"`action_prefix` must have shape \(B, p, A\) = \(2, p <= T = 6, 32\)"
+    ):
         model.sample_actions(obs, mask, noise=noise, action_prefix=torch.zeros(2, 7, 32))
 
 
@@ -452,7 +517,7 @@ def test_published_checkpoint_reproduces_the_reference_math(tmp_path, padding_si
     loaded = XR0ForActionGeneration.from_pretrained(tmp_path).eval()
     stock_vlm = Qwen3VLForConditionalGeneration(loaded.config.vlm_config).eval()
     missing, unexpected = stock_vlm.load_state_dict(
-        {k[len("vlm."):]: v for k, v in weights.items() if k.startswith("vlm.")}, strict=False
+        {k[len("vlm.") :]: v for k, v in weights.items() if k.startswith("vlm.")}, strict=False
     )
     assert missing == ["lm_head.weight"] and not unexpected
     batch = observation(num_text_tokens=(4, 8), padding_side=padding_side, state_dim=32)
@@ -461,6 +526,8 @@ def test_published_checkpoint_reproduces_the_reference_math(tmp_path, padding_si
         noise = noise_for(loaded, 2, seed=21, length=length)
         with torch.no_grad():
             ours = loaded(**batch, action_mask=mask, noise=noise).actions
-            expected = reference_actions(stock_vlm, weights, loaded.config, action_mask=mask, noise=noise, **batch)
+            expected = reference_actions(
+                stock_vlm, weights, loaded.config, action_mask=mask, noise=noise, **batch
+            )
         assert (ours - expected).abs().max() <= 1e-5, length
         assert (ours - noise).abs().max() > 0.05, "the checkpoint's weights move the actions"

@@ -15,14 +15,85 @@ LIBERO_INSTRUCTION = "Put both the alphabet soup and the tomato sauce in the bas
 # The LIBERO prompt (one <|image_pad|> per view) encoded by tiktoken on the same qwen.tiktoken ranks: an
 # encoder independent of ours (scripts/build_tokenizer.py --verify compares the two on thousands of texts).
 LIBERO_PROMPT_IDS = [
-    151644, 872, 198, 785, 2701, 23722, 525, 17006, 504, 5248, 6194, 624, 2, 5351, 2738, 198, 151652, 151655,
-    151653, 198, 2, 13727, 13002, 2819, 2738, 198, 151652, 151655, 151653, 198, 31115, 12305, 6168, 369, 279,
-    3383, 510, 19103, 2176, 279, 27790, 19174, 323, 279, 41020, 19187, 304, 279, 14024, 13, 608, 2152, 666,
-    354, 151645, 198, 151644, 77091, 198, 63889, 354, 1472, 64498, 29, 151645, 198,
+    151644,
+    872,
+    198,
+    785,
+    2701,
+    23722,
+    525,
+    17006,
+    504,
+    5248,
+    6194,
+    624,
+    2,
+    5351,
+    2738,
+    198,
+    151652,
+    151655,
+    151653,
+    198,
+    2,
+    13727,
+    13002,
+    2819,
+    2738,
+    198,
+    151652,
+    151655,
+    151653,
+    198,
+    31115,
+    12305,
+    6168,
+    369,
+    279,
+    3383,
+    510,
+    19103,
+    2176,
+    279,
+    27790,
+    19174,
+    323,
+    279,
+    41020,
+    19187,
+    304,
+    279,
+    14024,
+    13,
+    608,
+    2152,
+    666,
+    354,
+    151645,
+    198,
+    151644,
+    77091,
+    198,
+    63889,
+    354,
+    1472,
+    64498,
+    29,
+    151645,
+    198,
 ]
-SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
-               "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656, "<tool_call>": 151657,
-               "<think>": 151667, "</think>": 151668}
+SPECIAL_IDS = {
+    "<|endoftext|>": 151643,
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|image_pad|>": 151655,
+    "<|video_pad|>": 151656,
+    "<tool_call>": 151657,
+    "<think>": 151667,
+    "</think>": 151668,
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +111,12 @@ def image(seed=0, size=(224, 224)):
 
 
 def libero_observation(**overrides):
-    observation = dict(images={"base": image(0), "wrist_left": image(1)}, instruction=LIBERO_INSTRUCTION,
-                       state=np.arange(8, dtype=np.float32) / 10, robot_type="libero_all")
+    observation = dict(
+        images={"base": image(0), "wrist_left": image(1)},
+        instruction=LIBERO_INSTRUCTION,
+        state=np.arange(8, dtype=np.float32) / 10,
+        robot_type="libero_all",
+    )
     observation.update(overrides)
     return observation
 
@@ -62,9 +137,17 @@ def test_digits_are_single_tokens(tokenizer):
     assert tokenizer.decode(tokenizer("2026")["input_ids"]) == "2026"
 
 
-@pytest.mark.parametrize("text", ["机器人抓取红色的杯子, 然后放下", "x=3.14159; y=-2.71828 // 12345678901234567890",
-                                  "  tabs\tand\nnewlines\r\n  ", "emoji 🤖🦾 naïve café", "Привет, こんにちは, 한국어",
-                                  "<|im_start|>user\nhi<|im_end|>"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "机器人抓取红色的杯子, 然后放下",
+        "x=3.14159; y=-2.71828 // 12345678901234567890",
+        "  tabs\tand\nnewlines\r\n  ",
+        "emoji 🤖🦾 naïve café",
+        "Привет, こんにちは, 한국어",
+        "<|im_start|>user\nhi<|im_end|>",
+    ],
+)
 def test_round_trip(tokenizer, text):
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
 
@@ -84,18 +167,27 @@ def test_tokenizer_files_are_what_the_build_script_writes():
 # ---- prompts and images --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("robot_type, titles", [("libero_all", ["Base", "Left-Wrist"]),
-                                                ("calvin_abcd_orig", ["Base", "Left-Wrist"]),
-                                                ("calvin_abc_orig", ["Base", "Left-Wrist"]),
-                                                ("bridge_delta", ["Base"]), ("fractal_delta", ["Ego"])])
+@pytest.mark.parametrize(
+    "robot_type, titles",
+    [
+        ("libero_all", ["Base", "Left-Wrist"]),
+        ("calvin_abcd_orig", ["Base", "Left-Wrist"]),
+        ("calvin_abc_orig", ["Base", "Left-Wrist"]),
+        ("bridge_delta", ["Base"]),
+        ("fractal_delta", ["Ego"]),
+    ],
+)
 def test_prompt_per_published_robot_type(processor, robot_type, titles):
     views = {key: image(i) for i, (key, _) in enumerate(PUBLISHED_ROBOT_TYPES[robot_type]["views"])}
     inputs = processor(images=views, instruction="Open the drawer.", state=np.zeros(7), robot_type=robot_type)
     text = processor.tokenizer.decode(inputs["input_ids"][0])
     expected = format_prompt("Open the drawer.", titles).replace("<|image_pad|>", "<|image_pad|>" * 49)
     assert text == expected
-    assert text.startswith("<|im_start|>user\nThe following observations are captured from multiple views.\n# "
-                           + titles[0] + " View\n<|vision_start|>")
+    assert text.startswith(
+        "<|im_start|>user\nThe following observations are captured from multiple views.\n# "
+        + titles[0]
+        + " View\n<|vision_start|>"
+    )
     assert text.endswith("Open the drawer. /no_cot<|im_end|>\n<|im_start|>assistant\n<cot></cot><|im_end|>\n")
 
 
@@ -105,7 +197,11 @@ def test_two_224_views_give_98_image_tokens(processor):
     assert inputs["image_grid_thw"].tolist() == [[1, 14, 14], [1, 14, 14]]
     assert inputs["pixel_values"].shape == (392, 1536)
     assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == 151655).int())
-    assert inputs["state"].shape == (1, 1, 32) and inputs["action_mask"].shape == (1, 10, 32)  # LIBERO's T = 10
+    assert inputs["state"].shape == (1, 1, 32) and inputs["action_mask"].shape == (
+        1,
+        10,
+        32,
+    )  # LIBERO's T = 10
     assert torch.equal(inputs["state"][0, 0, :8], torch.arange(8, dtype=torch.float32) / 10)
     assert not inputs["state"][0, 0, 8:].any()
 
@@ -113,7 +209,9 @@ def test_two_224_views_give_98_image_tokens(processor):
 def test_image_formats_agree(processor):
     array = image(3)
     as_pil = processor(**libero_observation(images={"base": Image.fromarray(array), "wrist_left": array}))
-    as_tensor = processor(**libero_observation(images={"base": torch.from_numpy(array).permute(2, 0, 1), "wrist_left": array}))
+    as_tensor = processor(
+        **libero_observation(images={"base": torch.from_numpy(array).permute(2, 0, 1), "wrist_left": array})
+    )
     as_array = processor(**libero_observation(images={"base": array, "wrist_left": array}))
     assert torch.equal(as_pil["pixel_values"], as_array["pixel_values"])
     assert torch.equal(as_tensor["pixel_values"], as_array["pixel_values"])
@@ -121,8 +219,12 @@ def test_image_formats_agree(processor):
 
 def test_batch_pads_on_the_left(processor):
     rows = [libero_observation(), libero_observation(instruction="Pick up the bowl.", state=np.ones(8))]
-    batch = processor(images=[r["images"] for r in rows], instruction=[r["instruction"] for r in rows],
-                      state=np.stack([r["state"] for r in rows]), robot_type="libero_all")
+    batch = processor(
+        images=[r["images"] for r in rows],
+        instruction=[r["instruction"] for r in rows],
+        state=np.stack([r["state"] for r in rows]),
+        robot_type="libero_all",
+    )
     single = [processor(**r) for r in rows]
     short = single[1]["input_ids"].shape[1]
     pad = batch["input_ids"].shape[1] - short
@@ -137,7 +239,9 @@ def test_batch_pads_on_the_left(processor):
 
 def test_low_level_call_as_published(processor):
     prompt = format_prompt(LIBERO_INSTRUCTION, ["Base", "Left-Wrist"])
-    low = processor(text=[prompt], images=[image(0), image(1)], videos=None, padding=True, return_tensors="pt")
+    low = processor(
+        text=[prompt], images=[image(0), image(1)], videos=None, padding=True, return_tensors="pt"
+    )
     high = processor(**libero_observation())
     assert set(low) == {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
     for key in low:
@@ -159,8 +263,11 @@ def write_published_processor_dir(directory, action_config):
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
         shutil.copy(REPO_ROOT / name, directory / name)
     preprocessor = json.loads((REPO_ROOT / "preprocessor_config.json").read_text())
-    preprocessor.update(processor_class="MiBoTProcessor", action_config=action_config,
-                        auto_map={"AutoProcessor": "processing_mibot.MiBoTProcessor"})
+    preprocessor.update(
+        processor_class="MiBoTProcessor",
+        action_config=action_config,
+        auto_map={"AutoProcessor": "processing_mibot.MiBoTProcessor"},
+    )
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor))
 
 
@@ -191,14 +298,25 @@ def test_mask_threshold_is_the_published_rule(processor):
 
 def test_registry_round_trip_with_state_statistics(tmp_path, processor):
     p = XR0Processor(processor.image_processor, processor.tokenizer)
-    p.register_robot_type("my_arm", views=[["front", "Front"], ["hand", "Hand"]], active_action_dims=6,
-                          action_mean=[0.1] * 6, action_std=[2.0] * 6, state_mean=[1.0] * 4, state_std=[0.5] * 4)
+    p.register_robot_type(
+        "my_arm",
+        views=[["front", "Front"], ["hand", "Hand"]],
+        active_action_dims=6,
+        action_mean=[0.1] * 6,
+        action_std=[2.0] * 6,
+        state_mean=[1.0] * 4,
+        state_std=[0.5] * 4,
+    )
     p.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
     assert loaded.robot_types["my_arm"] == p.robot_types["my_arm"]
     assert set(PUBLISHED_ROBOT_TYPES) <= set(loaded.robot_types)
-    inputs = loaded(images={"front": image(0), "hand": image(1)}, instruction="wave", state=[2.0, 1.0, 0.0, 1.0],
-                    robot_type="my_arm")
+    inputs = loaded(
+        images={"front": image(0), "hand": image(1)},
+        instruction="wave",
+        state=[2.0, 1.0, 0.0, 1.0],
+        robot_type="my_arm",
+    )
     assert inputs["state"][0, 0, :5].tolist() == [2.0, 0.0, -2.0, 0.0, 0.0]  # (s - 1) / 0.5, padding stays 0
     assert "# Front View" in loaded.tokenizer.decode(inputs["input_ids"][0])
 
@@ -214,14 +332,22 @@ def test_statistics_accept_time_arrays_and_vectors(processor):
     p.register_robot_type("b", views=[["c", "C"]], action_mean=np.zeros(32), action_std=np.ones(32))
     assert torch.equal(p.get_action_mask("a"), p.get_action_mask("b"))
     assert (p.chunk_length("a"), p.chunk_length("b")) == (4, 4)
-    p.register_robot_type("long", views=[["c", "C"]], action_mean=np.zeros((15, 32)), action_std=np.ones((15, 32)))
+    p.register_robot_type(
+        "long", views=[["c", "C"]], action_mean=np.zeros((15, 32)), action_std=np.ones((15, 32))
+    )
     assert p.get_action_mask("long").shape == (15, 32), "(T, 32) statistics set the robot type's chunk length"
     with pytest.raises(ValueError, match=r"robot type 'c': `action_mean` must be \(T, 32\) with T >= 1"):
         p.register_robot_type("c", action_mean=np.zeros((5, 31)), action_std=np.ones((5, 31)))
-    with pytest.raises(ValueError, match=r"robot type 'e': `action_mean` and `action_std` have different lengths \[4, 5\]"):
+    with pytest.raises(
+        ValueError, match=r"robot type 'e': `action_mean` and `action_std` have different lengths \[4, 5\]"
+    ):
         p.register_robot_type("e", action_mean=np.zeros((5, 32)), action_std=np.ones((4, 32)))
-    with pytest.raises(ValueError, match=r"robot type 'f': `chunk_length` 12 disagrees with its \(T, A\) statistics, T = 4"):
-        p.register_robot_type("f", chunk_length=12, action_mean=np.zeros((4, 32)), action_std=np.ones((4, 32)))
+    with pytest.raises(
+        ValueError, match=r"robot type 'f': `chunk_length` 12 disagrees with its \(T, A\) statistics, T = 4"
+    ):
+        p.register_robot_type(
+            "f", chunk_length=12, action_mean=np.zeros((4, 32)), action_std=np.ones((4, 32))
+        )
     with pytest.raises(ValueError, match="give `action_mean` and `action_std` together"):
         p.register_robot_type("d", action_mean=np.zeros(32))
 
@@ -232,15 +358,30 @@ def test_statistics_accept_time_arrays_and_vectors(processor):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"robot_type": "ur5"}, r"Unknown robot_type 'ur5'; known robot types: \['agibot_pt_v3', 'bridge_delta'"),
-        ({"images": {"base": image(0)}}, r"robot_type 'libero_all' takes 2 camera images with keys \['base', 'wrist_left'\]"),
+        (
+            {"robot_type": "ur5"},
+            r"Unknown robot_type 'ur5'; known robot types: \['agibot_pt_v3', 'bridge_delta'",
+        ),
+        (
+            {"images": {"base": image(0)}},
+            r"robot_type 'libero_all' takes 2 camera images with keys \['base', 'wrist_left'\]",
+        ),
         ({"images": [image(0), image(1)]}, r"`images\[0\]` must be a dict"),
         ({"state": np.zeros(33)}, r"`state` has 33 values, more than state_dim=32"),
         ({"state": np.array([0.0, np.nan])}, r"`state` of observation 0 contains NaN"),
         ({"state": None}, r"`state` is required"),
-        ({"images": {"base": image(0).astype(np.float32), "wrist_left": image(1)}}, r"`images\['base'\]`: an array image must be uint8"),
-        ({"images": {"base": image(0)[..., :1], "wrist_left": image(1)}}, r"`images\['base'\]`: an array image must be uint8 of shape \(H, W, 3\)"),
-        ({"images": {"base": torch.zeros(224, 224, 3, dtype=torch.uint8), "wrist_left": image(1)}}, r"a tensor image must be uint8 of shape \(3, H, W\)"),
+        (
+            {"images": {"base": image(0).astype(np.float32), "wrist_left": image(1)}},
+            r"`images\['base'\]`: an array image must be uint8",
+        ),
+        (
+            {"images": {"base": image(0)[..., :1], "wrist_left": image(1)}},
+            r"`images\['base'\]`: an array image must be uint8 of shape \(H, W, 3\)",
+        ),
+        (
+            {"images": {"base": torch.zeros(224, 224, 3, dtype=torch.uint8), "wrist_left": image(1)}},
+            r"a tensor image must be uint8 of shape \(3, H, W\)",
+        ),
         ({"instruction": 3}, r"`instruction` must be a str"),
         ({"instruction": "  "}, r"`instruction` of observation 0 is empty"),
     ],
@@ -259,7 +400,10 @@ def test_prompt_placeholders_must_match_images(processor):
 def test_decode_needs_statistics_and_shapes(processor):
     with pytest.raises(ValueError, match="robot_type 'bridge_delta' has no `action_mean`"):
         processor.decode_action(torch.zeros(4, 32), "bridge_delta")
-    with pytest.raises(ValueError, match=r"`actions` must be \(B, T, A\) or \(T, A\) with T=10 \(robot type 'libero_all'\), A=32"):
+    with pytest.raises(
+        ValueError,
+        match=r"`actions` must be \(B, T, A\) or \(T, A\) with T=10 \(robot type 'libero_all'\), A=32",
+    ):
         processor.decode_action(torch.zeros(30, 32), "libero_all")
 
 
@@ -269,8 +413,11 @@ def test_decode_needs_statistics_and_shapes(processor):
 def test_processor_to_tiny_model_to_decoded_actions(processor):
     model = tiny_model()
     p = XR0Processor(processor.image_processor, processor.tokenizer)
-    p.register_robot_type("libero_all", action_mean=np.r_[np.full(7, 0.5), np.zeros(25)],
-                          action_std=np.r_[np.full(7, 2.0), np.zeros(25)])
+    p.register_robot_type(
+        "libero_all",
+        action_mean=np.r_[np.full(7, 0.5), np.zeros(25)],
+        action_std=np.r_[np.full(7, 2.0), np.zeros(25)],
+    )
     inputs = p(**libero_observation())
     with torch.no_grad():
         actions = model(**inputs, seed=0).actions
@@ -280,12 +427,21 @@ def test_processor_to_tiny_model_to_decoded_actions(processor):
 
 
 def test_batches_share_one_chunk_length(tmp_path):
-    write_published_processor_dir(tmp_path, {**published_action_config(10), "bridge_delta": published_action_config(4)["libero_all"]})
+    write_published_processor_dir(
+        tmp_path, {**published_action_config(10), "bridge_delta": published_action_config(4)["libero_all"]}
+    )
     processor = XR0Processor.from_pretrained(tmp_path)
     assert processor.get_action_mask("bridge_delta").shape == (4, 32)
-    with pytest.raises(ValueError, match=r"`robot_type`: one batch must share one chunk length, got \{'libero_all': 10, 'bridge_delta': 4\}"):
-        processor(images=[{"base": image(0), "wrist_left": image(1)}, {"base": image(2)}], instruction="x",
-                  state=np.zeros((2, 7)), robot_type=["libero_all", "bridge_delta"])
+    with pytest.raises(
+        ValueError,
+        match=r"`robot_type`: one batch must share one chunk length, got \{'libero_all': 10, 'bridge_delta': 4\}",
+    ):
+        processor(
+            images=[{"base": image(0), "wrist_left": image(1)}, {"base": image(2)}],
+            instruction="x",
+            state=np.zeros((2, 7)),
+            robot_type=["libero_all", "bridge_delta"],
+        )
 
 
 # ---- image bounds ----------------------------------------------------------------------------------------------
@@ -294,14 +450,17 @@ def test_batches_share_one_chunk_length(tmp_path):
 QWEN3_VL_SIZE = {"shortest_edge": 65536, "longest_edge": 16777216}
 
 
-@pytest.mark.parametrize("bounds, tokens", [
-    # Qwen3-VL's released file states only `size`, which the official runtime (4.57 slow processor) discards:
-    # 200² -> 192² (12 x 12 patches of 16 -> 36 tokens after the 2 x 2 merge), 84² -> 96² (9 tokens).
-    ({"size": QWEN3_VL_SIZE}, {200: 36, 84: 9, 256: 64}),
-    ({}, {200: 36, 84: 9, 256: 64}),
-    # A checkpoint that states min_pixels = 256² gets every smaller view upscaled to 256² (64 tokens).
-    ({"size": QWEN3_VL_SIZE, "min_pixels": 65536, "max_pixels": 16777216}, {200: 64, 84: 64, 256: 64}),
-])
+@pytest.mark.parametrize(
+    "bounds, tokens",
+    [
+        # Qwen3-VL's released file states only `size`, which the official runtime (4.57 slow processor) discards:
+        # 200² -> 192² (12 x 12 patches of 16 -> 36 tokens after the 2 x 2 merge), 84² -> 96² (9 tokens).
+        ({"size": QWEN3_VL_SIZE}, {200: 36, 84: 9, 256: 64}),
+        ({}, {200: 36, 84: 9, 256: 64}),
+        # A checkpoint that states min_pixels = 256² gets every smaller view upscaled to 256² (64 tokens).
+        ({"size": QWEN3_VL_SIZE, "min_pixels": 65536, "max_pixels": 16777216}, {200: 64, 84: 64, 256: 64}),
+    ],
+)
 def test_image_bounds_come_from_the_checkpoint(tmp_path, bounds, tokens):
     write_published_processor_dir(tmp_path, published_action_config())
     preprocessor = json.loads((tmp_path / "preprocessor_config.json").read_text())

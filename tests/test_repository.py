@@ -39,22 +39,37 @@ def test_root_config_builds_the_real_model_whose_keys_equal_the_index():
     # The action expert's part of the index, against the official modules' table (not our module).
     expert = {k for k in index["weight_map"] if not k.startswith("vlm.")}
     assert expert == set(action_expert_shapes(hidden=1024, layers=16, head_dim=128))
-    assert {k: tuple(v.shape) for k, v in stored.items() if k in expert} == action_expert_shapes(1024, 16, 128)
+    assert {k: tuple(v.shape) for k, v in stored.items() if k in expert} == action_expert_shapes(
+        1024, 16, 128
+    )
     files = sorted(set(index["weight_map"].values()))
     assert files == [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
 
 
 def test_root_files_are_what_the_script_writes(tmp_path):
-    subprocess.run([sys.executable, "-m", "xr0.scripts.write_root_files", "--output", str(tmp_path)],
-                   check=True, capture_output=True, cwd=tmp_path)
-    for name in ("config.json", "model.safetensors.index.json", "preprocessor_config.json", "processor_config.json"):
+    subprocess.run(
+        [sys.executable, "-m", "xr0.scripts.write_root_files", "--output", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    for name in (
+        "config.json",
+        "model.safetensors.index.json",
+        "preprocessor_config.json",
+        "processor_config.json",
+    ):
         assert (tmp_path / name).read_text() == (REPO_ROOT / name).read_text(), name
 
 
 def test_shard_plan_is_greedy_and_named_like_transformers():
     plan = write_root_files.shard_plan({"a": 4, "b": 4, "c": 3, "d": 9}, max_shard_bytes=8)
-    assert plan == {"a": "model-00001-of-00003.safetensors", "b": "model-00001-of-00003.safetensors",
-                    "c": "model-00002-of-00003.safetensors", "d": "model-00003-of-00003.safetensors"}
+    assert plan == {
+        "a": "model-00001-of-00003.safetensors",
+        "b": "model-00001-of-00003.safetensors",
+        "c": "model-00002-of-00003.safetensors",
+        "d": "model-00003-of-00003.safetensors",
+    }
     assert write_root_files.shard_plan({"a": 1}) == {"a": "model.safetensors"}
 
 
@@ -65,8 +80,12 @@ def test_tiny_checkpoint_loads_with_auto_classes_and_acts():
     assert (TINY_CHECKPOINT / "model.safetensors").stat().st_size < 8e6
     model = AutoModel.from_pretrained(TINY_CHECKPOINT, trust_remote_code=True, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(TINY_CHECKPOINT, trust_remote_code=True)
-    inputs = processor(images={"base": image(0), "wrist_left": image(1)}, instruction="Pick up the bowl.",
-                       state=np.zeros(8), robot_type="libero_all")
+    inputs = processor(
+        images={"base": image(0), "wrist_left": image(1)},
+        instruction="Pick up the bowl.",
+        state=np.zeros(8),
+        robot_type="libero_all",
+    )
     with torch.no_grad():
         actions = model(**inputs, seed=0).actions
     assert actions.shape == (1, 10, 32)  # libero_all's statistics are (10, 32)
@@ -97,7 +116,8 @@ def test_six_variants_with_cards_consistent_with_the_processor():
                 assert f"| {row} | {value} |" in card
         else:
             assert variant["pretraining_robot_types"] == {
-                name: PUBLISHED_ROBOT_TYPES[name]["chunk_length"] for name in variant["pretraining_robot_types"]
+                name: PUBLISHED_ROBOT_TYPES[name]["chunk_length"]
+                for name in variant["pretraining_robot_types"]
             }
             assert "base_model: XiaomiRobotics" not in card
 
@@ -108,11 +128,22 @@ def test_six_variants_with_cards_consistent_with_the_processor():
 PUBLISHED_REPOS = {
     "base": ("XiaomiRobotics/Xiaomi-Robotics-0-Pretrain", "50276c277f7d5c9b1a52fcecdea79045568c6916"),
     "libero": ("XiaomiRobotics/Xiaomi-Robotics-0-LIBERO", "fc04bbdcc53e498695cfad95d1199091396ef55b"),
-    "calvin-abcd-d": ("XiaomiRobotics/Xiaomi-Robotics-0-Calvin-ABCD_D", "1161227fbcde104c7333ccf684695d3612df2d26"),
-    "calvin-abc-d": ("XiaomiRobotics/Xiaomi-Robotics-0-Calvin-ABC_D", "3e64bfa35ab26c00cb5572e3f174a2421a85577d"),
-    "simplerenv-google-robot": ("XiaomiRobotics/Xiaomi-Robotics-0-SimplerEnv-Google-Robot",
-                                "3b6b1bf65cf9ffbf0865a9abc0b66ee338e0bee6"),
-    "simplerenv-widowx": ("XiaomiRobotics/Xiaomi-Robotics-0-SimplerEnv-WidowX", "3f25b13ea6007d44466e6ea9d2ffe460876142c5"),
+    "calvin-abcd-d": (
+        "XiaomiRobotics/Xiaomi-Robotics-0-Calvin-ABCD_D",
+        "1161227fbcde104c7333ccf684695d3612df2d26",
+    ),
+    "calvin-abc-d": (
+        "XiaomiRobotics/Xiaomi-Robotics-0-Calvin-ABC_D",
+        "3e64bfa35ab26c00cb5572e3f174a2421a85577d",
+    ),
+    "simplerenv-google-robot": (
+        "XiaomiRobotics/Xiaomi-Robotics-0-SimplerEnv-Google-Robot",
+        "3b6b1bf65cf9ffbf0865a9abc0b66ee338e0bee6",
+    ),
+    "simplerenv-widowx": (
+        "XiaomiRobotics/Xiaomi-Robotics-0-SimplerEnv-WidowX",
+        "3f25b13ea6007d44466e6ea9d2ffe460876142c5",
+    ),
 }
 
 
@@ -122,7 +153,9 @@ def test_converter_pins_the_published_revisions():
     assert convert_official.pinned_revision("someone/else") is None
 
 
-@pytest.mark.parametrize("robot_type, length", [("libero_all", 10), ("fractal_delta", 4), ("agibot_pt_v3", 30)])
+@pytest.mark.parametrize(
+    "robot_type, length", [("libero_all", 10), ("fractal_delta", 4), ("agibot_pt_v3", 30)]
+)
 def test_converter_output_loads_and_acts_like_the_published_checkpoint(tmp_path, robot_type, length):
     source = tmp_path / "published"
     write_published_checkpoint(source, prefix="module.", shards=2)
@@ -130,8 +163,11 @@ def test_converter_output_loads_and_acts_like_the_published_checkpoint(tmp_path,
     report = convert_official.convert(str(source), output, max_shard_bytes=4_000_000)
     assert report["variant"] == "libero" and report["stripped_prefix"] == "module."
     assert report["shards"] > 1 and (output / "model.safetensors.index.json").is_file()
-    assert report["image_bounds"] == {"source": {"size": {"shortest_edge": 65536, "longest_edge": 16777216}},
-                                      "min_pixels": 3136, "max_pixels": 1003520}
+    assert report["image_bounds"] == {
+        "source": {"size": {"shortest_edge": 65536, "longest_edge": 16777216}},
+        "min_pixels": 3136,
+        "max_pixels": 1003520,
+    }
     assert (output / "README.md").read_text() == (REPO_ROOT / "variants" / "libero" / "README.md").read_text()
 
     converted = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
@@ -139,8 +175,12 @@ def test_converter_output_loads_and_acts_like_the_published_checkpoint(tmp_path,
     direct = XR0ForActionGeneration.from_pretrained(source).eval()
     if robot_type == "agibot_pt_v3":  # no camera contract of its own: register the views fed
         processor.register_robot_type(robot_type, views=[["head", "Head"]])
-    views = {key: image(i, (200, 200)) for i, (key, _) in enumerate(processor.robot_spec(robot_type)["views"])}
-    inputs = processor(images=views, instruction="Pick up the bowl.", state=np.linspace(0, 1, 8), robot_type=robot_type)
+    views = {
+        key: image(i, (200, 200)) for i, (key, _) in enumerate(processor.robot_spec(robot_type)["views"])
+    }
+    inputs = processor(
+        images=views, instruction="Pick up the bowl.", state=np.linspace(0, 1, 8), robot_type=robot_type
+    )
     assert inputs["action_mask"].shape == (1, length, 32)
     with torch.no_grad():
         expected = direct(**inputs, seed=0).actions
@@ -148,7 +188,9 @@ def test_converter_output_loads_and_acts_like_the_published_checkpoint(tmp_path,
     assert (actual - expected).abs().max() <= 1e-6 * max(1.0, float(expected.abs().max()))
     assert processor.decode_action(actual, robot_type).shape == (1, length, 7)
     saved = json.loads((output / "config.json").read_text())
-    assert saved["model_type"] == "xr0" and saved["auto_map"]["AutoProcessor"] == "processing_xr0.XR0Processor"
+    assert (
+        saved["model_type"] == "xr0" and saved["auto_map"]["AutoProcessor"] == "processing_xr0.XR0Processor"
+    )
 
 
 def test_converter_refuses_a_checkpoint_that_does_not_match_its_config(tmp_path):
@@ -158,7 +200,9 @@ def test_converter_refuses_a_checkpoint_that_does_not_match_its_config(tmp_path)
     save_file({"dit.layers.0.adaln_table": torch.zeros(3)}, str(source / "extra.safetensors"))
     index["weight_map"]["dit.layers.0.adaln_table"] = "extra.safetensors"
     (source / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(convert_official.ConversionError, match=r"1 wrong shape: dit.layers.0.adaln_table: \(3,\)"):
+    with pytest.raises(
+        convert_official.ConversionError, match=r"1 wrong shape: dit.layers.0.adaln_table: \(3,\)"
+    ):
         convert_official.convert(str(source), tmp_path / "out")
     with pytest.raises(convert_official.ConversionError, match="unknown variant 'nope'"):
         convert_official.convert(str(source), tmp_path / "out", variant_name="nope")
@@ -183,8 +227,12 @@ def test_demo_prints_a_chunk_and_writes_the_plot(tmp_path):
     plot = tmp_path / "actions.png"
     # The entry point, from a directory that is not the repository.
     demo = Path(sys.executable).with_name("xr0-demo")
-    result = subprocess.run([str(demo), "--plot", str(plot)], check=True, capture_output=True, text=True, cwd=tmp_path)
-    assert "RANDOM weights" in result.stdout and "VLM prefill" in result.stdout and "DiT step 4" in result.stdout
+    result = subprocess.run(
+        [str(demo), "--plot", str(plot)], check=True, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert (
+        "RANDOM weights" in result.stdout and "VLM prefill" in result.stdout and "DiT step 4" in result.stdout
+    )
     assert "(10, 7)" in result.stdout  # the tiny checkpoint's libero_all statistics are (10, 32)
     from PIL import Image
 

@@ -38,7 +38,9 @@ def test_lerobot_and_jsonl_readers_agree(lerobot_dir, tmp_path):
             assert sample["instruction"] == TASKS[frames[index]["task_index"]]
             assert np.array_equal(sample["state"], frames[index]["state"])
             assert np.array_equal(sample["images"]["top"], frames[index]["images"]["top"])
-        assert np.array_equal(a["actions"], b["actions"]) and np.array_equal(a["action_is_pad"], b["action_is_pad"])
+        assert np.array_equal(a["actions"], b["actions"]) and np.array_equal(
+            a["action_is_pad"], b["action_is_pad"]
+        )
 
 
 def test_lerobot_video_cameras_decode_to_the_recorded_frames(tmp_path):
@@ -47,7 +49,10 @@ def test_lerobot_video_cameras_decode_to_the_recorded_frames(tmp_path):
     frames = episodes()
     for index in (0, 11, 12, 30, 47):  # first/last frames of episodes: the timestamp -> frame mapping
         for camera in ("top", "wrist"):
-            assert np.array_equal(dataset[index]["images"][camera], frames[index]["images"][camera]), (index, camera)
+            assert np.array_equal(dataset[index]["images"][camera], frames[index]["images"][camera]), (
+                index,
+                camera,
+            )
 
 
 def test_action_chunks_pad_at_episode_ends(lerobot_dir):
@@ -56,7 +61,9 @@ def test_action_chunks_pad_at_episode_ends(lerobot_dir):
     sample = dataset[9]  # episode 0 has frames 0..11: steps 9, 10, 11 are real, then 3 pads
     assert sample["action_is_pad"].tolist() == [False] * 3 + [True] * 3
     assert np.array_equal(sample["actions"][:3], np.stack([frames[i]["action"] for i in (9, 10, 11)]))
-    assert np.array_equal(sample["actions"][3:], np.stack([frames[11]["action"]] * 3)), "padded with the last action"
+    assert np.array_equal(sample["actions"][3:], np.stack([frames[11]["action"]] * 3)), (
+        "padded with the last action"
+    )
     assert not dataset[0]["action_is_pad"].any()
 
 
@@ -64,7 +71,9 @@ def test_statistics_registered_and_collated(lerobot_dir):
     dataset = open_dataset(lerobot_dir, action_length=6)
     stats = compute_statistics(dataset)
     actions = np.stack([f["action"] for f in episodes()])
-    assert np.allclose(stats.action_mean, actions.mean(0), atol=1e-6) and np.allclose(stats.action_std, actions.std(0), atol=1e-6)
+    assert np.allclose(stats.action_mean, actions.mean(0), atol=1e-6) and np.allclose(
+        stats.action_std, actions.std(0), atol=1e-6
+    )
     processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=6)
     camera_map = register_dataset_robot(processor, "tiny_arm", dataset)
     assert camera_map == {"top": "top", "wrist": "wrist"}
@@ -86,11 +95,34 @@ def losses(trainer):
 
 
 def run_finetune(tiny_checkpoint, lerobot_dir, output, *extra):
-    argv = ["--model", str(tiny_checkpoint), "--dataset", str(lerobot_dir), "--robot_type", "tiny_arm",
-            "--output_dir", str(output), "--per_device_train_batch_size", "4", "--learning_rate", "2e-3",
-            "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no", "--seed", "0",
-            "--lr_scheduler_type", "constant", *extra]
-    parser = finetune.HfArgumentParser((finetune.ModelArguments, finetune.DataArguments, finetune.TrainingArguments))
+    argv = [
+        "--model",
+        str(tiny_checkpoint),
+        "--dataset",
+        str(lerobot_dir),
+        "--robot_type",
+        "tiny_arm",
+        "--output_dir",
+        str(output),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "2e-3",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--seed",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        *extra,
+    ]
+    parser = finetune.HfArgumentParser(
+        (finetune.ModelArguments, finetune.DataArguments, finetune.TrainingArguments)
+    )
     return finetune.finetune(*parser.parse_args_into_dataclasses(args=argv))
 
 
@@ -98,9 +130,15 @@ def predict(directory):
     model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
     rng = np.random.default_rng(0)
-    inputs = processor(images={"top": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
-                               "wrist": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)},
-                       instruction=TASKS[0], state=np.zeros(6), robot_type="tiny_arm")
+    inputs = processor(
+        images={
+            "top": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+            "wrist": rng.integers(0, 256, (64, 64, 3), dtype=np.uint8),
+        },
+        instruction=TASKS[0],
+        state=np.zeros(6),
+        robot_type="tiny_arm",
+    )
     with torch.no_grad():
         actions = model(**inputs, seed=0).actions
     return model, processor, processor.decode_action(actions, "tiny_arm")
@@ -113,21 +151,40 @@ def evaluation_loss(model_dir, processor_dir, dataset_dir) -> float:
     dataset = open_dataset(dataset_dir, 6)
     collate = XR0Collator(processor, "tiny_arm", {"top": "top", "wrist": "wrist"})
     with torch.no_grad():
-        return float(np.mean([
-            model(**collate([dataset[i] for i in range(start, start + 8)]), generator=torch.Generator().manual_seed(k)).loss
-            for k, start in enumerate(range(0, len(dataset), 8))
-        ]))
+        return float(
+            np.mean(
+                [
+                    model(
+                        **collate([dataset[i] for i in range(start, start + 8)]),
+                        generator=torch.Generator().manual_seed(k),
+                    ).loss
+                    for k, start in enumerate(range(0, len(dataset), 8))
+                ]
+            )
+        )
 
 
 def test_trainer_run_lowers_the_loss_and_saves_a_loadable_directory(tiny_checkpoint, lerobot_dir, tmp_path):
     output = tmp_path / "finetuned"
-    trainer = run_finetune(tiny_checkpoint, lerobot_dir, output, "--max_steps", "30", "--recipe", "async",
-                           "--training_repeat", "2")
+    trainer = run_finetune(
+        tiny_checkpoint,
+        lerobot_dir,
+        output,
+        "--max_steps",
+        "30",
+        "--recipe",
+        "async",
+        "--training_repeat",
+        "2",
+    )
     history = losses(trainer)
     assert len(history) == 30
     # The training loss of single steps is too noisy to judge 30 steps by (random t and noise per sample); the
     # loss on fixed batches with fixed noise is not. Measured on 4 seeds: 0.88-0.93 of the untrained model's.
-    before, after = evaluation_loss(tiny_checkpoint, output, lerobot_dir), evaluation_loss(output, output, lerobot_dir)
+    before, after = (
+        evaluation_loss(tiny_checkpoint, output, lerobot_dir),
+        evaluation_loss(output, output, lerobot_dir),
+    )
     assert after < 0.96 * before, (before, after)
     model, processor, decoded = predict(output)
     assert decoded.shape == (1, 6, 5) and torch.isfinite(decoded).all()
@@ -139,7 +196,9 @@ def test_trainer_run_lowers_the_loss_and_saves_a_loadable_directory(tiny_checkpo
     assert np.allclose(processor.robot_types["tiny_arm"]["action_std"], stats.action_std)
     embeddings = "vlm.model.language_model.embed_tokens.weight"
     with safe_open(str(output / "model.safetensors"), "pt") as f:
-        assert torch.equal(f.get_tensor(embeddings), tiny_model().state_dict()[embeddings]), "embeddings stay frozen"
+        assert torch.equal(f.get_tensor(embeddings), tiny_model().state_dict()[embeddings]), (
+            "embeddings stay frozen"
+        )
 
 
 def test_lora_run_trains_adapters_and_saves_merged_weights(tiny_checkpoint, lerobot_dir, tmp_path):
@@ -159,8 +218,9 @@ def test_lora_run_trains_adapters_and_saves_merged_weights(tiny_checkpoint, lero
 
 
 def test_freezing_options(tiny_checkpoint):
-    model, _ = finetune.load_model_and_processor(finetune.ModelArguments(model=str(tiny_checkpoint), robot_type="x",
-                                                                         freeze_vision=True))
+    model, _ = finetune.load_model_and_processor(
+        finetune.ModelArguments(model=str(tiny_checkpoint), robot_type="x", freeze_vision=True)
+    )
     finetune.freeze(model, finetune.ModelArguments(model="", robot_type="x", freeze_vision=True))
     assert not any(p.requires_grad for p in model.vlm.model.visual.parameters())
     assert not model.get_input_embeddings().weight.requires_grad
@@ -187,7 +247,9 @@ def test_scale_out_configs_name_real_block_classes():
 def test_conversation_labels_cover_only_the_answer():
     processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True)
     image = np.zeros((64, 64, 3), np.uint8)
-    batch = processor.encode_conversations([[image], []], ["What is this?", "Say hi."], ["A cube.", "Hi there!"])
+    batch = processor.encode_conversations(
+        [[image], []], ["What is this?", "Say hi."], ["A cube.", "Hi there!"]
+    )
     for row, answer in enumerate(["A cube.", "Hi there!"]):
         labeled = batch["labels"][row][batch["labels"][row] != -100]
         assert processor.tokenizer.decode(labeled) == answer + "<|im_end|>\n"
@@ -204,15 +266,22 @@ def test_language_loss_trains_the_vlm_and_adds_to_the_action_loss(tmp_path):
     processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=6)
     conversations = VisionLanguageDataset(write_conversations(tmp_path / "vl"))
     samples = [conversations[0], conversations[1]]
-    language_batch = dict(processor.encode_conversations([s["images"] for s in samples], [s["prompt"] for s in samples],
-                                                         [s["answer"] for s in samples]))
+    language_batch = dict(
+        processor.encode_conversations(
+            [s["images"] for s in samples], [s["prompt"] for s in samples], [s["answer"] for s in samples]
+        )
+    )
     model = tiny_model(language_loss_weight=0.5)
     model.train()
     language_only = model(language_batch=language_batch)
     language_only.loss.backward()
     assert language_only.loss == 0.5 * language_only.language_loss
     assert model.vlm.model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
-    robot = dict(observation(num_text_tokens=(2, 5)), action_mask=action_mask(2, model.config), actions=torch.randn(2, 6, 32))
+    robot = dict(
+        observation(num_text_tokens=(2, 5)),
+        action_mask=action_mask(2, model.config),
+        actions=torch.randn(2, 6, 32),
+    )
     both = model(**robot, language_batch=language_batch, seed=0)
     alone = model(**robot, seed=0)
     assert torch.allclose(both.loss, alone.loss + 0.5 * language_only.language_loss, atol=1e-5)
@@ -229,7 +298,16 @@ def test_cotraining_run_mixes_one_vl_sample_per_six(tiny_checkpoint, lerobot_dir
     mixed = MixedDataset(open_dataset(lerobot_dir, 6), VisionLanguageDataset(vl_dir), robot_per_vl=6)
     kinds = ["vl" if "answer" in mixed[i] else "robot" for i in range(len(mixed))]
     assert len(mixed) == 48 + 8 and kinds[:7] == ["robot"] * 6 + ["vl"] and kinds.count("vl") == 8
-    trainer = run_finetune(tiny_checkpoint, lerobot_dir, tmp_path / "out", "--max_steps", "6", "--vl_dataset", str(vl_dir),
-                           "--per_device_train_batch_size", "7")
+    trainer = run_finetune(
+        tiny_checkpoint,
+        lerobot_dir,
+        tmp_path / "out",
+        "--max_steps",
+        "6",
+        "--vl_dataset",
+        str(vl_dir),
+        "--per_device_train_batch_size",
+        "7",
+    )
     assert len(losses(trainer)) == 6 and all(np.isfinite(losses(trainer)))
     assert predict(tmp_path / "out")[2].shape == (1, 6, 5)

@@ -9,8 +9,13 @@ from xr0.modeling_xr0 import build_dit_attention_mask
 
 
 def encode(model, batch):
-    return model.encode_observation(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                    batch["image_grid_thw"], batch["state"])
+    return model.encode_observation(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["pixel_values"],
+        batch["image_grid_thw"],
+        batch["state"],
+    )
 
 
 def test_time_distribution_moments():
@@ -21,7 +26,9 @@ def test_time_distribution_moments():
     assert 0.0 <= float(t.min()) and float(t.max()) <= 0.999
     assert abs(float(t.mean()) - 0.999 * (1 - mean_u)) < 3e-3
     assert abs(float(t.var()) - 0.999**2 * var_u) < 3e-3
-    assert float((t < 0.5).float().mean()) == pytest.approx(1 - 0.5**a, abs=5e-3)  # P(u > 1/2·...) via the CDF
+    assert float((t < 0.5).float().mean()) == pytest.approx(
+        1 - 0.5**a, abs=5e-3
+    )  # P(u > 1/2·...) via the CDF
 
 
 def test_prefix_sampling():
@@ -35,7 +42,9 @@ def test_prefix_sampling():
     assert not (hidden & (steps >= lengths[:, None] - 2)).any(), "the last 2 prefix tokens stay visible"
     eligible = steps < lengths[:, None] - 2
     assert abs(float(hidden[eligible].float().mean()) - 0.5) < 0.01
-    half = tiny_model(action_prefix_probability=0.5).sample_prefix(20_000, 6, torch.Generator().manual_seed(2))[0]
+    half = tiny_model(action_prefix_probability=0.5).sample_prefix(
+        20_000, 6, torch.Generator().manual_seed(2)
+    )[0]
     assert abs(float((half > 0).float().mean()) - 0.5) < 0.015
     none = tiny_model().sample_prefix(1000, 6, torch.Generator().manual_seed(3))[0]
     short = model.sample_prefix(10_000, 4, torch.Generator().manual_seed(4))[0]
@@ -46,7 +55,9 @@ def test_prefix_sampling():
 def test_lambda_mask_with_hidden_prefix_tokens():
     cache = torch.ones(1, 2, dtype=torch.bool)
     hidden = torch.tensor([[True, False, False, False, False, False]])
-    mask = build_dit_attention_mask(cache, state_length=1, action_length=6, window=4, hidden_actions=hidden)[0, 0, :, 2:]
+    mask = build_dit_attention_mask(cache, state_length=1, action_length=6, window=4, hidden_actions=hidden)[
+        0, 0, :, 2:
+    ]
     actions = mask[2:, 2:]  # action queries x action keys
     expected = torch.zeros(6, 6, dtype=torch.bool)
     for i in range(6):
@@ -63,7 +74,9 @@ def test_prefix_positions_drop_the_offset():
     positions = model.chunk_layout(obs, 6, prefix_lengths=torch.tensor([3, 0])).position_ids[0]
     free = model.chunk_layout(obs, 6).position_ids[0]
     start = int(positions[0, 0])
-    assert positions[0].tolist() == [start, start + 1] + [start + 2 + k for k in range(3)] + [start + 12 + k for k in range(3, 6)]
+    assert positions[0].tolist() == [start, start + 1] + [start + 2 + k for k in range(3)] + [
+        start + 12 + k for k in range(3, 6)
+    ]
     assert positions[1, 2:].tolist() == free[1, 2:].tolist()
     assert free[0, 2:].tolist() == [start + 12 + k for k in range(6)]
 
@@ -131,7 +144,9 @@ def test_reweighting_formula_and_clamps():
     lengths = torch.tensor([2, 3])
     loss_mask = mask * (torch.arange(6)[None, :, None] >= lengths[:, None, None])
     with torch.no_grad():
-        weight = model._prefix_loss_weight(obs, actions, mask, lengths, loss_mask, torch.Generator().manual_seed(8))
+        weight = model._prefix_loss_weight(
+            obs, actions, mask, lengths, loss_mask, torch.Generator().manual_seed(8)
+        )
         noise = model.sample_noise(actions, torch.Generator().manual_seed(8))
         generated = model._integrate(obs, mask, noise, 5, actions, lengths)
     error = (generated - actions).abs()
@@ -145,9 +160,13 @@ def test_frequency_loss_combination():
     model = tiny_model(frequency_loss_weight=0.25)
     obs = encode(model, observation())
     actions = torch.randn(1, 6, 32)
-    parts = model.compute_loss(obs, actions, action_mask(1, model.config), generator=torch.Generator().manual_seed(0))
+    parts = model.compute_loss(
+        obs, actions, action_mask(1, model.config), generator=torch.Generator().manual_seed(0)
+    )
     assert parts["frequency_loss"] > 0
-    assert parts["loss"].item() == pytest.approx(0.5 * parts["flow_loss"].item() + 0.25 * parts["frequency_loss"].item(), rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(
+        0.5 * parts["flow_loss"].item() + 0.25 * parts["frequency_loss"].item(), rel=1e-5
+    )
     # Parseval with an orthonormal rFFT: the one-sided spectrum's power is close to the time-domain power.
     error = torch.randn(3, 6, 32)
     ones = torch.ones(3, 6, 32)
@@ -161,13 +180,20 @@ def test_training_repeat_expands_the_batch():
     seen = []
     original = model.velocity
     model.velocity = lambda x, t, o, m, layout=None: seen.append(x.shape[0]) or original(x, t, o, m, layout)
-    losses = model.compute_loss(obs, torch.randn(2, 6, 32), action_mask(2, model.config), generator=torch.Generator().manual_seed(0))
+    losses = model.compute_loss(
+        obs, torch.randn(2, 6, 32), action_mask(2, model.config), generator=torch.Generator().manual_seed(0)
+    )
     assert seen == [8] and torch.isfinite(losses["loss"])
 
 
 def test_forward_training_path_and_reproducibility():
-    model = tiny_model(action_prefix_probability=0.5, action_attention_window=4, noisy_action_position_offset=10,
-                       loss_reweighting=True, training_repeat=2)
+    model = tiny_model(
+        action_prefix_probability=0.5,
+        action_attention_window=4,
+        noisy_action_position_offset=10,
+        loss_reweighting=True,
+        training_repeat=2,
+    )
     batch = observation(num_text_tokens=(2, 5))
     kwargs = dict(batch, action_mask=action_mask(2, model.config), actions=torch.randn(2, 6, 32))
     first = model(**kwargs, generator=torch.Generator().manual_seed(0))
@@ -185,7 +211,9 @@ def test_frozen_vlm_gets_no_gradient_and_the_expert_does():
     model.train()
     model.vlm.requires_grad_(False)
     batch = observation(num_text_tokens=(2, 5))
-    loss = model(**batch, action_mask=action_mask(2, model.config), actions=torch.randn(2, 6, 32), seed=0).loss
+    loss = model(
+        **batch, action_mask=action_mask(2, model.config), actions=torch.randn(2, 6, 32), seed=0
+    ).loss
     loss.backward()
     assert all(p.grad is None for p in model.vlm.parameters())
     assert all(p.grad is not None for n, p in model.named_parameters() if not n.startswith("vlm."))
@@ -193,12 +221,20 @@ def test_frozen_vlm_gets_no_gradient_and_the_expert_does():
 
 @pytest.mark.parametrize("async_recipe", [False, True])
 def test_tiny_model_overfits_one_batch(async_recipe):
-    recipe = dict(action_prefix_probability=0.5, action_attention_window=4, noisy_action_position_offset=10) if async_recipe else {}
+    recipe = (
+        dict(action_prefix_probability=0.5, action_attention_window=4, noisy_action_position_offset=10)
+        if async_recipe
+        else {}
+    )
     model = tiny_model(**recipe)
     model.train()
     model.vlm.requires_grad_(False)
     batch = observation(num_text_tokens=(2, 5))
-    kwargs = dict(batch, action_mask=action_mask(2, model.config), actions=torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(0)))
+    kwargs = dict(
+        batch,
+        action_mask=action_mask(2, model.config),
+        actions=torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(0)),
+    )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     losses = []
     for _ in range(120):

@@ -19,7 +19,9 @@ def prompt_ids(num_text_tokens: int, grids) -> list:
     return ids
 
 
-def observation(num_text_tokens=(5,), grids=((1, 4, 4), (1, 4, 6)), padding_side="left", seed=0, state_dim=32):
+def observation(
+    num_text_tokens=(5,), grids=((1, 4, 4), (1, 4, 6)), padding_side="left", seed=0, state_dim=32
+):
     """A batch of hand-built prompts (one per entry of `num_text_tokens`), each with the images of `grids`."""
     generator = torch.Generator().manual_seed(seed)
     rows = [prompt_ids(n, grids) for n in num_text_tokens]

@@ -50,7 +50,9 @@ class RobotDataset(Dataset):
         if len(self.actions) == 0:
             raise ValueError("the dataset holds no frames")
         if self.actions.shape[1] > 32 or self.states.shape[1] > 32:
-            raise ValueError(f"actions ({self.actions.shape[1]}) and states ({self.states.shape[1]}) must be at most 32 wide")
+            raise ValueError(
+                f"actions ({self.actions.shape[1]}) and states ({self.states.shape[1]}) must be at most 32 wide"
+            )
         boundaries = np.flatnonzero(np.diff(self.episodes)) + 1
         ends = np.append(boundaries, len(self.episodes))
         starts = np.insert(boundaries, 0, 0)
@@ -83,7 +85,9 @@ class JsonlRobotDataset(RobotDataset):
         self.root = Path(root)
         path = self.root / "frames.jsonl"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (JSONL datasets hold one frame per line in frames.jsonl)")
+            raise FileNotFoundError(
+                f"{path} not found (JSONL datasets hold one frame per line in frames.jsonl)"
+            )
         frames = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         for i, frame in enumerate(frames):
             missing = {"episode_index", "instruction", "state", "action", "images"} - set(frame)
@@ -111,17 +115,27 @@ class LeRobotDataset(RobotDataset):
         self.root = Path(root)
         info = json.loads((self.root / "meta" / "info.json").read_text())
         if not str(info.get("codebase_version", "")).startswith("v3"):
-            raise ValueError(f"{self.root}: LeRobot codebase_version {info.get('codebase_version')!r}; v3.x is supported")
+            raise ValueError(
+                f"{self.root}: LeRobot codebase_version {info.get('codebase_version')!r}; v3.x is supported"
+            )
         self.info = info
         self.fps = info["fps"]
         features = info["features"]
-        self.cameras = [k[len(LEROBOT_IMAGE_PREFIX):] for k in features if k.startswith(LEROBOT_IMAGE_PREFIX)]
-        self.video_cameras = {c for c in self.cameras if features[LEROBOT_IMAGE_PREFIX + c]["dtype"] == "video"}
+        self.cameras = [
+            k[len(LEROBOT_IMAGE_PREFIX) :] for k in features if k.startswith(LEROBOT_IMAGE_PREFIX)
+        ]
+        self.video_cameras = {
+            c for c in self.cameras if features[LEROBOT_IMAGE_PREFIX + c]["dtype"] == "video"
+        }
 
         data_files = sorted((self.root / "data").glob("chunk-*/file-*.parquet"))
         if not data_files:
             raise FileNotFoundError(f"{self.root}/data holds no chunk-*/file-*.parquet files")
-        table = pq.read_table(data_files[0]) if len(data_files) == 1 else _concat([pq.read_table(f) for f in data_files])
+        table = (
+            pq.read_table(data_files[0])
+            if len(data_files) == 1
+            else _concat([pq.read_table(f) for f in data_files])
+        )
         table = table.sort_by([("index", "ascending")])
         self.states = np.asarray(table.column("observation.state").to_pylist(), dtype=np.float32)
         self.actions = np.asarray(table.column("action").to_pylist(), dtype=np.float32)
@@ -133,11 +147,18 @@ class LeRobotDataset(RobotDataset):
             task_of_index = {int(row.task_index): str(row.task) for _, row in tasks.iterrows()}
         self.instructions = [task_of_index[int(i)] for i in table.column("task_index").to_pylist()]
         self.image_columns = {
-            c: table.column(LEROBOT_IMAGE_PREFIX + c).to_pylist() for c in self.cameras if c not in self.video_cameras
+            c: table.column(LEROBOT_IMAGE_PREFIX + c).to_pylist()
+            for c in self.cameras
+            if c not in self.video_cameras
         }
         self.episode_meta = {}
         if self.video_cameras:
-            episodes = _concat([pq.read_table(f) for f in sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))])
+            episodes = _concat(
+                [
+                    pq.read_table(f)
+                    for f in sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+                ]
+            )
             for row in episodes.to_pylist():
                 self.episode_meta[int(row["episode_index"])] = row
         self._video_frames = {}  # (video file, episode) -> decoded frames, least recently used first
@@ -159,12 +180,16 @@ class LeRobotDataset(RobotDataset):
         meta = self.episode_meta[episode]
         key = f"videos/{LEROBOT_IMAGE_PREFIX}{camera}"
         path = self.root / self.info["video_path"].format(
-            video_key=LEROBOT_IMAGE_PREFIX + camera, chunk_index=meta[f"{key}/chunk_index"], file_index=meta[f"{key}/file_index"]
+            video_key=LEROBOT_IMAGE_PREFIX + camera,
+            chunk_index=meta[f"{key}/chunk_index"],
+            file_index=meta[f"{key}/file_index"],
         )
         segment = (path, episode)
         frames = self._video_frames.pop(segment, None)
         if frames is None:
-            frames = _decode_segment(path, meta[f"{key}/from_timestamp"], meta[f"{key}/to_timestamp"], self.fps)
+            frames = _decode_segment(
+                path, meta[f"{key}/from_timestamp"], meta[f"{key}/to_timestamp"], self.fps
+            )
         self._video_frames[segment] = frames  # most recently used last
         while len(self._video_frames) > VIDEO_SEGMENTS_CACHED:
             self._video_frames.pop(next(iter(self._video_frames)))
@@ -273,8 +298,13 @@ def compute_statistics(dataset: RobotDataset) -> Statistics:
     return Statistics(actions.mean(0), actions.std(0), states.mean(0), states.std(0))
 
 
-def register_dataset_robot(processor, robot_type: str, dataset: RobotDataset, camera_map: Optional[dict] = None,
-                           normalize_state: bool = False) -> dict:
+def register_dataset_robot(
+    processor,
+    robot_type: str,
+    dataset: RobotDataset,
+    camera_map: Optional[dict] = None,
+    normalize_state: bool = False,
+) -> dict:
     """Register (or update) `robot_type` in the processor from a dataset: its action statistics, active dims and,
     for a new robot type, camera views named after the dataset's cameras. Returns {view_key: dataset camera}."""
     stats = compute_statistics(dataset)
@@ -286,18 +316,30 @@ def register_dataset_robot(processor, robot_type: str, dataset: RobotDataset, ca
             camera_map = {camera: camera for camera in dataset.cameras}
     unknown = set(camera_map.values()) - set(dataset.cameras)
     if unknown:
-        raise ValueError(f"camera_map names cameras {sorted(unknown)} the dataset does not have ({dataset.cameras})")
+        raise ValueError(
+            f"camera_map names cameras {sorted(unknown)} the dataset does not have ({dataset.cameras})"
+        )
     views = known_views or [[key, key.replace("_", " ").title().replace(" ", "-")] for key in camera_map]
     if sorted(camera_map) != sorted(key for key, _ in views):
-        raise ValueError(f"camera_map keys {sorted(camera_map)} must be the views of {robot_type!r}: {[k for k, _ in views]}")
+        raise ValueError(
+            f"camera_map keys {sorted(camera_map)} must be the views of {robot_type!r}: {[k for k, _ in views]}"
+        )
     state_stats = {"state_mean": stats.state_mean, "state_std": stats.state_std} if normalize_state else {}
     spec = processor.robot_types.get(robot_type, {})
-    for key in ("action_mean", "action_std"):  # per-step statistics of another chunk length give way to the dataset's
+    for key in (
+        "action_mean",
+        "action_std",
+    ):  # per-step statistics of another chunk length give way to the dataset's
         if key in spec and len(np.shape(spec[key])) == 2 and len(spec[key]) != dataset.action_length:
             del spec[key]
     processor.register_robot_type(
-        robot_type, views=views, active_action_dims=dataset.actions.shape[1], chunk_length=dataset.action_length,
-        action_mean=stats.action_mean, action_std=stats.action_std, **state_stats,
+        robot_type,
+        views=views,
+        active_action_dims=dataset.actions.shape[1],
+        chunk_length=dataset.action_length,
+        action_mean=stats.action_mean,
+        action_std=stats.action_std,
+        **state_stats,
     )
     return camera_map
 
@@ -317,15 +359,19 @@ class XR0Collator:
         frames = [sample for sample in samples if "answer" not in sample]
         batch = self._robot_batch(frames) if frames else {}
         if conversations:
-            batch["language_batch"] = dict(self.processor.encode_conversations(
-                [sample["images"] for sample in conversations],
-                [sample["prompt"] for sample in conversations],
-                [sample["answer"] for sample in conversations],
-            ))
+            batch["language_batch"] = dict(
+                self.processor.encode_conversations(
+                    [sample["images"] for sample in conversations],
+                    [sample["prompt"] for sample in conversations],
+                    [sample["answer"] for sample in conversations],
+                )
+            )
         return batch
 
     def _robot_batch(self, samples: list) -> dict:
-        images = [{view: sample["images"][camera] for view, camera in self.camera_map.items()} for sample in samples]
+        images = [
+            {view: sample["images"][camera] for view, camera in self.camera_map.items()} for sample in samples
+        ]
         inputs = self.processor(
             images=images,
             instruction=[sample["instruction"] for sample in samples],

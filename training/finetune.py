@@ -43,19 +43,29 @@ LORA_TARGET = r"vlm\.model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_p
 
 @dataclass
 class ModelArguments:
-    model: str = field(metadata={"help": "checkpoint directory (this repository's layout or the published one)"})
+    model: str = field(
+        metadata={"help": "checkpoint directory (this repository's layout or the published one)"}
+    )
     robot_type: str = field(metadata={"help": "robot type to train; registered in the saved processor"})
     recipe: str = field(default="sync", metadata={"help": "'sync' or 'async' (clean-prefix post-training)"})
     training_repeat: Optional[int] = field(default=None, metadata={"help": "copies per sample (report: 4)"})
     frequency_loss_weight: Optional[float] = field(default=None, metadata={"help": "c in 0.5·mse + c·freq"})
-    language_loss_weight: Optional[float] = field(default=None, metadata={"help": "weight of the VL co-training loss"})
+    language_loss_weight: Optional[float] = field(
+        default=None, metadata={"help": "weight of the VL co-training loss"}
+    )
     freeze_vlm: bool = field(default=False, metadata={"help": "freeze the whole VLM (vision + language)"})
     freeze_vision: bool = field(default=False, metadata={"help": "freeze the vision tower"})
-    freeze_embeddings: bool = field(default=True, metadata={"help": "freeze the token embeddings (paper: frozen)"})
-    lora_rank: int = field(default=0, metadata={"help": "LoRA rank on the VLM's language model; 0 = full fine-tuning"})
+    freeze_embeddings: bool = field(
+        default=True, metadata={"help": "freeze the token embeddings (paper: frozen)"}
+    )
+    lora_rank: int = field(
+        default=0, metadata={"help": "LoRA rank on the VLM's language model; 0 = full fine-tuning"}
+    )
     lora_alpha: int = field(default=16)
     lora_dropout: float = field(default=0.0)
-    attn_implementation: Optional[str] = field(default=None, metadata={"help": "eager, sdpa or flash_attention_2"})
+    attn_implementation: Optional[str] = field(
+        default=None, metadata={"help": "eager, sdpa or flash_attention_2"}
+    )
 
 
 @dataclass
@@ -63,13 +73,18 @@ class DataArguments:
     dataset: str = field(metadata={"help": "LeRobot v3.0 dataset directory or a JSONL dataset directory"})
     dataset_format: str = field(default="auto", metadata={"help": "auto, lerobot or jsonl"})
     camera_map: Optional[str] = field(
-        default=None, metadata={"help": "view=camera pairs, e.g. 'base=top,wrist_left=wrist' (default: in order)"}
+        default=None,
+        metadata={"help": "view=camera pairs, e.g. 'base=top,wrist_left=wrist' (default: in order)"},
     )
-    normalize_state: bool = field(default=False, metadata={"help": "normalize the state with dataset statistics"})
+    normalize_state: bool = field(
+        default=False, metadata={"help": "normalize the state with dataset statistics"}
+    )
     chunk_length: Optional[int] = field(
         default=None,
-        metadata={"help": "T, actions per training chunk (default: the robot type's own, e.g. 10 for libero_all; "
-                          "the model config's action_length for a new robot type)"},
+        metadata={
+            "help": "T, actions per training chunk (default: the robot type's own, e.g. 10 for libero_all; "
+            "the model config's action_length for a new robot type)"
+        },
     )
     vl_dataset: Optional[str] = field(
         default=None, metadata={"help": "directory with conversations.jsonl for vision-language co-training"}
@@ -89,7 +104,11 @@ def parse_camera_map(text: Optional[str]) -> Optional[dict]:
 def load_model_and_processor(args: ModelArguments):
     kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
     model = XR0ForActionGeneration.from_pretrained(args.model, **kwargs)
-    sizes = dict(action_length=model.config.action_length, action_dim=model.config.action_dim, state_dim=model.config.state_dim)
+    sizes = dict(
+        action_length=model.config.action_length,
+        action_dim=model.config.action_dim,
+        state_dim=model.config.state_dim,
+    )
     # A published-layout directory has the tokenizer and image processor; a bare weights directory may not.
     has_processor = (Path(args.model) / "tokenizer_config.json").is_file()
     processor = XR0Processor.from_pretrained(args.model if has_processor else REPO_ROOT, **sizes)
@@ -122,7 +141,12 @@ def freeze(model, args: ModelArguments) -> None:
 def add_lora(model, args: ModelArguments):
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=LORA_TARGET)
+    lora = LoraConfig(
+        r=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=LORA_TARGET,
+    )
     peft_model = get_peft_model(model, lora)
     # LoRA freezes everything else; the action expert and projectors still train fully.
     for name, param in model.named_parameters():
@@ -131,26 +155,38 @@ def add_lora(model, args: ModelArguments):
     return peft_model
 
 
-def finetune(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> Trainer:
+def finetune(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> Trainer:
     training_args.remove_unused_columns = False
     training_args.label_names = ["actions"]
     model, processor = load_model_and_processor(model_args)
     apply_recipe(model, model_args)
     known = model_args.robot_type in processor.robot_types
-    chunk_length = data_args.chunk_length or (processor.chunk_length(model_args.robot_type) if known else processor.action_length)
+    chunk_length = data_args.chunk_length or (
+        processor.chunk_length(model_args.robot_type) if known else processor.action_length
+    )
     dataset = open_dataset(data_args.dataset, chunk_length, data_args.dataset_format)
     camera_map = register_dataset_robot(
-        processor, model_args.robot_type, dataset, parse_camera_map(data_args.camera_map), data_args.normalize_state
+        processor,
+        model_args.robot_type,
+        dataset,
+        parse_camera_map(data_args.camera_map),
+        data_args.normalize_state,
     )
     train_dataset = dataset
     if data_args.vl_dataset:
-        train_dataset = MixedDataset(dataset, VisionLanguageDataset(data_args.vl_dataset), data_args.robot_per_vl)
+        train_dataset = MixedDataset(
+            dataset, VisionLanguageDataset(data_args.vl_dataset), data_args.robot_per_vl
+        )
     freeze(model, model_args)
     trained = add_lora(model, model_args) if model_args.lora_rank > 0 else model
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    print(f"training {trainable / 1e6:.2f} M of {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters "
-          f"on {len(dataset)} frames{' + vision-language samples' if data_args.vl_dataset else ''} "
-          f"({model_args.recipe} recipe, robot type {model_args.robot_type!r})")
+    print(
+        f"training {trainable / 1e6:.2f} M of {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters "
+        f"on {len(dataset)} frames{' + vision-language samples' if data_args.vl_dataset else ''} "
+        f"({model_args.recipe} recipe, robot type {model_args.robot_type!r})"
+    )
 
     trainer = Trainer(
         model=trained,

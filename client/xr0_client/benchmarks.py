@@ -29,7 +29,12 @@ def _canonical_json_value(value):
     """How the official clients serialize what JSON cannot: numpy arrays by their bytes, PIL images by a digest
     of their pixels, sets as sorted lists."""
     if isinstance(value, np.ndarray):
-        return {"__type__": "numpy", "dtype": str(value.dtype), "shape": value.shape, "data": value.tobytes().hex()}
+        return {
+            "__type__": "numpy",
+            "dtype": str(value.dtype),
+            "shape": value.shape,
+            "data": value.tobytes().hex(),
+        }
     if isinstance(value, Image.Image):
         digest = hashlib.md5(value.tobytes()).hexdigest()
         return {"__type__": "PIL.Image", "mode": value.mode, "size": value.size, "content_hash": digest}
@@ -42,7 +47,9 @@ def official_request_seed(request: dict, max_bytes: int = 4) -> int:
     """The seed the official LIBERO/CALVIN/SimplerEnv clients derive from a request dict (built before its
     "seed" key is added): SHA-256 of its canonical JSON (sorted keys, no spaces, non-ASCII kept), as an integer
     modulo 2**(8 * max_bytes)."""
-    text = json.dumps(request, default=_canonical_json_value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(
+        request, default=_canonical_json_value, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
     seed = int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16)
     return seed % (2 ** (8 * max_bytes)) if max_bytes > 0 else seed
 
@@ -77,23 +84,30 @@ def quaternion_to_matrix(quaternion_wxyz: np.ndarray) -> np.ndarray:
     if norm2 < np.finfo(np.float64).eps:
         return np.eye(3)
     s = 2.0 / norm2
-    return np.array([
-        [1 - s * (y * y + z * z), s * (x * y - w * z), s * (x * z + w * y)],
-        [s * (x * y + w * z), 1 - s * (x * x + z * z), s * (y * z - w * x)],
-        [s * (x * z - w * y), s * (y * z + w * x), 1 - s * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - s * (y * y + z * z), s * (x * y - w * z), s * (x * z + w * y)],
+            [s * (x * y + w * z), 1 - s * (x * x + z * z), s * (y * z - w * x)],
+            [s * (x * z - w * y), s * (y * z + w * x), 1 - s * (x * x + y * y)],
+        ]
+    )
 
 
 def matrix_to_quaternion(matrix: np.ndarray) -> np.ndarray:
     """3x3 rotation matrix -> unit (w, x, y, z) with w >= 0 (the eigenvector of the symmetric K matrix with the
     largest eigenvalue, Bar-Itzhack's method)."""
     m = np.asarray(matrix, dtype=np.float64)
-    k = np.array([
-        [m[0, 0] - m[1, 1] - m[2, 2], 0, 0, 0],
-        [m[0, 1] + m[1, 0], m[1, 1] - m[0, 0] - m[2, 2], 0, 0],
-        [m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], m[2, 2] - m[0, 0] - m[1, 1], 0],
-        [m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1], m[0, 0] + m[1, 1] + m[2, 2]],
-    ]) / 3.0
+    k = (
+        np.array(
+            [
+                [m[0, 0] - m[1, 1] - m[2, 2], 0, 0, 0],
+                [m[0, 1] + m[1, 0], m[1, 1] - m[0, 0] - m[2, 2], 0, 0],
+                [m[0, 2] + m[2, 0], m[1, 2] + m[2, 1], m[2, 2] - m[0, 0] - m[1, 1], 0],
+                [m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1], m[0, 0] + m[1, 1] + m[2, 2]],
+            ]
+        )
+        / 3.0
+    )
     values, vectors = np.linalg.eigh(k)  # eigh reads the lower triangle
     x, y, z, w = vectors[:, np.argmax(values)]
     quaternion = np.array([w, x, y, z])
@@ -105,7 +119,9 @@ def matrix_to_euler_xyz(matrix: np.ndarray) -> np.ndarray:
     m = np.asarray(matrix, dtype=np.float64)
     cos_pitch = math.hypot(m[0, 0], m[1, 0])
     if cos_pitch > np.finfo(np.float64).eps * 4.0:
-        return np.array([math.atan2(m[2, 1], m[2, 2]), math.atan2(-m[2, 0], cos_pitch), math.atan2(m[1, 0], m[0, 0])])
+        return np.array(
+            [math.atan2(m[2, 1], m[2, 2]), math.atan2(-m[2, 0], cos_pitch), math.atan2(m[1, 0], m[0, 0])]
+        )
     return np.array([math.atan2(-m[1, 2], m[1, 1]), math.atan2(-m[2, 0], cos_pitch), 0.0])
 
 
@@ -156,7 +172,9 @@ class BenchmarkClient:
             observation["seed"] = official_request_seed(request)
             chunk = np.asarray(self.policy.infer(observation)["actions"])
             if chunk.ndim != 2 or chunk.shape[0] < self.steps_per_chunk or chunk.shape[1] < self.action_dims:
-                raise ValueError(f"expected a (T >= {self.steps_per_chunk}, >= {self.action_dims}) chunk, got {chunk.shape}")
+                raise ValueError(
+                    f"expected a (T >= {self.steps_per_chunk}, >= {self.action_dims}) chunk, got {chunk.shape}"
+                )
             self.queue.extend(chunk[: self.steps_per_chunk, : self.action_dims])
         return self.postprocess(np.asarray(self.queue.popleft(), dtype=np.float64))
 
@@ -174,12 +192,14 @@ class LiberoClient(BenchmarkClient):
         def view(key):
             return Image.fromarray(np.ascontiguousarray(np.asarray(env_obs[key])[::-1, ::-1]))
 
-        state = np.concatenate([
-            env_obs["robot0_eef_pos"],
-            quaternion_to_axis_angle(env_obs["robot0_eef_quat"]),
-            env_obs["robot0_gripper_qpos"],
-            np.zeros(24),
-        ])
+        state = np.concatenate(
+            [
+                env_obs["robot0_eef_pos"],
+                quaternion_to_axis_angle(env_obs["robot0_eef_quat"]),
+                env_obs["robot0_gripper_qpos"],
+                np.zeros(24),
+            ]
+        )
         request = {
             "task_id": self.robot_type,
             "state": state,
@@ -198,10 +218,14 @@ class CalvinClient(BenchmarkClient):
     robot_type = "calvin_abc_orig"
     steps_per_chunk = 10
 
-    def __init__(self, policy: Policy, robot_type: str = "calvin_abc_orig", steps_per_chunk: Optional[int] = None):
+    def __init__(
+        self, policy: Policy, robot_type: str = "calvin_abc_orig", steps_per_chunk: Optional[int] = None
+    ):
         super().__init__(policy, steps_per_chunk)
         if robot_type not in ("calvin_abc_orig", "calvin_abcd_orig"):
-            raise ValueError(f"CALVIN robot_type must be calvin_abc_orig or calvin_abcd_orig, got {robot_type!r}")
+            raise ValueError(
+                f"CALVIN robot_type must be calvin_abc_orig or calvin_abcd_orig, got {robot_type!r}"
+            )
         self.robot_type = robot_type
 
     def requests(self, env_obs: dict, annotation: str) -> tuple[dict, dict]:
@@ -237,7 +261,9 @@ class SimplerEnvClient(BenchmarkClient):
     def __init__(self, policy: Policy, robot_type: str, steps_per_chunk: Optional[int] = None):
         super().__init__(policy, steps_per_chunk)
         if robot_type not in self.IMAGE_SIZES:
-            raise ValueError(f"SimplerEnv robot_type must be one of {sorted(self.IMAGE_SIZES)}, got {robot_type!r}")
+            raise ValueError(
+                f"SimplerEnv robot_type must be one of {sorted(self.IMAGE_SIZES)}, got {robot_type!r}"
+            )
         self.robot_type = robot_type
 
     def robot_state(self, eef_pos: np.ndarray) -> np.ndarray:
@@ -275,7 +301,9 @@ class SimplerEnvClient(BenchmarkClient):
 
     def postprocess(self, action: np.ndarray) -> np.ndarray:
         rotation = euler_xyz_to_axis_angle(*action[3:6])
-        if self.robot_type == "bridge_delta":  # trained with 0 = closed, 1 = open; WidowX takes -1 close / +1 open
+        if (
+            self.robot_type == "bridge_delta"
+        ):  # trained with 0 = closed, 1 = open; WidowX takes -1 close / +1 open
             gripper = 1.0 if action[6] > 0.5 else -1.0
         else:  # Google Robot takes +1 close / -1 open
             gripper = float(np.clip(-(2.0 * action[6] - 1.0), -1.0, 1.0))

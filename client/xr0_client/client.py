@@ -25,9 +25,17 @@ class ServerError(RuntimeError):
 
 
 class XR0Client:
-    def __init__(self, host: str = "127.0.0.1", port: Optional[int] = 8000, token: Optional[str] = None,
-                 timeout: float = 60.0, max_message_bytes: int = 64 * 2**20):
-        self.uri = host if host.startswith("ws") else f"ws://{host}" + (f":{port}" if port is not None else "")
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: Optional[int] = 8000,
+        token: Optional[str] = None,
+        timeout: float = 60.0,
+        max_message_bytes: int = 64 * 2**20,
+    ):
+        self.uri = (
+            host if host.startswith("ws") else f"ws://{host}" + (f":{port}" if port is not None else "")
+        )
         self.token = token
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
@@ -37,8 +45,13 @@ class XR0Client:
 
     def connect(self) -> None:
         headers = {"Authorization": f"Api-Key {self.token}"} if self.token else None
-        connection = connect(self.uri, additional_headers=headers, compression=None,
-                             max_size=self.max_message_bytes, open_timeout=self.timeout)
+        connection = connect(
+            self.uri,
+            additional_headers=headers,
+            compression=None,
+            max_size=self.max_message_bytes,
+            open_timeout=self.timeout,
+        )
         # Entering the context is how websockets >= 17 wants a long-lived connection held; older ones return self.
         self._connection = connection.__enter__()
         self.metadata = unpack(self._connection.recv(timeout=self.timeout))

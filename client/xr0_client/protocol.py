@@ -22,7 +22,12 @@ def _pack_numpy(obj: Any) -> Any:
         raise TypeError(f"cannot send numpy dtype {obj.dtype}: only bool, integer and float arrays")
     if isinstance(obj, np.ndarray):
         array = np.ascontiguousarray(obj)
-        return {b"__ndarray__": True, b"data": array.tobytes(), b"dtype": array.dtype.str, b"shape": list(array.shape)}
+        return {
+            b"__ndarray__": True,
+            b"data": array.tobytes(),
+            b"dtype": array.dtype.str,
+            b"shape": list(array.shape),
+        }
     if isinstance(obj, np.generic):
         return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
     raise TypeError(f"cannot send an object of type {type(obj).__name__}")
@@ -44,15 +49,21 @@ def _unpack_numpy(obj: dict) -> Any:
     if b"__ndarray__" in obj:
         dtype = _checked_dtype(obj.get(b"dtype"))
         shape, data = obj.get(b"shape"), obj.get(b"data")
-        if not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+        if (
+            not isinstance(shape, (list, tuple))
+            or len(shape) > MAX_DIMS
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
         ):
-            raise ProtocolError(f"array shape must be a list of at most {MAX_DIMS} non-negative ints, got {shape!r}")
+            raise ProtocolError(
+                f"array shape must be a list of at most {MAX_DIMS} non-negative ints, got {shape!r}"
+            )
         if not isinstance(data, bytes):
             raise ProtocolError("array data must be bytes")
         expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else dtype.itemsize
         if expected != len(data):
-            raise ProtocolError(f"array of shape {list(shape)} and dtype {dtype} needs {expected} bytes, got {len(data)}")
+            raise ProtocolError(
+                f"array of shape {list(shape)} and dtype {dtype} needs {expected} bytes, got {len(data)}"
+            )
         return np.frombuffer(data, dtype=dtype).reshape(shape)
     if b"__npgeneric__" in obj:
         dtype = _checked_dtype(obj.get(b"dtype"))

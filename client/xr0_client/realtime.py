@@ -58,7 +58,10 @@ class RemoteChunkSource:
         self.client = client
 
     def __call__(self, observation: dict, action_prefix: Optional[np.ndarray]) -> np.ndarray:
-        message = dict(observation, **({"action_prefix": np.asarray(action_prefix, np.float32)} if action_prefix is not None else {}))
+        message = dict(
+            observation,
+            **({"action_prefix": np.asarray(action_prefix, np.float32)} if action_prefix is not None else {}),
+        )
         return np.asarray(self.client.infer(message)["actions"])
 
 
@@ -145,7 +148,9 @@ class ExecutionMetrics:
     late_switches: int = 0
     chunks: int = 0
     latencies_s: list = field(default_factory=list)
-    seam_deltas: list = field(default_factory=list)  # |a_t - a_{t-1}| where t is the first tick of a new chunk
+    seam_deltas: list = field(
+        default_factory=list
+    )  # |a_t - a_{t-1}| where t is the first tick of a new chunk
     inner_deltas: list = field(default_factory=list)  # |a_t - a_{t-1}| inside a chunk
     commit_steps_used: list = field(default_factory=list)
 
@@ -182,8 +187,18 @@ class RealtimeExecutor:
         adapt_commit: after a late chunk, grow Δt_c to the observed latency (bounded by T - T_e).
     """
 
-    def __init__(self, runner, get_observation, send_action, clock=None, control_hz: float = 30.0,
-                 execute_steps: int = 10, commit_steps: int = 5, use_prefix: bool = True, adapt_commit: bool = True):
+    def __init__(
+        self,
+        runner,
+        get_observation,
+        send_action,
+        clock=None,
+        control_hz: float = 30.0,
+        execute_steps: int = 10,
+        commit_steps: int = 5,
+        use_prefix: bool = True,
+        adapt_commit: bool = True,
+    ):
         if execute_steps < 1 or commit_steps < 1:
             raise ValueError("execute_steps and commit_steps must be >= 1")
         self.runner, self.get_observation, self.send_action = runner, get_observation, send_action
@@ -220,15 +235,23 @@ class RealtimeExecutor:
                     if tick > next_start + commit:
                         metrics.late_switches += 1
                         late = tick - (next_start + commit)
-                        logger.warning("chunk %d arrived %d tick(s) after its switch tick: executed the previous "
-                                       "chunk meanwhile", metrics.chunks, late)
+                        logger.warning(
+                            "chunk %d arrived %d tick(s) after its switch tick: executed the previous "
+                            "chunk meanwhile",
+                            metrics.chunks,
+                            late,
+                        )
                     metrics.latencies_s.append(finished - submitted)
                     current = _Chunk(np.asarray(chunk), next_start)
                     if tick - next_start >= len(current.actions):
                         # Its whole timeline has passed: run it from its first uncommitted action, as a
                         # synchronous executor would after waiting.
                         current.start_tick = tick - commit
-                        logger.warning("chunk %d outlived its own timeline: executing it from step %d", metrics.chunks, commit)
+                        logger.warning(
+                            "chunk %d outlived its own timeline: executing it from step %d",
+                            metrics.chunks,
+                            commit,
+                        )
                     metrics.chunks += 1
                     switched = True
                     pending = None
@@ -241,7 +264,10 @@ class RealtimeExecutor:
             else:
                 action = previous_action
                 if not holding:
-                    logger.warning("tick %d: chunk exhausted and the next one is not ready: holding the last action", tick)
+                    logger.warning(
+                        "tick %d: chunk exhausted and the next one is not ready: holding the last action",
+                        tick,
+                    )
                 metrics.idle_ticks += 1
             holding = index >= len(current.actions)
             self.send_action(action)
@@ -272,6 +298,11 @@ class RealtimeExecutor:
         limit = chunk_length - self.execute_steps
         if needed > self.commit_steps and self.commit_steps < limit:
             new = min(needed, limit)
-            logger.warning("inference took %.0f ms (%d ticks) > %d committed ticks: committing %d from now on",
-                           latency_s * 1e3, needed, self.commit_steps, new)
+            logger.warning(
+                "inference took %.0f ms (%d ticks) > %d committed ticks: committing %d from now on",
+                latency_s * 1e3,
+                needed,
+                self.commit_steps,
+                new,
+            )
             self.commit_steps = new
