@@ -57,17 +57,6 @@ QWEN3_VL_4B_CONFIG = {
     "tie_word_embeddings": True,
 }
 
-# The published `dit_config` has the first four keys; the last two are fixed facts of the published
-# architecture (SwiGLU of 4x width, RMSNorm eps 1e-6) made explicit.
-DEFAULT_DIT_CONFIG = {
-    "hidden_size": 1024,
-    "num_hidden_layers": 16,
-    "head_dim": 128,
-    "num_key_value_heads": 8,
-    "intermediate_size": None,  # None = 4 * hidden_size
-    "rms_norm_eps": 1e-6,
-}
-
 # What the official code writes into config.json.
 OFFICIAL_MODEL_TYPE = "mibot"
 
@@ -124,6 +113,83 @@ def _vlm_config_dict(vlm_config: Union[None, dict, Qwen3VLConfig]) -> dict:
     return vlm_config
 
 
+class XR0DiTConfig(PretrainedConfig):
+    r"""
+    The DiT action expert of XR0. Its dict form is the published `dit_config` (`model_type: "dit"`).
+
+    Args:
+        hidden_size (`int`, defaults to 1024), num_hidden_layers (`int`, defaults to 16),
+        head_dim (`int`, defaults to 128), num_key_value_heads (`int`, defaults to 8): the published keys.
+            `head_dim` and `num_key_value_heads` must equal the VLM's, because every DiT layer attends to the KV
+            cache of one of the VLM's last `num_hidden_layers` layers (checked by `XR0Config`).
+        intermediate_size (`int`, *optional*): SwiGLU width, 4·hidden_size in the published architecture.
+        rms_norm_eps (`float`, defaults to 1e-6): the published RMSNorm epsilon.
+    """
+
+    model_type = "dit"
+    ARCHITECTURE_KEYS = (
+        "hidden_size",
+        "num_hidden_layers",
+        "head_dim",
+        "num_key_value_heads",
+        "intermediate_size",
+        "rms_norm_eps",
+    )
+
+    def __init__(
+        self,
+        hidden_size: int = 1024,
+        num_hidden_layers: int = 16,
+        head_dim: int = 128,
+        num_key_value_heads: int = 8,
+        intermediate_size: Optional[int] = None,
+        rms_norm_eps: float = 1e-6,
+        **kwargs,
+    ):
+        # The official DiTConfig is a PretrainedConfig too: its saved dict carries `model_type: "dit"` and the
+        # bookkeeping PretrainedConfig writes. Those keys say nothing about the architecture; any other key is a
+        # mistake worth naming.
+        unknown = sorted(set(kwargs) - _config_bookkeeping_keys())
+        if unknown:
+            raise ValueError(
+                f"`dit_config` has unknown keys {unknown}; expected keys are {sorted(self.ARCHITECTURE_KEYS)}."
+            )
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.head_dim = head_dim
+        self.num_key_value_heads = num_key_value_heads
+        self.intermediate_size = 4 * hidden_size if intermediate_size is None else intermediate_size
+        self.rms_norm_eps = rms_norm_eps
+        super().__init__()
+        for name in self.ARCHITECTURE_KEYS[:-1]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`dit_config.{name}` must be a positive int, got {value!r}.")
+        if self.hidden_size % self.head_dim:
+            raise ValueError(
+                f"`dit_config.hidden_size` ({self.hidden_size}) must be a multiple of "
+                f"`dit_config.head_dim` ({self.head_dim})."
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"The DiT's query heads ({self.num_attention_heads} = hidden_size / head_dim) must be a "
+                f"multiple of `dit_config.num_key_value_heads` ({self.num_key_value_heads})."
+            )
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.hidden_size // self.head_dim
+
+    def to_dict(self) -> dict:
+        """The published dict form plus the two explicit architecture facts; no PretrainedConfig bookkeeping."""
+        output = super().to_dict()
+        keep = {"model_type", "transformers_version", *self.ARCHITECTURE_KEYS}
+        return {key: value for key, value in output.items() if key in keep}
+
+    def to_diff_dict(self) -> dict:
+        return self.to_dict()
+
+
 class XR0Config(PretrainedConfig):
     r"""
     Configuration of [`XR0ForActionGeneration`]. Defaults build the published 4.7B model.
@@ -131,11 +197,9 @@ class XR0Config(PretrainedConfig):
     Args:
         vlm_config (`dict` or `Qwen3VLConfig`, *optional*):
             The Qwen3-VL backbone. Defaults to the Qwen3-VL-4B-Instruct values.
-        dit_config (`dict`, *optional*):
-            The action expert: `hidden_size`, `num_hidden_layers`, `head_dim`, `num_key_value_heads`
-            (published keys) and optionally `intermediate_size` (default 4·hidden) and `rms_norm_eps`.
-            `head_dim` and `num_key_value_heads` must equal the VLM's, because every DiT layer attends to
-            the KV cache of one of the VLM's last `num_hidden_layers` layers.
+        dit_config (`dict` or `XR0DiTConfig`, *optional*):
+            The action expert (see `XR0DiTConfig`); the published dict, as the official code saves it, is read
+            unchanged.
         action_length (`int`, defaults to 30): the longest chunk of the pre-training robot types (1 s at 30 Hz),
             kept as published. The model acts with the chunk length of the `action_mask` it is given: each robot
             type has its own T (its statistics are (T, action_dim)): 10 for LIBERO and CALVIN, 4 for SimplerEnv.
@@ -174,12 +238,12 @@ class XR0Config(PretrainedConfig):
     """
 
     model_type = "xr0"
-    sub_configs = {"vlm_config": Qwen3VLConfig}
+    sub_configs = {"vlm_config": Qwen3VLConfig, "dit_config": XR0DiTConfig}
 
     def __init__(
         self,
         vlm_config: Union[None, dict, Qwen3VLConfig] = None,
-        dit_config: Optional[dict] = None,
+        dit_config: Union[None, dict, XR0DiTConfig] = None,
         action_length: int = 30,
         action_dim: int = 32,
         state_dim: int = 32,
@@ -202,21 +266,13 @@ class XR0Config(PretrainedConfig):
     ):
         self.vlm_config = Qwen3VLConfig(**_vlm_config_dict(vlm_config))
 
-        if isinstance(dit_config, PretrainedConfig):  # the official DiTConfig object
+        if isinstance(dit_config, PretrainedConfig):  # ours, or the official DiTConfig object
             dit_config = dit_config.to_dict()
         if dit_config is not None and not isinstance(dit_config, dict):
-            raise TypeError(f"`dit_config` must be a dict, got {type(dit_config).__name__}.")
-        # The official DiTConfig is a PretrainedConfig: its saved dict carries `model_type: "dit"` and whatever
-        # bookkeeping PretrainedConfig writes. Those keys say nothing about the architecture; drop them.
-        dit_config = {k: v for k, v in (dit_config or {}).items() if k not in _config_bookkeeping_keys()}
-        unknown = set(dit_config) - set(DEFAULT_DIT_CONFIG)
-        if unknown:
-            raise ValueError(
-                f"`dit_config` has unknown keys {sorted(unknown)}; expected keys are {sorted(DEFAULT_DIT_CONFIG)}."
+            raise TypeError(
+                f"`dit_config` must be a dict or an XR0DiTConfig, got {type(dit_config).__name__}."
             )
-        self.dit_config = {**DEFAULT_DIT_CONFIG, **(dit_config or {})}
-        if self.dit_config["intermediate_size"] is None:
-            self.dit_config["intermediate_size"] = 4 * self.dit_config["hidden_size"]
+        self.dit_config = XR0DiTConfig(**(dit_config or {}))
 
         self.action_length = action_length
         self.action_dim = action_dim
@@ -274,14 +330,6 @@ class XR0Config(PretrainedConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
-        for name in (
-            "hidden_size",
-            "num_hidden_layers",
-            "head_dim",
-            "num_key_value_heads",
-            "intermediate_size",
-        ):
-            positive_int(f"dit_config.{name}", self.dit_config[name])
         if self.action_attention_window is not None:
             positive_int("action_attention_window", self.action_attention_window)
         offset = self.noisy_action_position_offset
@@ -290,39 +338,32 @@ class XR0Config(PretrainedConfig):
 
         dit, text = self.dit_config, self.vlm_config.text_config
         vlm_head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        if dit["head_dim"] != vlm_head_dim:
+        if dit.head_dim != vlm_head_dim:
             raise ValueError(
-                f"`dit_config.head_dim` ({dit['head_dim']}) must equal the VLM's head_dim ({vlm_head_dim}): "
+                f"`dit_config.head_dim` ({dit.head_dim}) must equal the VLM's head_dim ({vlm_head_dim}): "
                 "DiT queries attend to the VLM's cached keys."
             )
-        if dit["num_key_value_heads"] != text.num_key_value_heads:
+        if dit.num_key_value_heads != text.num_key_value_heads:
             raise ValueError(
-                f"`dit_config.num_key_value_heads` ({dit['num_key_value_heads']}) must equal the VLM's "
+                f"`dit_config.num_key_value_heads` ({dit.num_key_value_heads}) must equal the VLM's "
                 f"num_key_value_heads ({text.num_key_value_heads})."
             )
-        if dit["num_hidden_layers"] > text.num_hidden_layers:
+        if dit.num_hidden_layers > text.num_hidden_layers:
             raise ValueError(
-                f"`dit_config.num_hidden_layers` ({dit['num_hidden_layers']}) must be <= the VLM's "
+                f"`dit_config.num_hidden_layers` ({dit.num_hidden_layers}) must be <= the VLM's "
                 f"num_hidden_layers ({text.num_hidden_layers}): DiT layer i reads the cache of VLM layer "
                 f"(L_vlm - N_dit + i)."
-            )
-        if dit["hidden_size"] % dit["head_dim"]:
-            raise ValueError(
-                f"`dit_config.hidden_size` ({dit['hidden_size']}) must be a multiple of "
-                f"`dit_config.head_dim` ({dit['head_dim']})."
-            )
-        if self.num_dit_attention_heads % dit["num_key_value_heads"]:
-            raise ValueError(
-                f"The DiT's query heads ({self.num_dit_attention_heads} = hidden_size / head_dim) must be a "
-                f"multiple of `dit_config.num_key_value_heads` ({dit['num_key_value_heads']})."
             )
 
     @property
     def num_dit_attention_heads(self) -> int:
-        return self.dit_config["hidden_size"] // self.dit_config["head_dim"]
+        return self.dit_config.num_attention_heads
 
     def to_dict(self) -> dict:
         output = super().to_dict()
+        output["dit_config"] = {
+            k: v for k, v in self.dit_config.to_dict().items() if k != "transformers_version"
+        }
         # Keep the 4.57 rope fields next to 5.x's `rope_parameters`, so a config saved on either line loads on both.
         vlm = output["vlm_config"]
         vlm = vlm.to_dict() if isinstance(vlm, PretrainedConfig) else dict(vlm)
@@ -348,4 +389,4 @@ def from_official_config_dict(config_dict: dict) -> dict:
     return config_dict
 
 
-__all__ = ["XR0Config"]
+__all__ = ["XR0Config", "XR0DiTConfig"]

@@ -1,20 +1,22 @@
-"""Xiaomi-Robotics-0 (XR0): a Qwen3-VL-4B backbone whose KV cache conditions a DiT action expert.
+"""Xiaomi-Robotics-0 (XR0): a Qwen3-VL-4B backbone whose KV cache conditions a DiT action expert
+(technical report: arXiv 2602.12684).
 
 Inference, as published:
     1. `encode_observation`: one VLM prefill over images + prompt; keep the KV cache of the last
-       `dit_config.num_hidden_layers` VLM layers, the prompt's padding mask, the DiT's position ids and rotary
-       tables, and the [sink, state] tokens.
+       `dit_config.num_hidden_layers` VLM layers, the prompt's padding mask, where the DiT's positions start, and
+       the [sink, state] tokens.
     2. `sample_actions`: integrate the flow from noise (t=0) to actions (t=1) with `num_inference_steps` Euler
        steps of `velocity`, one DiT pass over [sink, state, T noisy actions] that attends to the cache.
 `forward` composes the two. Actions are normalized; the processor de-normalizes them.
 
 Beyond the published code: `sample_actions(action_prefix=...)` keeps committed actions clean and conditions the
-rest of the chunk on them (real-time execution); `forward(actions=...)` returns the flow-matching loss of the
-training recipe (`compute_loss`, asynchronous post-training included) and `forward(language_batch=...)` adds
-vision-language co-training. One Euler loop (`_integrate`) and one velocity function serve all of them.
+rest of the chunk on them (the report's asynchronous execution); `forward(actions=...)` returns the
+flow-matching loss of the training recipe (`compute_loss`, asynchronous post-training included) and
+`forward(language_batch=...)` adds vision-language co-training. One Euler loop (`_integrate`) and one velocity
+function serve all of them.
 
-Shapes: B batch, L prompt length, T = action_length, A = action_dim, S = state_length, Q = 1 + S + T DiT
-tokens, H = DiT hidden size, h = DiT query heads, D = head_dim.
+Shapes: B batch, L prompt length, T chunk length (the robot type's, from `action_mask`), A = action_dim,
+S state tokens, Q = 1 + S + T DiT tokens, H = DiT hidden size, h = DiT query heads, D = head_dim.
 """
 
 import inspect
@@ -36,15 +38,11 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
     Qwen3VLModel,
     Qwen3VLTextRMSNorm,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_xr0 import XR0Config
 
-# transformers 5.x needs the token types (text 0, image 1, video 2) to place images in MRoPE; 4.57 reads
-# them off input_ids itself.
-_ROPE_INDEX_TAKES_TOKEN_TYPES = (
-    "mm_token_type_ids" in inspect.signature(Qwen3VLModel.get_rope_index).parameters
-)
+logger = logging.get_logger(__name__)
 
 # Top-level submodules of the published state dict; training checkpoints may wrap them in these prefixes.
 _TOP_LEVEL_MODULES = (
@@ -168,6 +166,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+def prefix_positions(prefix_lengths: torch.Tensor, action_length: int) -> torch.Tensor:
+    """(B,) prefix lengths -> (B, T) bool, True at committed (clean) action positions."""
+    steps = torch.arange(action_length, device=prefix_lengths.device)
+    return steps[None] < prefix_lengths[:, None]
+
+
 def build_dit_attention_mask(
     cache_mask: torch.Tensor,
     state_length: int,
@@ -178,8 +182,9 @@ def build_dit_attention_mask(
     """
     Args:
         cache_mask: (B, L) bool, True at real (non-padded) prompt tokens.
-        window: `None` = causal over all DiT tokens (published). An int `w` = Λ-shape: an action token sees
-            the action tokens of the previous `w` steps only (itself included); sink and state stay visible.
+        window: `None` = causal over all DiT tokens (published). An int `w` = the Λ-shape of asynchronous
+            post-training: an action token sees the action tokens of the previous `w` steps only (itself
+            included); sink and state stay visible.
         hidden_actions: (B, T) bool, action tokens no other token may attend to (training hides random prefix
             tokens); each still sees itself.
     Returns:
@@ -198,10 +203,38 @@ def build_dit_attention_mask(
     if hidden_actions is not None:
         hidden = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=cache_mask.device)
         hidden[:, 1 + state_length :] = hidden_actions.to(cache_mask.device)
-        own_part = own_part & ~(
-            hidden[:, None, None, :] & ~torch.eye(num_tokens, dtype=torch.bool, device=idx.device)
-        )
+        not_self = ~torch.eye(num_tokens, dtype=torch.bool, device=idx.device)
+        own_part = own_part & ~(hidden[:, None, None, :] & not_self)
     return torch.cat([cache_part, own_part], dim=-1)
+
+
+def frequency_loss(velocity: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared magnitude of the rFFT (over the chunk axis) of the masked velocity error, per active dim."""
+    error = (velocity - target) * loss_mask  # (B, T, A)
+    spectrum = torch.fft.rfft(error, dim=1, norm="ortho")  # (B, T // 2 + 1, A)
+    active_dims = loss_mask.amax(dim=1, keepdim=True)  # (B, 1, A)
+    return (spectrum.abs() ** 2 * active_dims).sum() / (active_dims.sum() * spectrum.shape[1]).clamp(min=1.0)
+
+
+def generator_from_seed(seed, device) -> torch.Generator:
+    """A fresh generator on `device` seeded with `seed`: the draw of the official forward's
+    `torch.manual_seed(seed)`, without touching the global RNG."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"`seed` must be an int, got {type(seed).__name__} {seed!r}.")
+    seed = int(seed)
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"`seed` must be in [-2**63, 2**64), got {seed}.")
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def uniform(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
+    """U[0, 1) drawn on the generator's device (so a CPU generator drives a GPU model), returned on `device`."""
+    draw_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=draw_device).to(device)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# DiT attention: one dispatch point
 
 
 def sdpa_attention(query, key, value, mask):
@@ -215,10 +248,90 @@ def eager_attention(query, key, value, mask):
     return torch.matmul(probs, value)
 
 
-# The DiT's own attention. Its mask (prompt padding + causal/Λ over DiT tokens) is not a plain causal or
-# padding mask, so flash-attention kernels cannot take it: any implementation other than "eager" uses
-# PyTorch SDPA, which runs on CPU and GPU without extra packages.
 DIT_ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention}
+
+
+def dit_attention_function(implementation: Optional[str]):
+    """The DiT's attention for the requested implementation. Its mask (prompt padding + causal/Λ over the DiT
+    tokens) is neither a plain causal nor a padding mask, which flash-attention kernels cannot take: any other
+    request (flash_attention_2, ...) runs the DiT on PyTorch SDPA and says so once; the VLM honours it."""
+    if implementation in DIT_ATTENTION_FUNCTIONS:
+        return DIT_ATTENTION_FUNCTIONS[implementation]
+    logger.warning_once(
+        f"attn_implementation={implementation!r} is used by the VLM; the DiT action expert runs PyTorch SDPA "
+        "(its attention mask is not one flash-attention kernels take)."
+    )
+    return sdpa_attention
+
+
+# --------------------------------------------------------------------------------------------------------------
+# transformers 4.57 / 5.x differences, in one place
+
+
+# 5.x needs the token types (text 0, image 1, video 2) to place images in MRoPE; 4.57 reads them off input_ids.
+_ROPE_INDEX_TAKES_TOKEN_TYPES = (
+    "mm_token_type_ids" in inspect.signature(Qwen3VLModel.get_rope_index).parameters
+)
+
+
+def token_types(input_ids: torch.LongTensor, vlm_config) -> torch.Tensor:
+    """(B, L) modality of each token: text 0, image 1, video 2 (what the 5.x processor returns)."""
+    types = torch.zeros_like(input_ids, dtype=torch.int32)
+    types[input_ids == vlm_config.image_token_id] = 1
+    types[input_ids == vlm_config.video_token_id] = 2
+    return types
+
+
+def prompt_position_ids(
+    vlm: Qwen3VLForConditionalGeneration,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor,
+    image_grid_thw: Optional[torch.LongTensor],
+    mm_token_type_ids: Optional[torch.Tensor] = None,
+) -> torch.LongTensor:
+    """(3, B, L) MRoPE position ids of the prompt, the same on 4.57 and 5.x at real tokens. We pass them to the
+    VLM ourselves so that neither line recomputes them differently."""
+    if _ROPE_INDEX_TAKES_TOKEN_TYPES:
+        if mm_token_type_ids is None:
+            mm_token_type_ids = token_types(input_ids, vlm.config)
+        position_ids, _ = vlm.model.get_rope_index(
+            input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
+        )
+    else:
+        position_ids, _ = vlm.model.get_rope_index(
+            input_ids, image_grid_thw, None, attention_mask=attention_mask
+        )
+    return position_ids
+
+
+def returned_cache(vlm_outputs):
+    """The VLM's KV cache: `cache` on 5.x, `past_key_values` on 4.57; read per layer as `.layers[i].keys`."""
+    cache = getattr(vlm_outputs, "cache", None)
+    return cache if cache is not None else vlm_outputs.past_key_values
+
+
+def is_checkpointing(model: PreTrainedModel) -> bool:
+    # 5.x renamed the property (the old name warns); 4.57 has only the old one.
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return model.is_activation_checkpointing
+    return model.is_gradient_checkpointing
+
+
+def recompute_keys_values(language_model, hidden_states, position_ids, first_layer: int) -> list:
+    """K/V of VLM layers `first_layer`.. rebuilt from their input hidden states as each layer's attention
+    computes them (input norm, k/v projections, k_norm, RoPE). Gradient checkpointing makes the VLM return no
+    cache (both lines force use_cache off); the last layers' inputs are recorded exactly on both lines."""
+    cos, sin = language_model.rotary_emb(hidden_states[first_layer], position_ids)
+    layer_kv = []
+    for index in range(first_layer, len(language_model.layers)):
+        layer = language_model.layers[index]
+        attention = layer.self_attn
+        x = layer.input_layernorm(hidden_states[index])  # (B, L, hidden)
+        shape = (*x.shape[:-1], -1, attention.head_dim)
+        keys = attention.k_norm(attention.k_proj(x).view(shape)).transpose(1, 2)  # (B, H_kv, L, D)
+        values = attention.v_proj(x).view(shape).transpose(1, 2)
+        layer_kv.append((apply_rotary(keys, cos, sin), values))
+    return layer_kv
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -286,13 +399,13 @@ class XR0DiTAttention(nn.Module):
     def __init__(self, config: XR0Config):
         super().__init__()
         self.config = config
-        hidden_size = config.dit_config["hidden_size"]
-        self.head_dim = config.dit_config["head_dim"]
-        self.num_heads = config.num_dit_attention_heads
-        self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size, bias=True)
-        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.q_norm = Qwen3VLTextRMSNorm(self.head_dim, eps=config.dit_config["rms_norm_eps"])
-        self.k_norm = Qwen3VLTextRMSNorm(self.head_dim, eps=config.dit_config["rms_norm_eps"])
+        dit = config.dit_config
+        self.head_dim = dit.head_dim
+        self.num_heads = dit.num_attention_heads
+        self.qkv_proj = nn.Linear(dit.hidden_size, 3 * dit.hidden_size, bias=True)
+        self.o_proj = nn.Linear(dit.hidden_size, dit.hidden_size, bias=False)
+        self.q_norm = Qwen3VLTextRMSNorm(self.head_dim, eps=dit.rms_norm_eps)
+        self.k_norm = Qwen3VLTextRMSNorm(self.head_dim, eps=dit.rms_norm_eps)
 
     def forward(
         self,
@@ -313,7 +426,7 @@ class XR0DiTAttention(nn.Module):
 
         key = torch.cat([cache_key.to(key.dtype), key], dim=2)  # (B, h, L + Q, D)
         value = torch.cat([cache_value.to(value.dtype), value], dim=2)
-        attend = DIT_ATTENTION_FUNCTIONS.get(self.config._attn_implementation, sdpa_attention)
+        attend = dit_attention_function(self.config._attn_implementation)
         output = attend(query, key, value, attention_mask)  # (B, h, Q, D)
         output = output.transpose(1, 2).reshape(batch_size, num_tokens, -1)
         return self.o_proj(output)
@@ -324,9 +437,9 @@ class XR0DiTLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: XR0Config):
         super().__init__()
-        hidden_size, eps = config.dit_config["hidden_size"], config.dit_config["rms_norm_eps"]
+        hidden_size, eps = config.dit_config.hidden_size, config.dit_config.rms_norm_eps
         self.attn = XR0DiTAttention(config)
-        self.mlp = XR0MLP(hidden_size, config.dit_config["intermediate_size"])
+        self.mlp = XR0MLP(hidden_size, config.dit_config.intermediate_size)
         self.input_layernorm = Qwen3VLTextRMSNorm(hidden_size, eps=eps)
         self.middle_layernorm = Qwen3VLTextRMSNorm(hidden_size, eps=eps)
         self.post_layernorm = Qwen3VLTextRMSNorm(hidden_size, eps=eps)
@@ -354,11 +467,30 @@ class XR0DiTLayer(GradientCheckpointingLayer):
 
 
 class XR0DiT(nn.Module):
+    """The action expert's layers; layer i attends to the cache of VLM layer (L_vlm - N_dit + i)."""
+
     def __init__(self, config: XR0Config):
         super().__init__()
-        self.layers = nn.ModuleList(
-            XR0DiTLayer(config) for _ in range(config.dit_config["num_hidden_layers"])
-        )
+        self.layers = nn.ModuleList(XR0DiTLayer(config) for _ in range(config.dit_config.num_hidden_layers))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, Q, H)
+        time_modulation: torch.Tensor,  # (B, 6, H)
+        observation: XR0Observation,
+        layout: XR0ChunkLayout,
+    ) -> torch.Tensor:
+        caches = zip(self.layers, observation.cache_keys, observation.cache_values, strict=True)
+        for layer, cache_key, cache_value in caches:
+            hidden_states = layer(
+                hidden_states,
+                time_modulation,
+                cache_key,
+                cache_value,
+                layout.attention_mask,
+                layout.position_embeddings,
+            )
+        return hidden_states  # (B, Q, H)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -372,7 +504,6 @@ class XR0PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["XR0DiTLayer", "Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"]
     _supports_sdpa = True
     _supports_flash_attn = True
-    _supports_flash_attn_2 = True
     _supports_attention_backend = True
     # Trainer must not rescale our loss by the number of items in the batch.
     accepts_loss_kwargs = False
@@ -439,7 +570,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
 
     def __init__(self, config: XR0Config):
         super().__init__(config)
-        hidden_size = config.dit_config["hidden_size"]
+        hidden_size = config.dit_config.hidden_size
         self.vlm = Qwen3VLForConditionalGeneration(config.vlm_config)
         self.dit = XR0DiT(config)
         self.state_projector = XR0Projector(config.state_dim, hidden_size)
@@ -456,48 +587,20 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.vlm.set_input_embeddings(value)
 
-    # ---- observation encoding -------------------------------------------------------------------------------
-
-    def vlm_position_ids(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor,
-        image_grid_thw: Optional[torch.LongTensor],
-        mm_token_type_ids: Optional[torch.Tensor] = None,
-    ) -> torch.LongTensor:
-        """(3, B, L) MRoPE position ids of the prompt, the same on transformers 4.57 and 5.x at real tokens."""
-        vlm_model = self.vlm.model
-        if _ROPE_INDEX_TAKES_TOKEN_TYPES:
-            if mm_token_type_ids is None:
-                mm_token_type_ids = self.token_types(input_ids)
-            position_ids, _ = vlm_model.get_rope_index(
-                input_ids, mm_token_type_ids, image_grid_thw=image_grid_thw, attention_mask=attention_mask
-            )
-        else:
-            position_ids, _ = vlm_model.get_rope_index(
-                input_ids, image_grid_thw, None, attention_mask=attention_mask
-            )
-        return position_ids
+    # ---- observation -----------------------------------------------------------------------------------------
 
     def _vlm_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids) -> dict:
-        """Keyword arguments of a VLM call, with MRoPE position ids computed here so that both transformers lines
-        get the same ones (5.x would otherwise need `mm_token_type_ids`)."""
+        position_ids = prompt_position_ids(
+            self.vlm, input_ids, attention_mask, image_grid_thw, mm_token_type_ids
+        )
         return dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=self.vlm_position_ids(input_ids, attention_mask, image_grid_thw, mm_token_type_ids),
+            position_ids=position_ids,
             pixel_values=pixel_values,
             image_grid_thw=image_grid_thw,
             return_dict=True,
         )
-
-    def token_types(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        """(B, L) modality of each token: text 0, image 1, video 2 (what the 5.x processor returns)."""
-        vlm_config = self.config.vlm_config
-        types = torch.zeros_like(input_ids, dtype=torch.int32)
-        types[input_ids == vlm_config.image_token_id] = 1
-        types[input_ids == vlm_config.video_token_id] = 2
-        return types
 
     def encode_observation(
         self,
@@ -521,42 +624,37 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        self._check_observation(input_ids, attention_mask, pixel_values, image_grid_thw, state)
+        check_observation(self.config, input_ids, attention_mask, pixel_values, image_grid_thw, state)
         config = self.config
         vlm_inputs = self._vlm_inputs(
             input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids
         )
-        position_ids = vlm_inputs["position_ids"]
+        position_ids = vlm_inputs["position_ids"]  # (3, B, L)
         num_vlm_layers = config.vlm_config.text_config.num_hidden_layers
-        first_layer = num_vlm_layers - config.dit_config["num_hidden_layers"]
-        if self.training and _is_checkpointing(self.vlm):
-            # Checkpointed VLM layers run without a cache; rebuild the K/V of the layers we read from their
-            # input hidden states instead (cheap: only those layers' k/v projections).
-            hidden_states = self.vlm.model(
-                **vlm_inputs, use_cache=False, output_hidden_states=True
-            ).hidden_states
-            layer_kv = self._vlm_keys_values(hidden_states, position_ids, first_layer)
+        first_layer = num_vlm_layers - config.dit_config.num_hidden_layers
+        if self.training and is_checkpointing(self.vlm):
+            outputs = self.vlm.model(**vlm_inputs, use_cache=False, output_hidden_states=True)
+            layer_kv = recompute_keys_values(
+                self.vlm.model.language_model, outputs.hidden_states, position_ids, first_layer
+            )
         else:
-            vlm_outputs = self.vlm.model(**vlm_inputs, use_cache=True)
-            cache = getattr(vlm_outputs, "cache", None)  # 5.x name
-            if cache is None:
-                cache = vlm_outputs.past_key_values  # 4.57 name
+            cache = returned_cache(self.vlm.model(**vlm_inputs, use_cache=True))
             layer_kv = [(layer.keys, layer.values) for layer in cache.layers[first_layer:num_vlm_layers]]
 
         # Padded prompt positions are masked out below; zero their K/V too so that values a padded query
         # produced inside the VLM (possibly NaN for fully masked rows) cannot leak through 0 * NaN.
         cache_mask = attention_mask.bool()  # (B, L)
         keep = cache_mask[:, None, :, None]
-        repeats = config.num_dit_attention_heads // config.dit_config["num_key_value_heads"]
+        repeats = config.num_dit_attention_heads // config.dit_config.num_key_value_heads
         cache_keys, cache_values = [], []
         for keys, values in layer_kv:
             # (B, H_kv, L, D) -> (B, h, L, D)
             cache_keys.append(keys.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
             cache_values.append(values.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
 
-        # The DiT tokens continue the prompt's positions, each MRoPE axis from its own maximum (report §3.1).
-        real_positions = position_ids.masked_fill(~cache_mask[None], 0)  # (3, B, L)
-        next_position = real_positions.amax(dim=2) + 1  # (3, B)
+        # The DiT tokens continue the prompt's positions, each MRoPE axis from its own maximum, as the official
+        # forward computes them.
+        next_position = position_ids.masked_fill(~cache_mask[None], 0).amax(dim=2) + 1  # (3, B)
 
         state_tokens = self.state_projector(state.to(self.dtype))  # (B, S, H)
         sink = self.sink.weight[None].expand(state.shape[0], -1, -1)  # (B, 1, H)
@@ -586,14 +684,12 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         """
         config = self.config
         first_action = 1 + observation.state_length
-        num_tokens = first_action + action_length
         device = observation.next_position.device
-        position_ids = observation.next_position[..., None] + torch.arange(
-            num_tokens, device=device
-        )  # (3, B, Q)
+        steps = torch.arange(first_action + action_length, device=device)
+        position_ids = observation.next_position[..., None] + steps  # (3, B, Q)
         is_noisy = torch.ones(observation.batch_size, action_length, dtype=torch.bool, device=device)
         if prefix_lengths is not None:
-            is_noisy = ~self._prefix_positions(prefix_lengths, action_length).to(device)
+            is_noisy = ~prefix_positions(prefix_lengths, action_length).to(device)
         position_ids[..., first_action:] += (
             config.noisy_action_position_offset * is_noisy.to(position_ids)[None]
         )
@@ -604,33 +700,11 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             config.action_attention_window,
             hidden_actions=hidden_actions,
         )
+        # (cos, sin), each (B, Q, D), in the cache's dtype, from the VLM's text rotary module.
+        rotary = self.vlm.model.language_model.rotary_emb(observation.cache_keys[0], position_ids)
         return XR0ChunkLayout(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            position_embeddings=self.dit_position_embeddings(position_ids, observation.cache_keys[0]),
+            attention_mask=attention_mask, position_ids=position_ids, position_embeddings=rotary
         )
-
-    def dit_position_embeddings(
-        self, position_ids: torch.Tensor, like: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3, B, Q) position ids -> (cos, sin), each (B, Q, D) in `like`'s dtype, from the VLM's text rotary."""
-        return self.vlm.model.language_model.rotary_emb(like, position_ids)
-
-    def _vlm_keys_values(self, hidden_states, position_ids, first_layer):
-        """K/V of VLM layers `first_layer`.. recomputed from their input hidden states, as each layer's attention
-        computes them (input norm, k/v projections, k_norm, RoPE). Used only when the VLM returns no cache."""
-        language_model = self.vlm.model.language_model
-        cos, sin = language_model.rotary_emb(hidden_states[first_layer], position_ids)
-        layer_kv = []
-        for index in range(first_layer, len(language_model.layers)):
-            layer = language_model.layers[index]
-            attention = layer.self_attn
-            x = layer.input_layernorm(hidden_states[index])  # (B, L, hidden)
-            shape = (*x.shape[:-1], -1, attention.head_dim)
-            keys = attention.k_norm(attention.k_proj(x).view(shape)).transpose(1, 2)  # (B, H_kv, L, D)
-            values = attention.v_proj(x).view(shape).transpose(1, 2)
-            layer_kv.append((apply_rotary(keys, cos, sin), values))
-        return layer_kv
 
     # ---- flow ------------------------------------------------------------------------------------------------
 
@@ -660,17 +734,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         action_tokens = self.action_projector((noisy_actions * action_mask).to(dtype))  # (B, T, H)
         hidden_states = torch.cat([observation.context_tokens.to(dtype), action_tokens], dim=1)  # (B, Q, H)
         time_modulation = self.t_projector(self.t_embedder(timestep))  # (B, 6, H)
-        for layer, cache_key, cache_value in zip(
-            self.dit.layers, observation.cache_keys, observation.cache_values, strict=True
-        ):
-            hidden_states = layer(
-                hidden_states,
-                time_modulation,
-                cache_key,
-                cache_value,
-                layout.attention_mask,
-                layout.position_embeddings,
-            )
+        hidden_states = self.dit(hidden_states, time_modulation, observation, layout)
         return self.action_output_layer(hidden_states[:, -noisy_actions.shape[1] :])
 
     def sample_noise(self, like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -713,14 +777,16 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
         batch_size = observation.batch_size
-        action_length = self._check_action_tensor("action_mask", action_mask, batch_size)
+        action_length = check_action_tensor("action_mask", action_mask, batch_size, self.config.action_dim)
         if noise is None:
             noise = self.sample_noise(action_mask, generator)
         else:
-            self._check_action_tensor("noise", noise, batch_size, action_length)
+            check_action_tensor("noise", noise, batch_size, self.config.action_dim, action_length)
         clean_actions, prefix_lengths = None, None
         if action_prefix is not None:
-            clean_actions, prefix_lengths = self._prefix_as_chunk(action_prefix, batch_size, action_length)
+            clean_actions, prefix_lengths = prefix_as_chunk(
+                action_prefix, batch_size, action_length, self.config.action_dim
+            )
         return self._integrate(observation, action_mask, noise, num_steps, clean_actions, prefix_lengths)
 
     def _integrate(self, observation, action_mask, noise, num_steps, clean_actions=None, prefix_lengths=None):
@@ -732,7 +798,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         layout = self.chunk_layout(observation, action_length, prefix_lengths)
         is_prefix = None
         if prefix_lengths is not None:
-            is_prefix = self._prefix_positions(prefix_lengths, action_length)[..., None]  # (B, T, 1)
+            is_prefix = prefix_positions(prefix_lengths, action_length).to(self.device)[
+                ..., None
+            ]  # (B, T, 1)
             actions = torch.where(is_prefix, clean_actions.to(actions), actions)
         dt = 1.0 / num_steps
         for step in range(num_steps):
@@ -745,36 +813,11 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             actions = actions + dt * velocity
         return actions
 
-    def _prefix_positions(self, prefix_lengths: torch.Tensor, action_length: int) -> torch.Tensor:
-        """(B,) prefix lengths -> (B, T) bool, True at committed (clean) positions."""
-        steps = torch.arange(action_length, device=prefix_lengths.device)
-        return (steps[None] < prefix_lengths[:, None]).to(self.device)
-
-    def _prefix_as_chunk(self, action_prefix: torch.Tensor, batch_size: int, action_length: int):
-        config = self.config
-        if not isinstance(action_prefix, torch.Tensor) or action_prefix.ndim != 3:
-            raise ValueError(f"`action_prefix` must be a (B, p, A) tensor, got {_describe(action_prefix)}.")
-        b, p, a = action_prefix.shape
-        if b != batch_size or a != config.action_dim or not 0 <= p <= action_length:
-            raise ValueError(
-                f"`action_prefix` must have shape (B, p, A) = ({batch_size}, p <= T = {action_length}, "
-                f"{config.action_dim}), got {tuple(action_prefix.shape)}."
-            )
-        if not torch.isfinite(action_prefix).all():
-            raise ValueError("`action_prefix` contains NaN or infinite values.")
-        clean = torch.zeros(batch_size, action_length, config.action_dim, device=self.device)
-        clean[:, :p] = action_prefix.to(device=self.device, dtype=torch.float32)
-        return clean, torch.full((batch_size,), p, dtype=torch.long, device=self.device)
-
     # ---- training --------------------------------------------------------------------------------------------
-
-    def _uniform(self, shape, generator: Optional[torch.Generator]) -> torch.Tensor:
-        device = generator.device if generator is not None else self.device
-        return torch.rand(shape, generator=generator, device=device).to(self.device)
 
     def sample_time(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """(B,) flow times t = (1 - u)·time_max, u ~ Beta(alpha, 1) drawn by inverse CDF (u = U^(1/alpha))."""
-        u = self._uniform((batch_size,), generator) ** (1.0 / self.config.time_sampling_alpha)
+        u = uniform((batch_size,), generator, self.device) ** (1.0 / self.config.time_sampling_alpha)
         return (1.0 - u) * self.config.time_max
 
     def sample_prefix(self, batch_size: int, action_length: int, generator: Optional[torch.Generator] = None):
@@ -783,13 +826,13 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         each of them is hidden with `prefix_hide_probability`, except the last `prefix_keep_last`."""
         config = self.config
         longest = min(config.max_action_prefix_length, action_length)
-        use_prefix = self._uniform((batch_size,), generator) < config.action_prefix_probability
-        lengths = 1 + (self._uniform((batch_size,), generator) * longest).long().clamp(max=longest - 1)
+        use_prefix = uniform((batch_size,), generator, self.device) < config.action_prefix_probability
+        lengths = 1 + (uniform((batch_size,), generator, self.device) * longest).long().clamp(max=longest - 1)
         prefix_lengths = torch.where(use_prefix, lengths, torch.zeros_like(lengths))
         steps = torch.arange(action_length, device=self.device)[None]
         in_prefix = steps < prefix_lengths[:, None]
         kept = steps >= prefix_lengths[:, None] - config.prefix_keep_last
-        coin = self._uniform((batch_size, action_length), generator) < config.prefix_hide_probability
+        coin = uniform((batch_size, action_length), generator, self.device) < config.prefix_hide_probability
         return prefix_lengths, in_prefix & ~kept & coin
 
     def compute_loss(
@@ -801,7 +844,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         generator: Optional[torch.Generator] = None,
     ) -> dict:
         """
-        Flow-matching loss of the training recipe (spec §6), async post-training included.
+        Flow-matching loss of the training recipe (report: pre- and post-training), asynchronous post-training
+        included.
 
         Args:
             observation: from `encode_observation` (with gradients where the VLM trains).
@@ -814,8 +858,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         """
         config = self.config
         batch_size = observation.batch_size
-        action_length = self._check_action_tensor("actions", actions, batch_size)
-        self._check_action_tensor("action_mask", action_mask, batch_size, action_length)
+        action_length = check_action_tensor("actions", actions, batch_size, config.action_dim)
+        check_action_tensor("action_mask", action_mask, batch_size, config.action_dim, action_length)
         valid = torch.ones(batch_size, action_length, dtype=torch.bool, device=self.device)
         if action_is_pad is not None:
             if not isinstance(action_is_pad, torch.Tensor) or tuple(action_is_pad.shape) != (
@@ -842,7 +886,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         target = actions - noise
 
         prefix_lengths, hidden_actions = self.sample_prefix(batch_size, action_length, generator)
-        is_prefix = self._prefix_positions(prefix_lengths, action_length)  # (B, T)
+        is_prefix = prefix_positions(prefix_lengths, action_length)  # (B, T)
         layout = self.chunk_layout(observation, action_length, prefix_lengths, hidden_actions)
         noisy_actions = torch.where(is_prefix[..., None], actions, noisy_actions)
         velocity = self.velocity(noisy_actions, timestep, observation, action_mask, layout).float()
@@ -859,16 +903,17 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
 
         count = loss_mask.sum().clamp(min=1.0)
         flow_loss = ((velocity - target) ** 2 * loss_mask * weight).sum() / count
-        frequency_loss = self._frequency_loss(velocity, target, loss_mask)
+        spectral_loss = frequency_loss(velocity, target, loss_mask)
         if config.frequency_loss_weight > 0:
-            loss = 0.5 * flow_loss + config.frequency_loss_weight * frequency_loss
+            loss = 0.5 * flow_loss + config.frequency_loss_weight * spectral_loss
         else:
             loss = flow_loss
-        return {"loss": loss, "flow_loss": flow_loss.detach(), "frequency_loss": frequency_loss.detach()}
+        return {"loss": loss, "flow_loss": flow_loss.detach(), "frequency_loss": spectral_loss.detach()}
 
     @torch.no_grad()
     def _prefix_loss_weight(self, observation, actions, action_mask, prefix_lengths, loss_mask, generator):
-        """|actions generated with the prefix - ground truth| / its masked mean, clamped (spec §6)."""
+        """|actions generated with the prefix - ground truth| / its masked mean, clamped to
+        `loss_reweight_range` (report: post-training)."""
         noise = self.sample_noise(actions, generator)
         generated = self._integrate(
             observation, action_mask, noise, self.config.num_inference_steps, actions, prefix_lengths
@@ -879,16 +924,6 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         mean_error = (error * masked).sum() / masked.sum().clamp(min=1.0)
         low, high = self.config.loss_reweight_range
         return (error / mean_error.clamp(min=1e-8)).clamp(low, high)
-
-    @staticmethod
-    def _frequency_loss(velocity, target, loss_mask):
-        """Mean squared magnitude of the rFFT (over the chunk axis) of the masked velocity error, per active dim."""
-        error = (velocity - target) * loss_mask  # (B, T, A)
-        spectrum = torch.fft.rfft(error, dim=1, norm="ortho")  # (B, T // 2 + 1, A)
-        active_dims = loss_mask.amax(dim=1, keepdim=True)  # (B, 1, A)
-        return (spectrum.abs() ** 2 * active_dims).sum() / (active_dims.sum() * spectrum.shape[1]).clamp(
-            min=1.0
-        )
 
     def language_loss(
         self,
@@ -905,12 +940,13 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             raise ValueError(
                 f"`language_batch['labels']` must have the shape of its `input_ids` {tuple(input_ids.shape)}."
             )
-        self._check_images(input_ids, attention_mask, pixel_values, image_grid_thw)
+        check_images(self.config, input_ids, attention_mask, pixel_values, image_grid_thw)
         vlm_inputs = self._vlm_inputs(
             input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids
         )
-        outputs = self.vlm(**vlm_inputs, labels=labels, use_cache=False)
-        return outputs.loss
+        return self.vlm(**vlm_inputs, labels=labels, use_cache=False).loss
+
+    # ---- the one entry point ---------------------------------------------------------------------------------
 
     def forward(
         self,
@@ -1012,121 +1048,119 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         )
         return XR0ActionOutput(actions=actions)
 
-    # ---- input checks ----------------------------------------------------------------------------------------
 
-    def _check_action_tensor(
-        self, name: str, tensor: torch.Tensor, batch_size: int, action_length: Optional[int] = None
-    ) -> int:
-        """Checks a (B, T, A) chunk-shaped input and returns its T (any T >= 1 unless `action_length` is given)."""
-        length = "T" if action_length is None else str(action_length)
-        expected = f"(B, T, A) = ({batch_size}, {length}, {self.config.action_dim})"
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(
-                f"`{name}` must be a torch.Tensor of shape {expected}, got {type(tensor).__name__}."
-            )
-        if (
-            tensor.ndim != 3
-            or tensor.shape[0] != batch_size
-            or tensor.shape[2] != self.config.action_dim
-            or tensor.shape[1] < 1
-            or (action_length is not None and tensor.shape[1] != action_length)
-        ):
-            raise ValueError(f"`{name}` must have shape {expected}, got {tuple(tensor.shape)}.")
-        if not tensor.is_floating_point():
-            raise TypeError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"`{name}` contains NaN or infinite values.")
-        return tensor.shape[1]
+# --------------------------------------------------------------------------------------------------------------
+# Input checks: every tensor a caller hands in, with the field named
 
-    def _check_observation(self, input_ids, attention_mask, pixel_values, image_grid_thw, state) -> None:
-        config = self.config
-        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
-            raise ValueError(f"`input_ids` must be a (B, L) tensor, got {_describe(input_ids)}.")
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(
-            input_ids.shape
-        ):
-            raise ValueError(
-                f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
-                f"got {_describe(attention_mask)}."
-            )
-        if not attention_mask.bool().any(dim=1).all():
-            raise ValueError("`attention_mask` has a row with no real token.")
-        batch_size = input_ids.shape[0]
-        if (
-            not isinstance(state, torch.Tensor)
-            or state.ndim != 3
-            or state.shape[0] != batch_size
-            or state.shape[1] < 1
-            or state.shape[2] != config.state_dim
-        ):
-            raise ValueError(
-                f"`state` must have shape (B, S, state_dim) = ({batch_size}, S >= 1, {config.state_dim}) (zero-pad the "
-                f"robot state to state_dim), got {_describe(state)}."
-            )
-        if not torch.isfinite(state).all():
-            raise ValueError("`state` contains NaN or infinite values.")
-        self._check_images(input_ids, attention_mask, pixel_values, image_grid_thw)
 
-    def _check_images(self, input_ids, attention_mask, pixel_values, image_grid_thw) -> None:
-        config = self.config
-        vision_config = config.vlm_config.vision_config
-        merge = vision_config.spatial_merge_size**2
-        num_image_tokens = int(
-            ((input_ids == config.vlm_config.image_token_id) & attention_mask.bool()).sum()
+def check_action_tensor(
+    name: str, tensor: torch.Tensor, batch_size: int, action_dim: int, action_length: Optional[int] = None
+) -> int:
+    """Checks a (B, T, A) chunk-shaped input and returns its T (any T >= 1 unless `action_length` is given)."""
+    length = "T" if action_length is None else str(action_length)
+    expected = f"(B, T, A) = ({batch_size}, {length}, {action_dim})"
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor of shape {expected}, got {type(tensor).__name__}.")
+    if (
+        tensor.ndim != 3
+        or tensor.shape[0] != batch_size
+        or tensor.shape[2] != action_dim
+        or tensor.shape[1] < 1
+        or (action_length is not None and tensor.shape[1] != action_length)
+    ):
+        raise ValueError(f"`{name}` must have shape {expected}, got {tuple(tensor.shape)}.")
+    if not tensor.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    return tensor.shape[1]
+
+
+def prefix_as_chunk(action_prefix: torch.Tensor, batch_size: int, action_length: int, action_dim: int):
+    """(B, p, A) committed actions -> ((B, T, A) chunk with the prefix in front, (B,) prefix lengths)."""
+    if not isinstance(action_prefix, torch.Tensor) or action_prefix.ndim != 3:
+        raise ValueError(f"`action_prefix` must be a (B, p, A) tensor, got {_describe(action_prefix)}.")
+    b, p, a = action_prefix.shape
+    if b != batch_size or a != action_dim or not 0 <= p <= action_length:
+        raise ValueError(
+            f"`action_prefix` must have shape (B, p, A) = ({batch_size}, p <= T = {action_length}, "
+            f"{action_dim}), got {tuple(action_prefix.shape)}."
         )
-        if pixel_values is None or image_grid_thw is None:
-            if num_image_tokens:
-                raise ValueError(
-                    f"The prompt holds {num_image_tokens} image tokens but `pixel_values`/`image_grid_thw` are "
-                    "missing: pass the images through the processor."
-                )
-            if pixel_values is not None or image_grid_thw is not None:
-                raise ValueError("`pixel_values` and `image_grid_thw` must be given together.")
-            return
-        if (
-            not isinstance(image_grid_thw, torch.Tensor)
-            or image_grid_thw.ndim != 2
-            or image_grid_thw.shape[1] != 3
-        ):
-            raise ValueError(
-                f"`image_grid_thw` must be a (num_images, 3) tensor, got {_describe(image_grid_thw)}."
-            )
-        patch_features = (
-            vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size**2
+    if not torch.isfinite(action_prefix).all():
+        raise ValueError("`action_prefix` contains NaN or infinite values.")
+    clean = torch.zeros(batch_size, action_length, action_dim, device=action_prefix.device)
+    clean[:, :p] = action_prefix.float()
+    return clean, torch.full((batch_size,), p, dtype=torch.long, device=action_prefix.device)
+
+
+def check_observation(
+    config: XR0Config, input_ids, attention_mask, pixel_values, image_grid_thw, state
+) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
+        raise ValueError(f"`input_ids` must be a (B, L) tensor, got {_describe(input_ids)}.")
+    if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
+            f"got {_describe(attention_mask)}."
         )
-        num_patches = int(image_grid_thw.prod(dim=-1).sum())
-        if not isinstance(pixel_values, torch.Tensor) or tuple(pixel_values.shape) != (
-            num_patches,
-            patch_features,
-        ):
+    if not attention_mask.bool().any(dim=1).all():
+        raise ValueError("`attention_mask` has a row with no real token.")
+    batch_size = input_ids.shape[0]
+    if (
+        not isinstance(state, torch.Tensor)
+        or state.ndim != 3
+        or state.shape[0] != batch_size
+        or state.shape[1] < 1
+        or state.shape[2] != config.state_dim
+    ):
+        raise ValueError(
+            f"`state` must have shape (B, S, state_dim) = ({batch_size}, S >= 1, {config.state_dim}) (zero-pad the "
+            f"robot state to state_dim), got {_describe(state)}."
+        )
+    if not torch.isfinite(state).all():
+        raise ValueError("`state` contains NaN or infinite values.")
+    check_images(config, input_ids, attention_mask, pixel_values, image_grid_thw)
+
+
+def check_images(config: XR0Config, input_ids, attention_mask, pixel_values, image_grid_thw) -> None:
+    vision_config = config.vlm_config.vision_config
+    merge = vision_config.spatial_merge_size**2
+    num_image_tokens = int(((input_ids == config.vlm_config.image_token_id) & attention_mask.bool()).sum())
+    if pixel_values is None or image_grid_thw is None:
+        if num_image_tokens:
             raise ValueError(
-                f"`pixel_values` must have shape (num_patches, C·t·p·p) = ({num_patches}, {patch_features}) for "
-                f"`image_grid_thw` {image_grid_thw.tolist()}, got {_describe(pixel_values)}."
+                f"The prompt holds {num_image_tokens} image tokens but `pixel_values`/`image_grid_thw` are "
+                "missing: pass the images through the processor."
             )
-        if num_image_tokens != num_patches // merge:
-            raise ValueError(
-                f"The prompt holds {num_image_tokens} image tokens but `image_grid_thw` {image_grid_thw.tolist()} "
-                f"gives {num_patches // merge} ({num_patches} patches / {merge} merged): each image needs "
-                "t·h·w/merge² `<|image_pad|>` tokens."
-            )
-
-
-def generator_from_seed(seed, device) -> torch.Generator:
-    """A fresh generator on `device` seeded with `seed`: the draw of the official forward's
-    `torch.manual_seed(seed)`, without touching the global RNG."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"`seed` must be an int, got {type(seed).__name__} {seed!r}.")
-    seed = int(seed)
-    if not -(2**63) <= seed < 2**64:
-        raise ValueError(f"`seed` must be in [-2**63, 2**64), got {seed}.")
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def _is_checkpointing(model: PreTrainedModel) -> bool:
-    # transformers 5.x renamed the property (the old name warns); 4.57 has only the old one.
-    if hasattr(type(model), "is_activation_checkpointing"):
-        return model.is_activation_checkpointing
-    return model.is_gradient_checkpointing
+        if pixel_values is not None or image_grid_thw is not None:
+            raise ValueError("`pixel_values` and `image_grid_thw` must be given together.")
+        return
+    if (
+        not isinstance(image_grid_thw, torch.Tensor)
+        or image_grid_thw.ndim != 2
+        or image_grid_thw.shape[1] != 3
+    ):
+        raise ValueError(
+            f"`image_grid_thw` must be a (num_images, 3) tensor, got {_describe(image_grid_thw)}."
+        )
+    patch_features = (
+        vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size**2
+    )
+    num_patches = int(image_grid_thw.prod(dim=-1).sum())
+    if not isinstance(pixel_values, torch.Tensor) or tuple(pixel_values.shape) != (
+        num_patches,
+        patch_features,
+    ):
+        raise ValueError(
+            f"`pixel_values` must have shape (num_patches, C·t·p·p) = ({num_patches}, {patch_features}) for "
+            f"`image_grid_thw` {image_grid_thw.tolist()}, got {_describe(pixel_values)}."
+        )
+    if num_image_tokens != num_patches // merge:
+        raise ValueError(
+            f"The prompt holds {num_image_tokens} image tokens but `image_grid_thw` {image_grid_thw.tolist()} "
+            f"gives {num_patches // merge} ({num_patches} patches / {merge} merged): each image needs "
+            "t·h·w/merge² `<|image_pad|>` tokens."
+        )
 
 
 def _describe(value) -> str:
@@ -1138,4 +1172,11 @@ def _describe(value) -> str:
 XR0Config.register_for_auto_class()
 XR0ForActionGeneration.register_for_auto_class("AutoModel")
 
-__all__ = ["XR0PreTrainedModel", "XR0ForActionGeneration", "XR0Observation", "XR0ActionOutput"]
+__all__ = [
+    "XR0PreTrainedModel",
+    "XR0ForActionGeneration",
+    "XR0Observation",
+    "XR0ChunkLayout",
+    "XR0ActionOutput",
+    "generator_from_seed",
+]

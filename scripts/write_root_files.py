@@ -82,7 +82,7 @@ def config_dict(config: XR0Config, vlm_config: dict, dtype: str = "bfloat16") ->
         "model_type": "xr0",
         "dtype": dtype,
         "vlm_config": vlm_config,
-        "dit_config": dict(config.dit_config),
+        "dit_config": config.to_dict()["dit_config"],
         **{name: getattr(config, name) for name in CONFIG_FIELDS},
     }
 

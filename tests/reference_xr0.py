@@ -41,10 +41,10 @@ def reference_actions(
 ):
     sd = state_dict
     text = config.vlm_config.text_config
-    hidden = config.dit_config["hidden_size"]
-    head_dim = config.dit_config["head_dim"]
+    hidden = config.dit_config.hidden_size
+    head_dim = config.dit_config.head_dim
     heads = hidden // head_dim
-    n_dit = config.dit_config["num_hidden_layers"]
+    n_dit = config.dit_config.num_hidden_layers
     T = action_mask.shape[1]  # the robot type's chunk length, as the official forward reads it
     S = state.shape[1]
 

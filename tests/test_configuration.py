@@ -3,6 +3,7 @@ import json
 import pytest
 from tiny import TINY_DIT_CONFIG, tiny_config
 
+from xr0 import REPO_ROOT
 from xr0.configuration_xr0 import XR0Config
 
 
@@ -24,10 +25,16 @@ def test_defaults_are_the_published_model():
     )
     assert list(vision.deepstack_visual_indexes) == [5, 11, 17]
     assert config.vlm_config.image_token_id == 151655
-    assert {
-        k: config.dit_config[k]
-        for k in ("hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads")
-    } == {"hidden_size": 1024, "num_hidden_layers": 16, "head_dim": 128, "num_key_value_heads": 8}
+    assert type(config.dit_config).__name__ == "XR0DiTConfig"
+    assert config.to_dict()["dit_config"] == {
+        "model_type": "dit",  # the published dict form
+        "hidden_size": 1024,
+        "num_hidden_layers": 16,
+        "head_dim": 128,
+        "num_key_value_heads": 8,
+        "intermediate_size": 4096,
+        "rms_norm_eps": 1e-6,
+    }
     assert (config.action_length, config.action_dim, config.state_dim) == (30, 32, 32)
     assert (config.state_length, config.num_inference_steps) == (1, 5)
     assert config.action_attention_window is None and config.noisy_action_position_offset == 0
@@ -51,6 +58,34 @@ def test_defaults_are_the_published_model():
 def test_invalid_values_are_refused_by_name(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides)
+
+
+def test_official_dit_config_with_bookkeeping_loads_and_saves_in_its_published_form(tmp_path):
+    official = json.loads((REPO_ROOT / "tests" / "data" / "official_config.json").read_text())
+    official["dit_config"].update(
+        return_dict=True, torch_dtype="float32", _name_or_path="", id2label={"0": "a"}
+    )
+    config = XR0Config(**{k: v for k, v in official.items() if k != "model_type"})
+    assert (config.dit_config.hidden_size, config.dit_config.num_attention_heads) == (32, 4)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["dit_config"]
+    assert {
+        k: saved[k]
+        for k in ("model_type", "hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads")
+    } == {
+        k: json.loads((REPO_ROOT / "tests" / "data" / "official_config.json").read_text())["dit_config"][k]
+        for k in ("model_type", "hidden_size", "num_hidden_layers", "head_dim", "num_key_value_heads")
+    }
+    assert set(saved) <= {
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "head_dim",
+        "num_key_value_heads",
+        "intermediate_size",
+        "rms_norm_eps",
+    }
+    assert XR0Config.from_pretrained(tmp_path).dit_config.to_dict() == config.dit_config.to_dict()
 
 
 def test_dit_config_must_be_a_dict():
@@ -82,7 +117,7 @@ def test_official_config_json_loads(tmp_path):
     assert config.model_type == "xr0"
     assert getattr(config, "auto_map", None) is None
     assert config.vlm_config.text_config.num_hidden_layers == 36
-    assert config.dit_config["num_key_value_heads"] == 8 and config.action_length == 30
+    assert config.dit_config.num_key_value_heads == 8 and config.action_length == 30
     config.save_pretrained(tmp_path / "ours")
     saved = json.loads((tmp_path / "ours" / "config.json").read_text())
     assert saved["model_type"] == "xr0" and saved.get("architectures") in (None, [])

@@ -8,7 +8,12 @@ from reference_xr0 import reference_actions
 from tiny import action_mask, observation, row, tiny_model
 from transformers import AutoConfig, AutoModel
 
-from xr0.modeling_xr0 import XR0ForActionGeneration, build_dit_attention_mask, generator_from_seed
+from xr0.modeling_xr0 import (
+    XR0ForActionGeneration,
+    build_dit_attention_mask,
+    generator_from_seed,
+    prompt_position_ids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +186,7 @@ def test_encode_once_sample_many(model):
     noise = noise_for(model, 1)
     with torch.no_grad():
         obs = encode(model, batch)
-        assert len(obs.cache_keys) == model.config.dit_config["num_hidden_layers"]
+        assert len(obs.cache_keys) == model.config.dit_config.num_hidden_layers
         L = batch["input_ids"].shape[1]
         assert obs.cache_keys[0].shape == (1, model.config.num_dit_attention_heads, L, 16)
         assert obs.context_tokens.shape == (1, 2, 64)
@@ -197,8 +202,8 @@ def test_encode_once_sample_many(model):
 def test_dit_positions_continue_prompt_positions(model):
     batch = observation(num_text_tokens=(2, 9), padding_side="left")
     with torch.no_grad():
-        positions = model.vlm_position_ids(
-            batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"]
+        positions = prompt_position_ids(
+            model.vlm, batch["input_ids"], batch["attention_mask"], batch["image_grid_thw"]
         )
         layout = model.chunk_layout(encode(model, batch), action_length=6)
     for b in range(2):
@@ -531,3 +536,12 @@ def test_published_checkpoint_reproduces_the_reference_math(tmp_path, padding_si
             )
         assert (ours - expected).abs().max() <= 1e-5, length
         assert (ours - noise).abs().max() > 0.05, "the checkpoint's weights move the actions"
+
+
+def test_dit_attention_dispatch_names_what_runs():
+    from xr0.modeling_xr0 import dit_attention_function, eager_attention, sdpa_attention
+
+    assert dit_attention_function("eager") is eager_attention
+    assert dit_attention_function("sdpa") is sdpa_attention
+    # flash kernels cannot take the DiT's mask: the VLM uses them, the DiT runs SDPA (and logs it once).
+    assert dit_attention_function("flash_attention_2") is sdpa_attention

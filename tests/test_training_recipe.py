@@ -5,7 +5,7 @@ import pytest
 import torch
 from tiny import action_mask, observation, tiny_model
 
-from xr0.modeling_xr0 import build_dit_attention_mask
+from xr0.modeling_xr0 import build_dit_attention_mask, frequency_loss
 
 
 def encode(model, batch):
@@ -170,7 +170,7 @@ def test_frequency_loss_combination():
     # Parseval with an orthonormal rFFT: the one-sided spectrum's power is close to the time-domain power.
     error = torch.randn(3, 6, 32)
     ones = torch.ones(3, 6, 32)
-    freq = model._frequency_loss(error, torch.zeros_like(error), ones)
+    freq = frequency_loss(error, torch.zeros_like(error), ones)
     assert 0.3 < freq.item() / (error**2).mean().item() < 1.5
 
 
