@@ -11,9 +11,9 @@ Two ways to call it:
     processor(images={"base": img, "wrist_left": img}, instruction="pick up the bowl", state=q, robot_type="libero_all")
 """
 
-import copy
 import json
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -53,15 +53,6 @@ PUBLISHED_ROBOT_TYPES = {
     "droid_pt": {"chunk_length": 15},
     "molmoact_pt": {"chunk_length": 15},
 }
-ROBOT_SPEC_KEYS = (
-    "views",
-    "active_action_dims",
-    "chunk_length",
-    "action_mean",
-    "action_std",
-    "state_mean",
-    "state_std",
-)
 # Pixel bounds of the image resize when a checkpoint's preprocessor_config.json states no `min_pixels` /
 # `max_pixels`: the Qwen2-VL image processor's defaults. The official runtime (transformers 4.57.1, slow image
 # processor, as the official server loads it) discards a saved `size` and uses these, so a file that carries only
@@ -78,13 +69,239 @@ def format_prompt(instruction: str, view_titles: list) -> str:
     return PROMPT_HEADER + views + PROMPT_TASK.format(instruction=instruction)
 
 
-def _is_table(value) -> bool:
-    """True for a (T, width) statistic (a list of rows), False for a vector."""
-    return bool(value) and isinstance(value[0], (list, tuple))
-
-
 def _as_list(value):
     return value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
+
+
+@dataclass(frozen=True)
+class RobotSpec:
+    """
+    One robot type: its camera views, chunk length, action layout and statistics, and the normalization they
+    define. Statistics are float32 arrays padded to the model's widths (mean 0 / std 0 past a robot's dims);
+    action statistics are (T, A) when they vary over the chunk (the published form, which sets T) or (A,).
+
+    Args:
+        name: the robot type.
+        views: ((view key, prompt title), ...) in prompt order, or None (no camera contract yet).
+        active_action_dims: how many leading action dims the robot uses, or None (taken from the statistics).
+        chunk_length: T, or None (the processor's `action_length`).
+        action_mean, action_std: (T, A) or (A,), or None.
+        state_mean, state_std: (state_dim,), or None: the published checkpoints feed the state raw.
+    """
+
+    name: str
+    views: Optional[tuple] = None
+    active_action_dims: Optional[int] = None
+    chunk_length: Optional[int] = None
+    action_mean: Optional[np.ndarray] = None
+    action_std: Optional[np.ndarray] = None
+    state_mean: Optional[np.ndarray] = None
+    state_std: Optional[np.ndarray] = None
+
+    FIELDS = (
+        "views",
+        "active_action_dims",
+        "chunk_length",
+        "action_mean",
+        "action_std",
+        "state_mean",
+        "state_std",
+    )
+
+    @classmethod
+    def create(cls, name: str, action_dim: int, state_dim: int, **fields) -> "RobotSpec":
+        """A validated spec from user or file values (lists, arrays, tensors); every error names the field."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"robot type name must be a non-empty str, got {name!r}.")
+        unknown = sorted(set(fields) - set(cls.FIELDS))
+        if unknown:
+            raise ValueError(
+                f"robot_types[{name!r}] has unknown keys {unknown}; keys are among {list(cls.FIELDS)}."
+            )
+        views = fields.get("views")
+        if views is not None:
+            if not views or not all(
+                isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) and x for x in v)
+                for v in views
+            ):
+                raise ValueError(
+                    f"robot type {name!r}: `views` must be a list of [view_key, title] pairs, got {views!r}."
+                )
+            views = tuple(tuple(v) for v in views)
+        active = fields.get("active_action_dims")
+        if active is not None and (
+            isinstance(active, bool) or not isinstance(active, int) or not 1 <= active <= action_dim
+        ):
+            raise ValueError(
+                f"robot type {name!r}: `active_action_dims` must be an int in [1, {action_dim}], got {active!r}."
+            )
+        length = fields.get("chunk_length")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+            raise ValueError(f"robot type {name!r}: `chunk_length` must be an int >= 1, got {length!r}.")
+        stats = {
+            key: _statistic_array(
+                name, key, fields.get(key), action_dim if key.startswith("action") else state_dim
+            )
+            for key in ("action_mean", "action_std", "state_mean", "state_std")
+        }
+        for kind in ("action", "state"):
+            if (stats[f"{kind}_mean"] is None) != (stats[f"{kind}_std"] is None):
+                raise ValueError(f"robot type {name!r}: give `{kind}_mean` and `{kind}_std` together.")
+        # (T, A) statistics set the chunk length: they are what the checkpoint was trained with.
+        lengths = sorted(
+            {
+                len(stats[k])
+                for k in ("action_mean", "action_std")
+                if stats[k] is not None and stats[k].ndim == 2
+            }
+        )
+        if len(lengths) > 1:
+            raise ValueError(
+                f"robot type {name!r}: `action_mean` and `action_std` have different lengths {lengths}."
+            )
+        if lengths:
+            if length is not None and length != lengths[0]:
+                raise ValueError(
+                    f"robot type {name!r}: `chunk_length` {length} disagrees with its (T, A) statistics, T = {lengths[0]}."
+                )
+            length = lengths[0]
+        return cls(name, views, active, length, **stats)
+
+    def updated(self, action_dim: int, state_dim: int, **changes) -> "RobotSpec":
+        """This spec with the non-None fields of `changes` replaced, validated again. New (T, A) statistics set
+        T; a new `chunk_length` drops per-step statistics of another length."""
+        fields = {key: getattr(self, key) for key in self.FIELDS}
+        changes = {key: value for key, value in changes.items() if value is not None}
+        new_table = (
+            "action_mean" in changes
+            and np.ndim(np.asarray(_as_list(changes["action_mean"]), dtype=object)) == 2
+        )
+        if new_table and "chunk_length" not in changes:
+            fields["chunk_length"] = None
+        if "chunk_length" in changes and "action_mean" not in changes:
+            for key in ("action_mean", "action_std"):
+                if (
+                    fields[key] is not None
+                    and fields[key].ndim == 2
+                    and len(fields[key]) != changes["chunk_length"]
+                ):
+                    fields[key] = None
+        fields.update(changes)
+        return RobotSpec.create(self.name, action_dim, state_dim, **fields)
+
+    # ---- what the statistics define ----
+
+    def length(self, default: int) -> int:
+        return self.chunk_length if self.chunk_length is not None else default
+
+    @property
+    def has_action_statistics(self) -> bool:
+        return self.action_std is not None
+
+    def action_statistics(self, length: int) -> tuple:
+        """(mean, std), each (T, A) float32."""
+        if not self.has_action_statistics:
+            raise ValueError(
+                f"robot_type {self.name!r} has no `action_mean`: register its statistics (register_robot_type, or "
+                "the checkpoint's action_config)."
+            )
+        width = self.action_std.shape[-1]
+        return tuple(
+            np.broadcast_to(a, (length, width)).astype(np.float32)
+            for a in (self.action_mean, self.action_std)
+        )
+
+    def action_mask(self, length: int, action_dim: int) -> np.ndarray:
+        """(T, A) float32: 1 where the action std exceeds 1e-5 (the published rule); without statistics, 1 on the
+        first `active_action_dims` dims."""
+        if self.has_action_statistics:
+            return (self.action_statistics(length)[1] > ACTIVE_STD_THRESHOLD).astype(np.float32)
+        if self.active_action_dims is None:
+            raise ValueError(
+                f"robot_type {self.name!r} has neither action statistics nor `active_action_dims`."
+            )
+        mask = np.zeros((length, action_dim), np.float32)
+        mask[:, : self.active_action_dims] = 1
+        return mask
+
+    def active_dims(self, length: int, action_dim: int) -> int:
+        """How many leading action dims the robot uses: `active_action_dims`, or up to the last active dim."""
+        if self.active_action_dims is not None:
+            return self.active_action_dims
+        return int(np.nonzero(self.action_mask(length, action_dim).max(axis=0))[0].max()) + 1
+
+    def normalize_actions(self, actions: np.ndarray, length: int) -> np.ndarray:
+        """(..., n, A) robot actions, the first n <= T steps of a chunk -> normalized; inactive dims become 0."""
+        mean, std = self.action_statistics(length)
+        steps = actions.shape[-2]
+        mean, std = mean[:steps], std[:steps]
+        active = std > ACTIVE_STD_THRESHOLD
+        return np.where(active, (actions - mean) / np.where(active, std, 1.0), 0.0).astype(np.float32)
+
+    def denormalize_actions(self, actions: np.ndarray, length: int) -> np.ndarray:
+        """(..., T, A) normalized -> robot units: actions·std + mean."""
+        mean, std = self.action_statistics(length)
+        return (actions * std + mean).astype(np.float32)
+
+    def normalize_state(self, state: np.ndarray) -> np.ndarray:
+        """(state_dim,) zero-padded raw state -> what the model reads: raw (published), or normalized where this
+        robot type has state statistics (inactive dims become 0)."""
+        if self.state_std is None:
+            return state.astype(np.float32)
+        active = self.state_std > ACTIVE_STD_THRESHOLD
+        return np.where(
+            active, (state - self.state_mean) / np.where(active, self.state_std, 1.0), 0.0
+        ).astype(np.float32)
+
+    # ---- (de)serialization ----
+
+    def to_dict(self) -> dict:
+        """The JSON form saved in processor_config.json (fields that are set)."""
+        output = {}
+        for key in self.FIELDS:
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif key == "views":
+                value = [list(view) for view in value]
+            output[key] = value
+        return output
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RobotSpec) and self.name == other.name and self.to_dict() == other.to_dict()
+
+    __hash__ = None
+
+
+def _statistic_array(name: str, key: str, value, width: int) -> Optional[np.ndarray]:
+    """A statistic as float32, vectors of at most `width` values padded with 0 (mean 0 / std 0 = inactive);
+    action statistics may also be (T, width)."""
+    if value is None:
+        return None
+    try:
+        array = np.asarray(_as_list(value), dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"robot type {name!r}: `{key}` must be a numeric array: {error}") from None
+    if key.startswith("action") and array.ndim == 2:
+        if array.shape[0] < 1 or array.shape[1] != width:
+            raise ValueError(
+                f"robot type {name!r}: `{key}` must be (T, {width}) with T >= 1 or a vector of at most {width} "
+                f"values, got shape {array.shape}."
+            )
+    elif array.ndim != 1 or not 1 <= array.shape[0] <= width:
+        raise ValueError(
+            f"robot type {name!r}: `{key}` must be a vector of at most {width} values"
+            f"{' or (T, ' + str(width) + ')' if key.startswith('action') else ''}, got shape {array.shape}."
+        )
+    if not np.isfinite(array).all():
+        raise ValueError(f"robot type {name!r}: `{key}` contains NaN or infinite values.")
+    if key.endswith("std") and (array < 0).any():
+        raise ValueError(f"robot type {name!r}: `{key}` has negative values.")
+    if array.ndim == 1:
+        array = np.pad(array, (0, width - array.shape[0]))
+    return array.astype(np.float32)
 
 
 class XR0Processor(ProcessorMixin):
@@ -92,12 +309,11 @@ class XR0Processor(ProcessorMixin):
     Args:
         image_processor: a Qwen2-VL/Qwen3-VL image processor (patch 16, merge 2, temporal patch 2, mean/std 0.5).
         tokenizer: the Qwen3-VL tokenizer.
-        robot_types (`dict`, *optional*): registry `{robot_type: spec}`; a spec has `views` (list of
-            `[view_key, title]` in prompt order), `active_action_dims` (int), `chunk_length` (T, its own chunk
-            length), `action_mean`/`action_std` ((T, action_dim), which also sets T, or a vector of at most
-            action_dim values, padded with mean 0 / std 0) and optional `state_mean`/`state_std` (the published
-            checkpoints feed the state raw). The published robot types are always known with their view layouts
-            and chunk lengths.
+        robot_types (`dict`, *optional*): registry `{robot_type: spec}`, each spec a `RobotSpec` or its dict form
+            (`views` as `[view_key, title]` pairs in prompt order, `active_action_dims`, `chunk_length`,
+            `action_mean`/`action_std` ((T, action_dim), which sets T, or a vector of at most action_dim values),
+            optional `state_mean`/`state_std`). The published robot types are always known with their view
+            layouts and chunk lengths.
         action_config (`dict`, *optional*): the published `{robot_type: {"mean", "std"}}` statistics, merged
             into the registry.
         action_length (`int`): the chunk length of robot types that state neither `chunk_length` nor (T, A)
@@ -123,13 +339,21 @@ class XR0Processor(ProcessorMixin):
         self.action_length = action_length
         self.action_dim = action_dim
         self.state_dim = state_dim
-        self.robot_types = copy.deepcopy(PUBLISHED_ROBOT_TYPES)
+        self.robot_types = {
+            name: RobotSpec.create(name, action_dim, state_dim, **fields)
+            for name, fields in PUBLISHED_ROBOT_TYPES.items()
+        }
         for name, spec in (robot_types or {}).items():
-            unknown = set(spec) - set(ROBOT_SPEC_KEYS) if isinstance(spec, dict) else None
-            if unknown is None or unknown:
+            if isinstance(spec, RobotSpec):
+                spec = spec.to_dict()
+            if not isinstance(spec, dict):
                 raise ValueError(
-                    f"robot_types[{name!r}] must be a dict with keys among {list(ROBOT_SPEC_KEYS)}, "
-                    f"got {sorted(unknown) if unknown else type(spec).__name__}."
+                    f"robot_types[{name!r}] must be a RobotSpec or a dict, got {type(spec).__name__}."
+                )
+            unknown = sorted(set(spec) - set(RobotSpec.FIELDS))
+            if unknown:
+                raise ValueError(
+                    f"robot_types[{name!r}] has unknown keys {unknown}; keys are among {list(RobotSpec.FIELDS)}."
                 )
             self.register_robot_type(name, **spec)
         # The published statistics are folded into the registry, which is what gets saved.
@@ -149,59 +373,26 @@ class XR0Processor(ProcessorMixin):
         action_std=None,
         state_mean=None,
         state_std=None,
-    ) -> None:
-        """Add or update a robot type. Fields left as None keep their current value."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"robot type name must be a non-empty str, got {name!r}.")
-        spec = self.robot_types.setdefault(name, {})
-        if views is not None:
-            if not views or not all(
-                isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, str) for x in v)
-                for v in views
-            ):
-                raise ValueError(
-                    f"robot type {name!r}: `views` must be a list of [view_key, title] pairs, got {views!r}."
-                )
-            spec["views"] = [list(v) for v in views]
-        if active_action_dims is not None:
-            if not isinstance(active_action_dims, int) or not 1 <= active_action_dims <= self.action_dim:
-                raise ValueError(
-                    f"robot type {name!r}: `active_action_dims` must be an int in [1, {self.action_dim}], got {active_action_dims!r}."
-                )
-            spec["active_action_dims"] = active_action_dims
-        if chunk_length is not None:
-            if isinstance(chunk_length, bool) or not isinstance(chunk_length, int) or chunk_length < 1:
-                raise ValueError(
-                    f"robot type {name!r}: `chunk_length` must be an int >= 1, got {chunk_length!r}."
-                )
-            spec["chunk_length"] = chunk_length
-        for key, value, width in (
-            ("action_mean", action_mean, self.action_dim),
-            ("action_std", action_std, self.action_dim),
-            ("state_mean", state_mean, self.state_dim),
-            ("state_std", state_std, self.state_dim),
-        ):
-            if value is not None:
-                spec[key] = self._checked_statistic(name, key, value, width)
-        if ("action_mean" in spec) != ("action_std" in spec):
-            raise ValueError(f"robot type {name!r}: give `action_mean` and `action_std` together.")
-        # (T, A) statistics set the chunk length: they are what the checkpoint was trained with.
-        lengths = {
-            len(spec[key]) for key in ("action_mean", "action_std") if key in spec and _is_table(spec[key])
-        }
-        if len(lengths) > 1:
-            raise ValueError(
-                f"robot type {name!r}: `action_mean` and `action_std` have different lengths {sorted(lengths)}."
+    ) -> RobotSpec:
+        """Add or update a robot type (see `RobotSpec`). Fields left as None keep their current value."""
+        changes = dict(
+            views=views,
+            active_action_dims=active_action_dims,
+            chunk_length=chunk_length,
+            action_mean=action_mean,
+            action_std=action_std,
+            state_mean=state_mean,
+            state_std=state_std,
+        )
+        current = self.robot_types.get(name)
+        if current is None:
+            spec = RobotSpec.create(
+                name, self.action_dim, self.state_dim, **{k: v for k, v in changes.items() if v is not None}
             )
-        if lengths:
-            length = lengths.pop()
-            if chunk_length is not None and chunk_length != length:
-                raise ValueError(
-                    f"robot type {name!r}: `chunk_length` {chunk_length} disagrees with its (T, A) statistics, T = {length}."
-                )
-            spec["chunk_length"] = length
-        if ("state_mean" in spec) != ("state_std" in spec):
-            raise ValueError(f"robot type {name!r}: give `state_mean` and `state_std` together.")
+        else:
+            spec = current.updated(self.action_dim, self.state_dim, **changes)
+        self.robot_types[name] = spec
+        return spec
 
     def merge_action_config(self, action_config: dict) -> None:
         """Fold the published `action_config` ({robot_type: {"mean": (T, 32), "std": (T, 32)}}) into the registry."""
@@ -210,29 +401,7 @@ class XR0Processor(ProcessorMixin):
                 raise ValueError(f"action_config[{name!r}] must be a dict with `mean` and `std`.")
             self.register_robot_type(name, action_mean=stats["mean"], action_std=stats["std"])
 
-    def _checked_statistic(self, name: str, key: str, value, width: int) -> list:
-        try:
-            array = np.asarray(_as_list(value), dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"robot type {name!r}: `{key}` must be a numeric array: {error}") from None
-        if key.startswith("action") and array.ndim == 2:
-            if array.shape[0] < 1 or array.shape[1] != width:
-                raise ValueError(
-                    f"robot type {name!r}: `{key}` must be (T, {width}) with T >= 1 or a vector of at most {width} "
-                    f"values, got shape {array.shape}."
-                )
-        elif array.ndim != 1 or not 1 <= array.shape[0] <= width:
-            raise ValueError(
-                f"robot type {name!r}: `{key}` must be a vector of at most {width} values"
-                f"{' or (T, ' + str(width) + ')' if key.startswith('action') else ''}, got shape {array.shape}."
-            )
-        if not np.isfinite(array).all():
-            raise ValueError(f"robot type {name!r}: `{key}` contains NaN or infinite values.")
-        if key.endswith("std") and (array < 0).any():
-            raise ValueError(f"robot type {name!r}: `{key}` has negative values.")
-        return array.tolist()
-
-    def robot_spec(self, robot_type: str) -> dict:
+    def robot_spec(self, robot_type: str) -> RobotSpec:
         if robot_type not in self.robot_types:
             raise ValueError(
                 f"Unknown robot_type {robot_type!r}; known robot types: {sorted(self.robot_types)}."
@@ -242,39 +411,14 @@ class XR0Processor(ProcessorMixin):
     def chunk_length(self, robot_type: str) -> int:
         """T, the number of actions in one chunk of this robot type: from its (T, A) statistics, else its
         `chunk_length`, else the processor's `action_length`."""
-        return self.robot_spec(robot_type).get("chunk_length", self.action_length)
-
-    def _statistic(self, robot_type: str, key: str, width: int, length: Optional[int]) -> np.ndarray:
-        """A registered statistic as float32 (T, width) for actions or (width,) for the state; vectors shorter
-        than `width` are padded with 0 (mean) / 0 (std = inactive)."""
-        spec = self.robot_spec(robot_type)
-        if key not in spec:
-            raise ValueError(
-                f"robot_type {robot_type!r} has no `{key}`: register its statistics (register_robot_type, or the "
-                "checkpoint's action_config)."
-            )
-        array = np.asarray(spec[key], dtype=np.float32)
-        if array.ndim == 1:
-            array = np.pad(array, (0, width - array.shape[0]))
-            if length is not None:
-                array = np.broadcast_to(array, (length, width)).copy()
-        return array
+        return self.robot_spec(robot_type).length(self.action_length)
 
     def get_action_mask(self, robot_type: str) -> torch.Tensor:
         """(T, action_dim) float32, T = the robot type's chunk length: 1 where the action std exceeds 1e-5 (the
         published rule); without statistics, 1 on the first `active_action_dims` dims."""
-        spec = self.robot_spec(robot_type)
-        length = self.chunk_length(robot_type)
-        if "action_std" in spec:
-            std = self._statistic(robot_type, "action_std", self.action_dim, length)
-            return torch.from_numpy((std > ACTIVE_STD_THRESHOLD).astype(np.float32))
-        if "active_action_dims" not in spec:
-            raise ValueError(
-                f"robot_type {robot_type!r} has neither action statistics nor `active_action_dims`."
-            )
-        mask = torch.zeros(length, self.action_dim)
-        mask[:, : spec["active_action_dims"]] = 1
-        return mask
+        return torch.from_numpy(
+            self.robot_spec(robot_type).action_mask(self.chunk_length(robot_type), self.action_dim)
+        )
 
     def decode_action(self, actions, robot_type: str, active_only: bool = True):
         """Normalized model actions (B, T, action_dim) or (T, action_dim) -> robot actions = actions·std + mean.
@@ -290,9 +434,7 @@ class XR0Processor(ProcessorMixin):
                 f"`actions` must be (B, T, A) or (T, A) with T={length} (robot type {robot_type!r}), "
                 f"A={self.action_dim}, got {array.shape}."
             )
-        mean = self._statistic(robot_type, "action_mean", self.action_dim, length)
-        std = self._statistic(robot_type, "action_std", self.action_dim, length)
-        decoded = array * std + mean
+        decoded = self.robot_spec(robot_type).denormalize_actions(array, length)
         if active_only:
             decoded = decoded[..., : self.active_action_dims(robot_type)]
         return torch.from_numpy(np.ascontiguousarray(decoded)) if is_tensor else decoded
@@ -315,21 +457,13 @@ class XR0Processor(ProcessorMixin):
             )
         if not np.isfinite(array).all():
             raise ValueError("`actions` contains NaN or infinite values.")
-        steps = array.shape[-2]
         padding = [(0, 0)] * (array.ndim - 1) + [(0, self.action_dim - array.shape[-1])]
-        array = np.pad(array, padding)
-        mean = self._statistic(robot_type, "action_mean", self.action_dim, length)[:steps]
-        std = self._statistic(robot_type, "action_std", self.action_dim, length)[:steps]
-        active = std > ACTIVE_STD_THRESHOLD
-        normalized = np.where(active, (array - mean) / np.where(active, std, 1.0), 0.0).astype(np.float32)
+        normalized = self.robot_spec(robot_type).normalize_actions(np.pad(array, padding), length)
         return torch.from_numpy(normalized) if is_tensor else normalized
 
     def active_action_dims(self, robot_type: str) -> int:
         """How many leading action dims the robot uses: `active_action_dims`, or the last active dim of the mask."""
-        spec = self.robot_spec(robot_type)
-        if "active_action_dims" in spec:
-            return spec["active_action_dims"]
-        return int(self.get_action_mask(robot_type).amax(dim=0).nonzero().max()) + 1
+        return self.robot_spec(robot_type).active_dims(self.chunk_length(robot_type), self.action_dim)
 
     # ---- calls -----------------------------------------------------------------------------------------------
 
@@ -475,11 +609,11 @@ class XR0Processor(ProcessorMixin):
             zip(image_rows, instructions, robot_types, states, strict=True)
         ):
             spec = self.robot_spec(robot)
-            if "views" not in spec:
+            if spec.views is None:
                 raise ValueError(
                     f"robot_type {robot!r} has no camera `views` registered (register_robot_type)."
                 )
-            keys = [key for key, _ in spec["views"]]
+            keys = [key for key, _ in spec.views]
             where = f"images[{i}]" if batched else "images"
             if sorted(views) != sorted(keys):
                 raise ValueError(
@@ -488,7 +622,7 @@ class XR0Processor(ProcessorMixin):
                 )
             if not task.strip():
                 raise ValueError(f"`instruction` of observation {i} is empty.")
-            prompts.append(format_prompt(task, [title for _, title in spec["views"]]))
+            prompts.append(format_prompt(task, [title for _, title in spec.views]))
             ordered_images += [_to_hwc_uint8(views[key], f"{where}[{key!r}]") for key in keys]
             masks.append(self.get_action_mask(robot))
             state_rows.append(self._prepare_state(raw_state, robot, i))
@@ -528,17 +662,17 @@ class XR0Processor(ProcessorMixin):
         if not np.isfinite(raw_state).all():
             raise ValueError(f"`state` of observation {index} contains NaN or infinite values.")
         state = np.pad(raw_state, (0, self.state_dim - raw_state.shape[0]))
-        if "state_mean" in self.robot_spec(robot_type):
-            mean = self._statistic(robot_type, "state_mean", self.state_dim, None)
-            std = self._statistic(robot_type, "state_std", self.state_dim, None)
-            active = std > ACTIVE_STD_THRESHOLD
-            state = np.where(active, (state - mean) / np.where(active, std, 1.0), 0.0)
-        return state.astype(np.float32)
+        return self.robot_spec(robot_type).normalize_state(state)
 
     # ---- saving / loading ------------------------------------------------------------------------------------
 
     def to_dict(self, *args, **kwargs) -> dict:
-        output = super().to_dict(*args, **kwargs)
+        robot_types, self.robot_types = self.robot_types, {}
+        try:
+            output = super().to_dict(*args, **kwargs)
+        finally:
+            self.robot_types = robot_types
+        output["robot_types"] = {name: spec.to_dict() for name, spec in robot_types.items()}
         output.pop("action_config", None)  # folded into robot_types
         return output
 
@@ -666,4 +800,4 @@ def _to_hwc_uint8(image, name: str) -> np.ndarray:
 
 XR0Processor.register_for_auto_class()
 
-__all__ = ["XR0Processor", "format_prompt"]
+__all__ = ["XR0Processor", "RobotSpec", "format_prompt"]

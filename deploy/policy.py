@@ -60,7 +60,7 @@ def parse_request(message, processor) -> Request:
     spec = processor.robot_spec(robot_type)
 
     images = message["images"]
-    views = [key for key, _ in spec["views"]]
+    views = [key for key, _ in spec.views]
     if not isinstance(images, dict) or sorted(map(str, images)) != sorted(views):
         got = sorted(map(str, images)) if isinstance(images, dict) else type(images).__name__
         raise RequestError("images", f"expected a map with the views {views} of {robot_type!r}, got {got}")
@@ -132,7 +132,9 @@ def _float_array(field: str, value, ndim: int) -> np.ndarray:
 def servable_robot_types(processor) -> dict:
     """Robot types with camera views and action statistics: the ones a request can name."""
     return {
-        name: spec for name, spec in processor.robot_types.items() if "views" in spec and "action_std" in spec
+        name: spec
+        for name, spec in processor.robot_types.items()
+        if spec.views is not None and spec.has_action_statistics
     }
 
 

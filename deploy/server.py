@@ -68,7 +68,7 @@ class PolicyServer:
             "model": self.name,
             "robot_types": {
                 name: {
-                    "views": [key for key, _ in spec["views"]],
+                    "views": [key for key, _ in spec.views],
                     "active_action_dims": processor.active_action_dims(name),
                     "chunk_length": processor.chunk_length(name),
                 }

@@ -93,7 +93,8 @@ def main() -> None:
     model = AutoModel.from_pretrained(args.model, trust_remote_code=True, dtype=dtype).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.model, trust_remote_code=True)
     robot_type = args.robot_type or next(
-        (name for name, spec in processor.robot_types.items() if "action_std" in spec), None
+        (name for name, spec in processor.robot_types.items() if spec.has_action_statistics and spec.views),
+        None,
     )
     if robot_type is None:
         raise SystemExit(f"{args.model}: no robot type with action statistics; pass --robot-type")
@@ -106,7 +107,7 @@ def main() -> None:
     else:
         print(f"XR0 demo on {args.model} ({parameters / 1e9:.2f} B parameters, {dtype}, {args.device}).")
 
-    views = processor.robot_spec(robot_type)["views"]
+    views = processor.robot_spec(robot_type).views
     given = dict(item.split("=", 1) for item in args.image)
     images = {
         key: np.asarray(Image.open(given[key]).convert("RGB")) if key in given else synthetic_view(224, i)

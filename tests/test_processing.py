@@ -178,7 +178,9 @@ def test_tokenizer_files_are_what_the_build_script_writes():
     ],
 )
 def test_prompt_per_published_robot_type(processor, robot_type, titles):
-    views = {key: image(i) for i, (key, _) in enumerate(PUBLISHED_ROBOT_TYPES[robot_type]["views"])}
+    views = {
+        key: image(i) for i, (key, _) in enumerate(PUBLISHED_ROBOT_TYPES[robot_type]["views"])
+    }  # dict form
     inputs = processor(images=views, instruction="Open the drawer.", state=np.zeros(7), robot_type=robot_type)
     text = processor.tokenizer.decode(inputs["input_ids"][0])
     expected = format_prompt("Open the drawer.", titles).replace("<|image_pad|>", "<|image_pad|>" * 49)
@@ -309,7 +311,8 @@ def test_registry_round_trip_with_state_statistics(tmp_path, processor):
     )
     p.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
-    assert loaded.robot_types["my_arm"] == p.robot_types["my_arm"]
+    # (AutoProcessor runs the saved copy of the code: its RobotSpec class is another object than ours.)
+    assert loaded.robot_types["my_arm"].to_dict() == p.robot_types["my_arm"].to_dict()
     assert set(PUBLISHED_ROBOT_TYPES) <= set(loaded.robot_types)
     inputs = loaded(
         images={"front": image(0), "hand": image(1)},
@@ -322,7 +325,9 @@ def test_registry_round_trip_with_state_statistics(tmp_path, processor):
 
 
 def test_registry_entries_are_checked(processor):
-    with pytest.raises(ValueError, match=r"robot_types\['arm'\] must be a dict with keys among"):
+    with pytest.raises(
+        ValueError, match=r"robot_types\['arm'\] has unknown keys \['camera'\]; keys are among"
+    ):
         XR0Processor(processor.image_processor, processor.tokenizer, robot_types={"arm": {"camera": "front"}})
 
 
@@ -478,3 +483,24 @@ def test_image_bounds_come_from_the_checkpoint(tmp_path, bounds, tokens):
     for side, expected in tokens.items():
         inputs = reloaded(text=[format_prompt("x", ["Base"])], images=[image(side, (side, side))])
         assert int((inputs["input_ids"] == 151655).sum()) == expected, side
+
+
+def test_robot_spec_owns_its_normalization_and_round_trips():
+    from xr0.processing_xr0 import RobotSpec
+
+    mean = np.tile(np.r_[0.5, -1.0, np.zeros(30)], (3, 1))
+    std = np.tile(np.r_[2.0, 1e-6, np.zeros(30)], (3, 1))  # dim 1 is constant: below the 1e-5 threshold
+    spec = RobotSpec.create("arm", 32, 32, views=[["cam", "Cam"]], action_mean=mean, action_std=std)
+    assert spec.chunk_length == 3 and spec.active_dims(3, 32) == 1
+    assert spec.action_mask(3, 32)[:, :3].tolist() == [[1, 0, 0]] * 3
+    actions = np.zeros((2, 32), np.float32)
+    actions[:, 0], actions[:, 1] = 4.5, 7.0
+    normalized = spec.normalize_actions(actions, 3)
+    assert normalized[:, 0].tolist() == [2.0, 2.0] and not normalized[:, 1:].any(), "inactive dims become 0"
+    assert np.allclose(spec.denormalize_actions(np.zeros((3, 32)), 3), mean)
+    again = RobotSpec.create("arm", 32, 32, **spec.to_dict())
+    assert again == spec and json.loads(json.dumps(spec.to_dict())) == spec.to_dict()
+    shorter = spec.updated(32, 32, chunk_length=2)
+    assert shorter.chunk_length == 2 and not shorter.has_action_statistics, (
+        "(T, A) statistics of T = 3 give way"
+    )

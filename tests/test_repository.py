@@ -175,9 +175,7 @@ def test_converter_output_loads_and_acts_like_the_published_checkpoint(tmp_path,
     direct = XR0ForActionGeneration.from_pretrained(source).eval()
     if robot_type == "agibot_pt_v3":  # no camera contract of its own: register the views fed
         processor.register_robot_type(robot_type, views=[["head", "Head"]])
-    views = {
-        key: image(i, (200, 200)) for i, (key, _) in enumerate(processor.robot_spec(robot_type)["views"])
-    }
+    views = {key: image(i, (200, 200)) for i, (key, _) in enumerate(processor.robot_spec(robot_type).views)}
     inputs = processor(
         images=views, instruction="Pick up the bowl.", state=np.linspace(0, 1, 8), robot_type=robot_type
     )

@@ -77,7 +77,7 @@ def test_statistics_registered_and_collated(lerobot_dir):
     processor = AutoProcessor.from_pretrained(REPO_ROOT, trust_remote_code=True, action_length=6)
     camera_map = register_dataset_robot(processor, "tiny_arm", dataset)
     assert camera_map == {"top": "top", "wrist": "wrist"}
-    assert processor.robot_types["tiny_arm"]["views"] == [["top", "Top"], ["wrist", "Wrist"]]
+    assert processor.robot_types["tiny_arm"].views == (("top", "Top"), ("wrist", "Wrist"))
     batch = XR0Collator(processor, "tiny_arm", camera_map)([dataset[0], dataset[9]])
     assert batch["actions"].shape == (2, 6, 32) and batch["action_is_pad"].shape == (2, 6)
     expected = (dataset[0]["actions"] - stats.action_mean) / stats.action_std
@@ -193,7 +193,7 @@ def test_trainer_run_lowers_the_loss_and_saves_a_loadable_directory(tiny_checkpo
     assert saved["action_prefix_probability"] == 0.5 and saved["training_repeat"] == 2
     assert model.config.action_attention_window == 4
     stats = compute_statistics(open_dataset(lerobot_dir, 6))
-    assert np.allclose(processor.robot_types["tiny_arm"]["action_std"], stats.action_std)
+    assert np.allclose(processor.robot_types["tiny_arm"].action_std[:5], stats.action_std)
     embeddings = "vlm.model.language_model.embed_tokens.weight"
     with safe_open(str(output / "model.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor(embeddings), tiny_model().state_dict()[embeddings]), (

@@ -308,7 +308,8 @@ def register_dataset_robot(
     """Register (or update) `robot_type` in the processor from a dataset: its action statistics, active dims and,
     for a new robot type, camera views named after the dataset's cameras. Returns {view_key: dataset camera}."""
     stats = compute_statistics(dataset)
-    known_views = processor.robot_types.get(robot_type, {}).get("views")
+    known = processor.robot_types.get(robot_type)
+    known_views = [list(view) for view in known.views] if known is not None and known.views else None
     if camera_map is None:
         if known_views and len(known_views) == len(dataset.cameras):
             camera_map = {key: camera for (key, _), camera in zip(known_views, dataset.cameras, strict=True)}
@@ -325,13 +326,6 @@ def register_dataset_robot(
             f"camera_map keys {sorted(camera_map)} must be the views of {robot_type!r}: {[k for k, _ in views]}"
         )
     state_stats = {"state_mean": stats.state_mean, "state_std": stats.state_std} if normalize_state else {}
-    spec = processor.robot_types.get(robot_type, {})
-    for key in (
-        "action_mean",
-        "action_std",
-    ):  # per-step statistics of another chunk length give way to the dataset's
-        if key in spec and len(np.shape(spec[key])) == 2 and len(spec[key]) != dataset.action_length:
-            del spec[key]
     processor.register_robot_type(
         robot_type,
         views=views,
