@@ -2,6 +2,7 @@
 the converter from the published layout, the publisher and the demo."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -236,3 +237,60 @@ def test_demo_prints_a_chunk_and_writes_the_plot(tmp_path):
 
     with Image.open(plot) as picture:
         assert picture.size[0] >= 600 and picture.size[1] >= 300
+
+
+# ---- the package -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry_point", ["xr0-serve", "xr0-finetune", "xr0-convert", "xr0-demo", "xr0-eval-libero"]
+)
+def test_entry_points_print_help_from_any_directory_and_change_nothing(tmp_path, entry_point):
+    before = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name(entry_point)), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+    assert not any(tmp_path.iterdir()), "--help writes nothing"
+    after = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout
+    assert after == before
+
+
+def test_the_client_package_imports_neither_torch_nor_transformers():
+    code = "import sys, xr0_client; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_a_bare_directory_of_root_files_and_weights_loads_with_the_auto_classes(tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for path in TINY_CHECKPOINT.iterdir():  # symlinks resolved: a plain copy, as a Hub download would be
+        shutil.copyfile(path.resolve(), bare / path.name)
+    assert not (bare / "__init__.py").exists()
+    code = f"""
+import numpy as np, torch
+from transformers import AutoModel, AutoProcessor
+model = AutoModel.from_pretrained({str(bare)!r}, trust_remote_code=True, dtype=torch.float32).eval()
+processor = AutoProcessor.from_pretrained({str(bare)!r}, trust_remote_code=True)
+rng = np.random.default_rng(0)
+images = {{k: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for k in ("base", "wrist_left")}}
+inputs = processor(images=images, instruction="Pick up the bowl.", state=np.zeros(8), robot_type="libero_all")
+print(type(model).__module__.startswith("transformers_modules"), tuple(model(**inputs, seed=0).actions.shape))
+"""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "True (1, 10, 32)"
