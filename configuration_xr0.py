@@ -61,6 +61,9 @@ QWEN3_VL_4B_CONFIG = {
 OFFICIAL_MODEL_TYPE = "mibot"
 
 
+# --------------------------------------------------------------------------------------------------------------
+# transformers 4.57 / 5.x differences and the official file's bookkeeping, in one place
+
 # What a saved PretrainedConfig carries besides its own fields: transformers 4.57's generation and bookkeeping
 # defaults (the official code saves on 4.57.1) and the identity keys of a saved sub-config.
 _PRETRAINED_CONFIG_BOOKKEEPING_KEYS = frozenset(
@@ -216,7 +219,8 @@ class XR0Config(PretrainedConfig):
             Added to the position ids of noisy (non-prefix) action tokens; 10 after asynchronous
             post-training, 0 for the published checkpoints.
 
-        Training recipe (spec §6; saved with the checkpoint so inference knows how it was post-trained):
+        Training recipe (technical report and released post-training code; saved with the checkpoint so inference
+        knows how it was post-trained):
         time_sampling_alpha (`float`, defaults to 1.5), time_max (`float`, defaults to 0.999):
             flow time t = (1 - u)·time_max with u ~ Beta(alpha, 1), so most samples are near the noise (t=0).
         training_repeat (`int`, defaults to 1): copies of each sample per batch, each with its own noise and t

@@ -26,7 +26,7 @@ from transformers.utils import cached_file
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
-# Prompt of training and evaluation (spec §5): a titled block per camera view, then the task.
+# Prompt of training and evaluation (the official clients and server): a titled block per camera view, then the task.
 PROMPT_HEADER = "<|im_start|>user\nThe following observations are captured from multiple views.\n"
 PROMPT_VIEW = "# {title} View\n" + IMAGE_PLACEHOLDER + "\n"
 ASSISTANT_START = "<|im_start|>assistant\n"
@@ -679,16 +679,7 @@ class XR0Processor(ProcessorMixin):
     def save_pretrained(self, save_directory, *args, **kwargs):
         result = super().save_pretrained(save_directory, *args, **kwargs)
         _write_image_bounds(save_directory, self.image_processor)
-        # transformers 5.x writes `extra_special_tokens` as a list, which 4.57 cannot read (it expects a dict);
-        # `additional_special_tokens` means the same to both lines.
-        path = os.path.join(save_directory, "tokenizer_config.json")
-        if os.path.isfile(path):
-            with open(path) as f:
-                tokenizer_config = json.load(f)
-            if isinstance(tokenizer_config.get("extra_special_tokens"), list):
-                tokenizer_config["additional_special_tokens"] = tokenizer_config.pop("extra_special_tokens")
-                with open(path, "w") as f:
-                    json.dump(tokenizer_config, f, indent=2, ensure_ascii=False)
+        _write_special_tokens_for_both_lines(save_directory)
         return result
 
     @classmethod
@@ -699,21 +690,9 @@ class XR0Processor(ProcessorMixin):
         # processor) must neither run nor prompt.
         kwargs["trust_remote_code"] = False
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        image_processor_dict = {}
-        for name in ("preprocessor_config.json", "processor_config.json"):
-            path = cached_file(
-                pretrained_model_name_or_path,
-                name,
-                subfolder=kwargs.get("subfolder", ""),
-                _raise_exceptions_for_missing_entries=False,
-            )
-            if path:
-                with open(path) as f:
-                    saved = json.load(f)
-                # 4.57 and the published repos write preprocessor_config.json; 5.x nests it in processor_config.json.
-                image_processor_dict.update(
-                    saved.get("image_processor", saved) if name.startswith("processor") else saved
-                )
+        image_processor_dict = _saved_image_processor_dict(
+            pretrained_model_name_or_path, kwargs.get("subfolder", "")
+        )
         if image_processor_dict.get("action_config"):
             processor.merge_action_config(image_processor_dict["action_config"])
         set_image_bounds(
@@ -734,6 +713,37 @@ class XR0Processor(ProcessorMixin):
             "state",
             "action_mask",
         ]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# transformers 4.57 / 5.x differences, in one place
+
+
+def _saved_image_processor_dict(path, subfolder: str = "") -> dict:
+    """The image processor's saved dict: 4.57 and the published repos write preprocessor_config.json, 5.x
+    nests it in processor_config.json under `image_processor`."""
+    merged = {}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        file = cached_file(path, name, subfolder=subfolder, _raise_exceptions_for_missing_entries=False)
+        if file:
+            with open(file) as f:
+                saved = json.load(f)
+            merged.update(saved.get("image_processor", saved) if name.startswith("processor") else saved)
+    return merged
+
+
+def _write_special_tokens_for_both_lines(save_directory) -> None:
+    """5.x writes `extra_special_tokens` as a list, which 4.57 cannot read (it expects a dict);
+    `additional_special_tokens` means the same to both lines."""
+    path = os.path.join(save_directory, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        tokenizer_config = json.load(f)
+    if isinstance(tokenizer_config.get("extra_special_tokens"), list):
+        tokenizer_config["additional_special_tokens"] = tokenizer_config.pop("extra_special_tokens")
+        with open(path, "w") as f:
+            json.dump(tokenizer_config, f, indent=2, ensure_ascii=False)
 
 
 def set_image_bounds(image_processor, min_pixels: int, max_pixels: int) -> None:
@@ -761,6 +771,10 @@ def _write_image_bounds(save_directory, image_processor) -> None:
             target.update(bounds)
             with open(path, "w") as f:
                 json.dump(saved, f, indent=2, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input helpers
 
 
 def _per_row(name: str, value, batch_size: int, batched: bool, kind: type) -> list:

@@ -4,7 +4,7 @@ ships, and write them to the repository root (tokenizer.json, tokenizer_config.j
     pip install dashscope tokenizers tiktoken   # tiktoken only for --verify
     python -m xr0.scripts.build_tokenizer [--ranks path/to/qwen.tiktoken] [--output .] [--verify 2000]
 
-Facts used (spec §5): the 151,643 regular tokens are byte-level BPE tokens whose ids are their ranks; text is
+Facts used (Qwen2/Qwen3 vocabulary): the 151,643 regular tokens are byte-level BPE tokens whose ids are their ranks; text is
 split by the Qwen2 pre-tokenizer pattern (one digit per piece) before BPE; the 26 added tokens follow at ids
 151,643-151,668. Each regular token of two or more bytes gets exactly one merge: the split that BPE itself
 reaches on that token's bytes using only lower-ranked tokens (151,387 merges). Re-running gives identical files.

@@ -1,4 +1,4 @@
-"""An independent, functional re-statement of the published XR0 inference math (spec §4), written from the
+"""An independent, functional re-statement of the published XR0 inference math (the official forward), written from the
 spec and reading weights straight from a state dict. It shares no code with modeling_xr0.py: it runs the stock
 Qwen3-VL the way the official code does (full forward with use_cache) and spells out the DiT by hand."""
 

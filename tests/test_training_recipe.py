@@ -1,4 +1,4 @@
-"""Every fact of the training recipe (spec §6) on a tiny model: time sampling, prefixes, masks, positions,
+"""Every fact of the training recipe (technical report + released post-training code) on a tiny model: time sampling, prefixes, masks, positions,
 reweighting, loss masking, and that the loss trains."""
 
 import pytest

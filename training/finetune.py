@@ -5,7 +5,7 @@
         --per_device_train_batch_size 8 --learning_rate 1e-4 --bf16 true
 
 `--model` is a directory of this repository (converted or fine-tuned) or of the published layout. The recipe
-follows the report (spec §6): flow matching with t ~ Beta(1.5, 1); `--recipe async` adds the clean-prefix
+follows the technical report (arXiv 2602.12684, training recipe) and the released post-training code: flow matching with t ~ Beta(1.5, 1); `--recipe async` adds the clean-prefix
 training, Λ-shape mask (window 4), +10 position offset and loss reweighting, and records them in the saved
 config so inference uses the same layout. Token embeddings are frozen by default, as in the paper; the VLM and
 its vision tower train unless frozen. `--lora_rank N` trains LoRA adapters on the VLM's language model instead

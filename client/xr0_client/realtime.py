@@ -1,4 +1,4 @@
-"""Real-time asynchronous chunk execution (report §7): the robot keeps executing the current chunk while the next
+"""Real-time asynchronous chunk execution (technical report, deployment): the robot keeps executing the current chunk while the next
 one is inferred, and the next chunk is conditioned on the actions committed meanwhile.
 
 Timeline, in control ticks (30 Hz by default). A chunk is T actions; chunk C starts at tick s_C (C[j] runs at
