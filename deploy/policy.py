@@ -16,10 +16,16 @@ from typing import Optional
 import numpy as np
 import torch
 
+from xr0_client.protocol import field_name, shown
+
 OBSERVATION_KEYS = {"images", "instruction", "state", "robot_type", "seed", "action_prefix"}
 REQUIRED_KEYS = {"images", "instruction", "state", "robot_type"}
 MAX_INSTRUCTION_CHARS = 2000
 IMAGE_SIDE_RANGE = (16, 4096)
+MAX_ASPECT_RATIO = 200  # the Qwen2-VL resize refuses longer images
+# Magnitude bounds: a finite but huge input (3.4e38 fits float32) overflows inside the model into NaN actions.
+MAX_ABS_STATE = 1e4  # robot units, and after the robot type's normalization
+MAX_ABS_NORMALIZED_ACTION = 100.0  # committed prefix, in std units of the robot type's statistics
 
 
 class RequestError(ValueError):
@@ -42,10 +48,13 @@ def parse_request(message, processor) -> Request:
     """Checks every field of an observation message against the processor's robot registry."""
     if not isinstance(message, dict) or not all(isinstance(key, str) for key in message):
         raise RequestError(None, "the observation must be a map with string keys")
-    unknown = set(message) - OBSERVATION_KEYS
+    unknown = sorted(set(message) - OBSERVATION_KEYS)
     if unknown:
+        names = ", ".join(field_name(key) for key in unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
         raise RequestError(
-            sorted(unknown)[0], f"unknown fields {sorted(unknown)}; allowed: {sorted(OBSERVATION_KEYS)}"
+            field_name(unknown[0]), f"unknown fields {names}; allowed: {sorted(OBSERVATION_KEYS)}"
         )
     missing = REQUIRED_KEYS - set(message)
     if missing:
@@ -55,14 +64,14 @@ def parse_request(message, processor) -> Request:
     servable = servable_robot_types(processor)
     if not isinstance(robot_type, str) or robot_type not in servable:
         raise RequestError(
-            "robot_type", f"unknown robot_type {robot_type!r}; this server serves {sorted(servable)}"
+            "robot_type", f"unknown robot_type {shown(robot_type)}; this server serves {sorted(servable)}"
         )
     spec = processor.robot_spec(robot_type)
 
     images = message["images"]
     views = [key for key, _ in spec.views]
     if not isinstance(images, dict) or sorted(map(str, images)) != sorted(views):
-        got = sorted(map(str, images)) if isinstance(images, dict) else type(images).__name__
+        got = shown(sorted(map(str, images))) if isinstance(images, dict) else type(images).__name__
         raise RequestError("images", f"expected a map with the views {views} of {robot_type!r}, got {got}")
     for view, image in images.items():
         if (
@@ -80,6 +89,10 @@ def parse_request(message, processor) -> Request:
             raise RequestError(
                 f"images.{view}", f"image sides must be in [{low}, {high}], got {image.shape[:2]}"
             )
+        if max(image.shape[:2]) > MAX_ASPECT_RATIO * min(image.shape[:2]):
+            raise RequestError(
+                f"images.{view}", f"aspect ratio must be at most {MAX_ASPECT_RATIO}, got {image.shape[:2]}"
+            )
 
     instruction = message["instruction"]
     if (
@@ -91,16 +104,19 @@ def parse_request(message, processor) -> Request:
             "instruction", f"expected a non-empty string of at most {MAX_INSTRUCTION_CHARS} characters"
         )
 
-    state = _float_array("state", message["state"], ndim=1)
+    state = _float_array("state", message["state"], ndim=1, limit=MAX_ABS_STATE)
     if not 1 <= state.shape[0] <= processor.state_dim:
         raise RequestError("state", f"expected 1 to {processor.state_dim} values, got {state.shape[0]}")
+    padded = np.pad(state, (0, processor.state_dim - state.shape[0]))
+    if np.abs(spec.normalize_state(padded)).max() > MAX_ABS_STATE:
+        raise RequestError("state", f"normalized by {robot_type!r}'s statistics it exceeds {MAX_ABS_STATE:g}")
 
     seed = message.get("seed")
     if seed is not None:
         if isinstance(seed, np.integer):
             seed = int(seed)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise RequestError("seed", f"expected an int in [0, 2**63), got {seed!r}")
+            raise RequestError("seed", f"expected an int in [0, 2**63), got {shown(seed)}")
 
     prefix = message.get("action_prefix")
     if prefix is not None:
@@ -112,20 +128,29 @@ def parse_request(message, processor) -> Request:
                 "action_prefix",
                 f"expected (p, {dims}) with 1 <= p < {length} (the chunk length of {robot_type!r}), got {prefix.shape}",
             )
+        normalized = processor.normalize_action(prefix, robot_type)
+        if not np.isfinite(normalized).all() or np.abs(normalized).max() > MAX_ABS_NORMALIZED_ACTION:
+            raise RequestError(
+                "action_prefix",
+                f"normalized by {robot_type!r}'s statistics it exceeds {MAX_ABS_NORMALIZED_ACTION:g} standard deviations",
+            )
     return Request(dict(images), instruction, state, robot_type, seed, prefix)
 
 
-def _float_array(field: str, value, ndim: int) -> np.ndarray:
+def _float_array(field: str, value, ndim: int, limit: float = float(np.finfo(np.float32).max)) -> np.ndarray:
     if isinstance(value, list):
         try:
             value = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise RequestError(field, "expected numbers") from error
+        except (TypeError, ValueError, OverflowError):
+            raise RequestError(field, f"expected a {ndim}-D array of numbers") from None
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf" or value.ndim != ndim:
         described = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
         raise RequestError(field, f"expected a {ndim}-D numeric array, got {described}")
+    value = value.astype(np.float64)
     if not np.isfinite(value).all():
         raise RequestError(field, "contains NaN or infinite values")
+    if value.size and np.abs(value).max() > limit:
+        raise RequestError(field, f"values must be within ±{limit:g}, got {np.abs(value).max():g}")
     return value.astype(np.float32)
 
 
@@ -166,7 +191,12 @@ class XR0Policy:
             )[None]
         with torch.inference_mode():
             actions = self.model(**inputs, seed=request.seed, action_prefix=prefix).actions
-        return self.processor.decode_action(actions, request.robot_type)[0].numpy().astype(np.float32)
+        decoded = self.processor.decode_action(actions, request.robot_type)[0].numpy().astype(np.float32)
+        if not np.isfinite(decoded).all():  # nothing non-finite ever reaches a robot
+            raise RequestError(
+                "actions", "the model produced non-finite actions for this observation; refused"
+            )
+        return decoded
 
 
 def load_policy(model_dir: str, device: str, dtype: torch.dtype) -> "XR0Policy":

@@ -25,9 +25,10 @@ from typing import Optional
 
 import torch
 from websockets.asyncio.server import serve
+from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 
-from xr0_client.protocol import ProtocolError, error_text, pack, unpack
+from xr0_client.protocol import ProtocolError, error_text, field_name, pack, shown, unpack
 
 from .policy import (
     OBSERVATION_KEYS,
@@ -40,8 +41,48 @@ from .policy import (
 
 logger = logging.getLogger("xr0.server")
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Frames above this size are decoded in a worker thread, so the event loop keeps answering other clients.
+DECODE_IN_THREAD_BYTES = 256 * 1024
+
+
+class _RateLimitedLog(logging.Filter):
+    """Lets one record of a kind through per `interval` seconds and counts the rest (a connection flood makes
+    asyncio's accept loop log "Too many open files" on every retry)."""
+
+    def __init__(self, pattern: str, interval: float = 10.0):
+        super().__init__()
+        self.pattern, self.interval = pattern, interval
+        self.last, self.suppressed = -float("inf"), 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.pattern not in record.getMessage() and not (
+            record.exc_info and self.pattern in str(record.exc_info[1])
+        ):
+            return True
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return False
+        if self.suppressed:
+            record.msg = f"{record.msg} ({self.suppressed} more like it suppressed)"
+        self.last, self.suppressed = now, 0
+        record.exc_info = None  # one line, not a traceback
+        return True
+
 
 class PolicyServer:
+    """
+    The websocket transport of an `XR0Policy`.
+
+    Args:
+        max_message_bytes: frames above are closed with 1009 (only that connection).
+        max_connections: websocket connections served at once; beyond, the handshake is answered 503.
+        idle_timeout: seconds a client may take to send a complete message (after connecting or after its last
+            reply); a slower or silent client is disconnected (1008), so nobody holds a connection forever.
+        allowed_origins: when given, browsers' Origin header must be one of these.
+    """
+
     def __init__(
         self,
         policy: XR0Policy,
@@ -50,12 +91,19 @@ class PolicyServer:
         token: Optional[str] = None,
         max_message_bytes: int = 16 * 2**20,
         name: str = "xr0",
+        max_connections: int = 64,
+        idle_timeout: float = 120.0,
+        allowed_origins: Optional[list] = None,
     ):
         self.policy = policy
         self.host, self.port = host, port
         self.token = token
         self.max_message_bytes = max_message_bytes
         self.name = name
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.allowed_origins = allowed_origins
+        self.connections = 0
         self._lock: Optional[asyncio.Lock] = None
         self._server = None
         self._loop = None
@@ -82,7 +130,10 @@ class PolicyServer:
         if request.path == "/healthz":
             return connection.respond(HTTPStatus.OK, "ok\n")
         if self.token is not None:
-            given = request.headers.get("Authorization", "")
+            try:
+                given = request.headers.get("Authorization", "")
+            except MultipleValuesError:
+                return connection.respond(HTTPStatus.BAD_REQUEST, "send one Authorization header\n")
             if not hmac.compare_digest(given.encode(), f"Api-Key {self.token}".encode()):
                 logger.warning(
                     "refused a connection from %s: bad or missing Api-Key", connection.remote_address
@@ -90,34 +141,58 @@ class PolicyServer:
                 return connection.respond(
                     HTTPStatus.UNAUTHORIZED, "missing or wrong Authorization: Api-Key\n"
                 )
+        if self.connections >= self.max_connections:
+            logger.warning(
+                "refused a connection from %s: %d connections open",
+                connection.remote_address,
+                self.connections,
+            )
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections, retry later\n")
         return None
 
     async def _handle(self, websocket) -> None:
         peer = websocket.remote_address
-        await websocket.send(pack(self.metadata()))
+        self.connections += 1
         try:
-            async for frame in websocket:
+            await websocket.send(pack(self.metadata()))
+            while True:
+                try:
+                    frame = await asyncio.wait_for(websocket.recv(), timeout=self.idle_timeout)
+                except asyncio.TimeoutError:
+                    logger.info(
+                        "%s: no complete message within %.0f s: disconnected", peer, self.idle_timeout
+                    )
+                    await websocket.close(1008, "idle or too slow")
+                    return
                 await websocket.send(await self._reply(frame, peer))
         except ConnectionClosed:
             pass
+        finally:
+            self.connections -= 1
+
+    async def _decode(self, frame):
+        if isinstance(frame, str):
+            raise RequestError(None, "expected a binary msgpack frame, got text")
+        if len(frame) > DECODE_IN_THREAD_BYTES:
+            message = await asyncio.to_thread(unpack, frame, self.max_message_bytes)
+        else:
+            message = unpack(frame, self.max_message_bytes)
+        return parse_request(message, self.policy.processor)
 
     async def _reply(self, frame, peer):
         received = time.perf_counter()
         try:
-            if isinstance(frame, str):
-                raise RequestError(None, "expected a binary msgpack frame, got text")
-            request = parse_request(unpack(frame, self.max_message_bytes), self.policy.processor)
+            request = await self._decode(frame)
         except (ProtocolError, RequestError) as error:
-            field = getattr(error, "field", None)
-            logger.info("%s: refused request: %s%s", peer, f"{field}: " if field else "", error)
-            return error_text(field, str(error))
+            return self._refusal(peer, error)
         async with self._lock:  # one inference at a time; asyncio.Lock wakes waiters in arrival order
             started = time.perf_counter()
             try:
                 actions = await asyncio.to_thread(self.policy, request)
+            except RequestError as error:  # e.g. a chunk that is not finite: never sent as actions
+                return self._refusal(peer, error)
             except (ValueError, TypeError) as error:  # a request the processor or model still refuses
-                logger.info("%s: refused request: %s", peer, error)
-                return error_text(None, str(error))
+                return self._refusal(peer, RequestError(None, str(error)))
             except Exception:  # noqa: BLE001 - a server must outlive a failed inference
                 logger.exception("%s: inference failed", peer)
                 return error_text(None, "internal error during inference (logged on the server)")
@@ -132,9 +207,22 @@ class PolicyServer:
         )
         return pack({"actions": actions, "robot_type": request.robot_type, "server_timing": timing})
 
+    @staticmethod
+    def _refusal(peer, error) -> str:
+        """The error reply and log line of a refused request; both are bounded and escaped (the messages only
+        repeat a peer's input through `shown`)."""
+        field = getattr(error, "field", None)
+        message = str(error)[:1000]
+        logger.info(
+            "%s: refused request: %s%s", peer, f"{field_name(field)}: " if field else "", shown(message, 1000)
+        )
+        return error_text(field, message)
+
     async def serve_forever(self, ready: Optional[threading.Event] = None) -> None:
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
+        logging.getLogger("asyncio").addFilter(_RateLimitedLog("Too many open files"))
+        logging.getLogger("websockets.server").addFilter(_RateLimitedLog("Too many open files"))
         async with serve(
             self._handle,
             self.host,
@@ -142,6 +230,7 @@ class PolicyServer:
             max_size=self.max_message_bytes,
             compression=None,
             process_request=self._process_request,
+            origins=self.allowed_origins,
         ) as server:
             self._server = server
             self.port = server.sockets[0].getsockname()[1]
@@ -179,6 +268,19 @@ class PolicyServer:
             self._thread.join(timeout=10)
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to the hard limit (a server holds one per connection)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return -1
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,20 +289,52 @@ def main(argv=None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
-        "--token", default=os.environ.get("XR0_SERVER_TOKEN"), help="shared Api-Key clients must send"
+        "--token",
+        default=None,
+        help="shared Api-Key clients must send; prefer the XR0_SERVER_TOKEN environment variable (a command line "
+        "is visible to other local users)",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without a token (anyone who reaches the port drives the robot)",
+    )
+    parser.add_argument(
+        "--allowed-origins", nargs="+", default=None, help="accepted Origin headers (browsers)"
     )
     parser.add_argument("--max-message-mb", type=float, default=16.0)
+    parser.add_argument("--max-connections", type=int, default=64)
+    parser.add_argument(
+        "--idle-timeout", type=float, default=120.0, help="seconds to send a complete message"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
-        logger.warning(
-            "binding %s without --token: anyone who can reach this port can drive the policy", args.host
+    if args.token:
+        logger.warning("--token is visible to other local users (ps, /proc); prefer XR0_SERVER_TOKEN")
+    token = args.token or os.environ.get("XR0_SERVER_TOKEN")
+    if args.host not in LOOPBACK_HOSTS and not token and not args.allow_unauthenticated:
+        parser.error(
+            f"--host {args.host} is reachable from other machines: set XR0_SERVER_TOKEN (or --token), or pass "
+            "--allow-unauthenticated"
         )
+    if args.host not in LOOPBACK_HOSTS and not token:
+        logger.warning(
+            "serving %s without a token: anyone who can reach this port can drive the policy", args.host
+        )
+    raise_open_file_limit()
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     policy = load_policy(args.model, args.device, dtype)
     server = PolicyServer(
-        policy, args.host, args.port, args.token, int(args.max_message_mb * 2**20), Path(args.model).name
+        policy,
+        args.host,
+        args.port,
+        token,
+        int(args.max_message_mb * 2**20),
+        Path(args.model).name,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        allowed_origins=args.allowed_origins,
     )
     asyncio.run(server.serve_forever())
 

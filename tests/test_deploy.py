@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 import urllib.request
 
 import msgpack
@@ -93,7 +94,7 @@ def test_unsafe_or_inconsistent_arrays_are_refused():
         ({b"dtype": "|O"}, "not allowed"),
         ({b"dtype": "<c16"}, "not allowed"),
         ({b"dtype": "|V8"}, "not allowed"),
-        ({b"dtype": "nonsense"}, "unknown array dtype"),
+        ({b"dtype": "nonsense"}, "not allowed"),
         ({b"shape": [3]}, "needs 12 bytes"),
         ({b"shape": [-1, -2]}, "non-negative"),
         ({b"data": "text"}, "must be bytes"),
@@ -417,3 +418,195 @@ def test_executor_with_the_remote_server_on_the_wall_clock(server):
         runner.close()
     assert len(sent) == 45 and metrics.chunks >= 2
     assert all(latency > 0 for latency in metrics.latencies_s)
+
+
+# ---- hostile input: the server answers, names the field, stays up -------------------------------------------
+
+
+def raw_array(dtype, data=b"\x00" * 4, shape=(1,)):
+    return {b"__ndarray__": True, b"data": data, b"dtype": dtype, b"shape": list(shape)}
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "(" + "1," * 200_000 + ")u1",  # numpy's parser would literal_eval this for seconds
+        "(1,2",  # numpy: SyntaxError
+        "089bV",
+        "(1e999,)f4",
+        "<f4" + "\x00",
+        "|S4",
+    ],
+)
+def test_hostile_dtype_strings_are_refused_without_reaching_numpy(hostile):
+    frame = msgpack.packb({"state": raw_array(hostile)}, use_bin_type=True)
+    with pytest.raises(ProtocolError, match="not allowed") as error:
+        unpack(frame)
+    assert error.value.field == "state" and len(str(error.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "structure, message",
+    [
+        ([[]] * 100_000, "msgpack"),  # one very long array
+        ([[[]] * 4000] * 40, "more than"),  # many small containers
+        ({str(i): {} for i in range(4000)} | {"x": [[[]] * 3000] * 4}, "more than"),
+    ],
+)
+def test_container_bombs_are_refused(structure, message):
+    with pytest.raises(ProtocolError, match=message):
+        unpack(msgpack.packb(structure))
+
+
+def test_malformed_arrays_name_their_field():
+    frame = pack({"images": {"base": np.zeros(1, np.uint8)}})
+    broken = msgpack.packb(
+        {"images": {"base": raw_array("<f4", data=b"\x00" * 3)}, "state": [1.0]}, use_bin_type=True
+    )
+    assert unpack(frame)["images"]["base"].shape == (1,)
+    with pytest.raises(ProtocolError, match="needs 4 bytes") as error:
+        unpack(broken)
+    assert error.value.field == "images.base"
+
+
+@pytest.mark.parametrize(
+    "overrides, field, message",
+    [
+        ({"state": np.full(8, 3.4e38, np.float32)}, "state", "within"),
+        ({"state": np.full(8, 1e300)}, "state", "within"),  # float64 that float32 cannot hold
+        (
+            {
+                "images": {
+                    "base": np.zeros((16, 4000, 3), np.uint8),
+                    "wrist_left": np.zeros((224, 224, 3), np.uint8),
+                }
+            },
+            "images.base",
+            "aspect ratio",
+        ),
+        ({"action_prefix": np.full((3, 7), 1.7e37, np.float32)}, "action_prefix", "standard deviations"),
+    ],
+)
+def test_finite_but_absurd_inputs_are_refused_by_name(server, overrides, field, message):
+    with XR0Client("127.0.0.1", server.port) as client:
+        with pytest.raises(ServerError, match=message) as error:
+            client.infer({**observation(), **overrides})
+        assert error.value.field == field
+        assert client.infer(observation())["actions"].shape == (10, 7)
+
+
+def test_a_non_finite_chunk_is_an_error_never_actions(policy):
+    from types import SimpleNamespace
+
+    class NaNModel:
+        device, dtype = torch.device("cpu"), torch.float32
+
+        def eval(self):
+            return self
+
+        def __call__(self, **inputs):
+            return SimpleNamespace(actions=torch.full(inputs["action_mask"].shape, float("nan")))
+
+    nan_policy = type(policy)(NaNModel(), policy.processor)
+    with pytest.raises(ValueError, match="non-finite") as error:
+        nan_policy.infer(observation())
+    assert error.value.field == "actions"
+
+
+def test_echoed_input_is_bounded_and_escaped(server, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="xr0.server"), XR0Client("127.0.0.1", server.port) as client:
+        with pytest.raises(ServerError) as long_type:
+            client.infer(observation(robot_type="x" * 1_000_000))
+        with pytest.raises(ServerError) as forged:
+            client.infer({**observation(), "\n[FAKE] admin logged in \x1b[31m": 1})
+    assert len(str(long_type.value)) < 600
+    assert "\n" not in str(forged.value) and "\x1b" not in str(forged.value)
+    lines = [record.getMessage() for record in caplog.records if "refused" in record.getMessage()]
+    assert lines and all("\n" not in line and "\x1b" not in line and len(line) < 1500 for line in lines)
+
+
+def test_connections_beyond_the_cap_are_refused_politely(policy):
+    capped = PolicyServer(policy, port=0, max_connections=2).start_in_thread()
+    try:
+        first = connect(f"ws://127.0.0.1:{capped.port}")
+        second = connect(f"ws://127.0.0.1:{capped.port}")
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{capped.port}")
+        assert refused.value.response.status_code == 503
+        first.close()
+        second.close()
+        deadline = time.monotonic() + 5
+        while capped.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connect(f"ws://127.0.0.1:{capped.port}") as again:
+            assert unpack(again.recv(timeout=10))["server"] == "xr0"
+    finally:
+        capped.stop()
+
+
+def test_two_authorization_headers_get_400(policy):
+    import socket
+
+    guarded = PolicyServer(policy, port=0, token="secret").start_in_thread()
+    try:
+        request = (
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            "Authorization: Api-Key secret\r\nAuthorization: Api-Key other\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as sock:
+            sock.sendall(request.encode())
+            status = sock.recv(200).split(b"\r\n")[0]
+        assert b" 400 " in status, status
+    finally:
+        guarded.stop()
+
+
+def test_idle_and_trickling_clients_are_disconnected(policy):
+    quick = PolicyServer(policy, port=0, idle_timeout=1.0).start_in_thread()
+    try:
+        with connect(f"ws://127.0.0.1:{quick.port}") as idle:
+            idle.recv(timeout=10)  # metadata
+            with pytest.raises(ConnectionClosed):
+                idle.recv(timeout=10)  # nothing sent: closed after the idle timeout
+
+        def trickle():
+            for _ in range(40):  # a message in 1-byte fragments, one every 0.1 s: never complete in time
+                time.sleep(0.1)
+                yield b"\x00"
+
+        with connect(f"ws://127.0.0.1:{quick.port}") as slow:
+            slow.recv(timeout=10)
+            with pytest.raises(ConnectionClosed):
+                slow.send(trickle())
+                slow.recv(timeout=10)
+    finally:
+        quick.stop()
+
+
+def test_a_public_host_needs_a_token_or_an_explicit_opt_out(monkeypatch, capsys):
+    from xr0.deploy import server as server_module
+
+    monkeypatch.delenv("XR0_SERVER_TOKEN", raising=False)
+    monkeypatch.setattr(server_module, "load_policy", lambda *a: pytest.fail("the model must not load"))
+    with pytest.raises(SystemExit):
+        server_module.main(["--model", str(TINY), "--host", "0.0.0.0"])
+    assert "XR0_SERVER_TOKEN" in capsys.readouterr().err
+
+
+def test_repeated_log_records_are_rate_limited():
+    import logging
+
+    from xr0.deploy.server import _RateLimitedLog
+
+    limiter = _RateLimitedLog("Too many open files", interval=60)
+    records = [
+        logging.LogRecord("asyncio", logging.ERROR, "", 0, "accept failed: Too many open files", None, None)
+        for _ in range(1000)
+    ]
+    passed = [record for record in records if limiter.filter(record)]
+    assert len(passed) == 1 and limiter.suppressed == 999
+    other = logging.LogRecord("asyncio", logging.ERROR, "", 0, "something else", None, None)
+    assert limiter.filter(other)
