@@ -96,25 +96,34 @@ def main() -> None:
             lambda: observation(1),
             lambda action: None,
             control_hz=30,
-            execute_steps=10,
-            commit_steps=5,
+            execute_steps=5,
+            commit_steps=4,
         )
         metrics = executor.run(150).summary()
         runner.close()
-        print("executor, wall clock, remote server, 150 ticks at 30 Hz (T_e=10, Δt_c=5):")
+        print("executor, wall clock, remote server, LIBERO chunks of 10, 150 ticks at 30 Hz (T_e=5, Δt_c=4):")
         print(
             "  "
             + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         )
+    hostile_frames(server, args.requests)
     server.stop()
 
+    # A robot type with 1 s chunks (T = 30, as the pre-training robot types), for the simulated timeline.
+    std = np.tile(np.r_[np.full(7, 0.1), np.zeros(25)], (30, 1))
+    policy.processor.register_robot_type(
+        "arm30",
+        views=[["base", "Base"], ["wrist_left", "Left-Wrist"]],
+        action_mean=np.zeros((30, 32)),
+        action_std=std,
+    )
     source = LocalChunkSource(policy)
-    print("executor, simulated clock, 300 ticks at 30 Hz (T_e=10, Δt_c=5 = 167 ms):")
+    print("executor, simulated clock, chunks of 30, 300 ticks at 30 Hz (T_e=10, Δt_c=5 = 167 ms):")
     for latency_ms in (50, 150, 300, 1200):
         clock = FakeClock()
         executor = RealtimeExecutor(
             SimulatedRunner(source, clock, lambda k, latency_ms=latency_ms: latency_ms / 1e3),
-            lambda: observation(2),
+            lambda: dict(observation(2), robot_type="arm30"),
             lambda action: None,
             clock=clock,
             execute_steps=10,
@@ -126,6 +135,69 @@ def main() -> None:
             f"commit_steps_last={summary['commit_steps_last']} seam_delta_mean={summary['seam_delta_mean']:.3f} "
             f"inner_delta_mean={summary['inner_delta_mean']:.3f}"
         )
+
+
+def hostile_frames(server, requests: int) -> None:
+    """Latency of /healthz and of a good client while another connection sends hostile frames (a 4 MiB dtype
+    string numpy would parse with literal_eval, 15 MiB of empty msgpack arrays), against the same without."""
+    import threading
+    import urllib.request
+
+    import msgpack
+    from websockets.sync.client import connect
+
+    url = f"http://127.0.0.1:{server.port}/healthz"
+    dtype_bomb = msgpack.packb(
+        {
+            "state": {
+                b"__ndarray__": True,
+                b"data": b"",
+                b"dtype": "(" + "1," * 2_000_000 + ")u1",
+                b"shape": [0],
+            }
+        },
+        use_bin_type=True,
+    )
+    array_bomb = msgpack.packb([[]] * (15 * 2**20))
+
+    def measure(client) -> tuple:
+        health, infer = [], []
+        for step in range(requests):
+            start = time.perf_counter()
+            urllib.request.urlopen(url, timeout=30).read()
+            health.append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            client.infer(observation(step))
+            infer.append((time.perf_counter() - start) * 1e3)
+        return health, infer
+
+    with XR0Client("127.0.0.1", server.port) as client:
+        baseline = measure(client)
+        stop, refusals = threading.Event(), []
+
+        def attack():
+            with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
+                ws.recv()
+                while not stop.is_set():
+                    for frame in (dtype_bomb, array_bomb):
+                        start = time.perf_counter()
+                        ws.send(frame)
+                        reply = ws.recv(timeout=60)
+                        assert isinstance(reply, str), "a hostile frame was accepted"
+                        refusals.append((time.perf_counter() - start) * 1e3)
+
+        attacker = threading.Thread(target=attack, daemon=True)
+        attacker.start()
+        time.sleep(0.5)
+        during = measure(client)
+        stop.set()
+        attacker.join(timeout=120)
+    print(
+        f"hostile frames ({len(dtype_bomb) / 2**20:.1f} MiB dtype string, {len(array_bomb) / 2**20:.1f} MiB of empty arrays):"
+    )
+    print(f"  refused in                       {ms(refusals)}  ({len(refusals)} frames)")
+    print(f"  /healthz   without: {ms(baseline[0])}   during: {ms(during[0])}")
+    print(f"  good client without: {ms(baseline[1])}   during: {ms(during[1])}")
 
 
 if __name__ == "__main__":
