@@ -610,3 +610,124 @@ def test_repeated_log_records_are_rate_limited():
     assert len(passed) == 1 and limiter.suppressed == 999
     other = logging.LogRecord("asyncio", logging.ERROR, "", 0, "something else", None, None)
     assert limiter.filter(other)
+
+
+# ---- the executor under faults, and its timeline ------------------------------------------------------------
+
+
+class ScriptedSource:
+    """Chunks whose every value encodes (inference k, step j) = 1000·k + j; `faults[k]` makes inference k raise,
+    return NaN or the wrong width. Records each call's prefix."""
+
+    def __init__(self, length=30, width=7, faults=None):
+        self.length, self.width, self.faults = length, width, faults or {}
+        self.prefixes, self.calls = [], 0
+
+    def __call__(self, observation, prefix):
+        k = self.calls
+        self.calls += 1
+        self.prefixes.append(None if prefix is None else np.array(prefix))
+        fault = self.faults.get(k)
+        if fault == "raise":
+            raise ConnectionError("the server went away")
+        chunk = np.tile(1000.0 * k + np.arange(self.length)[:, None], (1, self.width))
+        if fault == "nan":
+            chunk[3, 2] = np.nan
+        if fault == "wide":
+            chunk = np.ones((self.length, self.width + 3))
+        return chunk
+
+
+def run_scripted(source, ticks=120, latency_ticks=1.0, **kwargs):
+    clock = FakeClock()
+    sent = []
+    executor = RealtimeExecutor(
+        SimulatedRunner(source, clock, lambda k: latency_ticks / 30),
+        lambda: {},
+        sent.append,
+        clock=clock,
+        **kwargs,
+    )
+    return executor.run(ticks), sent
+
+
+def test_faulty_inference_never_reaches_the_robot():
+    source = ScriptedSource(faults={2: "raise", 3: "nan", 5: "wide", 6: "raise"})
+    metrics, sent = run_scripted(source, ticks=150, execute_steps=10, commit_steps=5)
+    assert len(sent) == 150 and metrics.stopped is None
+    assert all(a.shape == (7,) and np.isfinite(a).all() for a in sent)
+    assert metrics.failures == 4
+    used = {int(a[0]) // 1000 for a in sent}
+    assert not used & {2, 3, 5, 6}, "no action of a failed chunk was executed"
+
+
+def test_when_every_retry_fails_the_safe_action_is_held_then_the_policy_stops():
+    source = ScriptedSource(faults={k: "raise" for k in range(1, 100)})
+    metrics, sent = run_scripted(
+        source, ticks=200, execute_steps=10, commit_steps=5, max_consecutive_failures=25
+    )
+    assert metrics.stopped and "25 consecutive" in metrics.stopped
+    chunk_end = sent[29]
+    assert metrics.safe_ticks > 0 and all(np.array_equal(a, chunk_end) for a in sent[30:]), (
+        "holds the last action"
+    )
+    zero, sent_zero = run_scripted(
+        ScriptedSource(faults={k: "raise" for k in range(1, 100)}),
+        ticks=60,
+        execute_steps=10,
+        commit_steps=5,
+        safe_action="zero",
+        max_consecutive_failures=None,
+    )
+    assert zero.stopped is None and len(sent_zero) == 60 and not sent_zero[-1].any()
+
+
+def test_a_late_inference_times_out_and_is_retried():
+    source = ScriptedSource()
+    latencies = iter([1 / 30, 50.0] + [1 / 30] * 100)  # the second inference hangs far past the timeout
+    clock = FakeClock()
+    sent = []
+    executor = RealtimeExecutor(
+        SimulatedRunner(source, clock, lambda k: next(latencies)),
+        lambda: {},
+        sent.append,
+        clock=clock,
+        execute_steps=10,
+        commit_steps=5,
+        inference_timeout=0.3,
+    )
+    metrics = executor.run(90)
+    assert metrics.failures == 1 and metrics.stopped is None and len(sent) == 90
+    assert {int(a[0]) // 1000 for a in sent} >= {0, 2}, "the retried inference took over"
+
+
+@pytest.mark.parametrize("use_prefix", [True, False])
+def test_the_timeline_is_pinned(use_prefix):
+    """Chunk N is requested after tick s_N - 1; its prefix is exactly what runs at ticks s_N .. s_N+Δc-1, and the
+    robot switches to N at tick s_N + Δc, with or without a prefix."""
+    execute, commit = 10, 5
+    source = ScriptedSource()
+    metrics, sent = run_scripted(
+        source,
+        ticks=100,
+        execute_steps=execute,
+        commit_steps=commit,
+        use_prefix=use_prefix,
+        adapt_commit=False,
+    )
+    assert metrics.late_switches == 0 and metrics.idle_ticks == 0
+    chunk_of = [int(a[0]) // 1000 for a in sent]
+    step_of = [int(a[0]) % 1000 for a in sent]
+    switches = [t for t in range(1, len(sent)) if chunk_of[t] != chunk_of[t - 1]]
+    assert len(switches) >= 5
+    start = 0  # chunk 0 starts at the first tick
+    for n, switch in enumerate(switches, start=1):
+        s_n = start + execute  # requested after tick start + execute - 1
+        assert switch == s_n + commit, (n, switch, s_n)
+        assert step_of[switch] == commit, "the new chunk starts at its first uncommitted step"
+        prefix = source.prefixes[n]
+        if use_prefix:
+            assert np.array_equal(prefix, np.stack(sent[s_n : s_n + commit])), n
+        else:
+            assert prefix is None
+        start = s_n

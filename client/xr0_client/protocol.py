@@ -178,7 +178,9 @@ def unpack(frame: bytes, max_bytes: Optional[int] = None) -> Any:
     except ProtocolError:
         raise
     except Exception as error:  # noqa: BLE001 - whatever a hostile frame makes a decoder raise is a refusal
-        raise ProtocolError(f"not a valid msgpack message ({type(error).__name__}: {shown(str(error))})") from None
+        raise ProtocolError(
+            f"not a valid msgpack message ({type(error).__name__}: {shown(str(error))})"
+        ) from None
 
 
 def error_text(field: Optional[str], message: str) -> str:

@@ -105,8 +105,8 @@ class ThreadedRunner:
 
 
 class _SimulatedFuture:
-    def __init__(self, result: np.ndarray, ready_at: float, clock: FakeClock):
-        self._result, self._ready_at, self._clock = result, ready_at, clock
+    def __init__(self, result, ready_at: float, clock: FakeClock, error: Optional[BaseException] = None):
+        self._result, self._ready_at, self._clock, self._error = result, ready_at, clock, error
 
     def done(self) -> bool:
         return self._clock.now() >= self._ready_at
@@ -114,6 +114,8 @@ class _SimulatedFuture:
     def result(self) -> tuple:
         if not self.done():
             raise RuntimeError("simulated inference not finished yet")
+        if self._error is not None:
+            raise self._error
         return self._result, self._ready_at
 
 
@@ -125,10 +127,12 @@ class SimulatedRunner:
         self._count = 0
 
     def submit(self, observation: dict, action_prefix: Optional[np.ndarray]) -> _SimulatedFuture:
-        result = self.source(observation, action_prefix)
         ready_at = self.clock.now() + self.latency(self._count)
         self._count += 1
-        return _SimulatedFuture(result, ready_at, self.clock)
+        try:
+            return _SimulatedFuture(self.source(observation, action_prefix), ready_at, self.clock)
+        except Exception as error:  # noqa: BLE001 - delivered when the simulated inference "finishes"
+            return _SimulatedFuture(None, ready_at, self.clock, error)
 
     def close(self) -> None:
         pass
@@ -153,6 +157,9 @@ class ExecutionMetrics:
     )  # |a_t - a_{t-1}| where t is the first tick of a new chunk
     inner_deltas: list = field(default_factory=list)  # |a_t - a_{t-1}| inside a chunk
     commit_steps_used: list = field(default_factory=list)
+    failures: int = 0  # inferences that raised, timed out or returned an unusable chunk
+    safe_ticks: int = 0  # ticks that sent the safe action (the chunk ran out)
+    stopped: Optional[str] = None  # why the loop stopped early (the failure policy), else None
 
     def summary(self) -> dict:
         def percentile(values, q):
@@ -171,7 +178,14 @@ class ExecutionMetrics:
             "seam_delta_mean": float(np.mean(self.seam_deltas)) if self.seam_deltas else float("nan"),
             "inner_delta_mean": float(np.mean(self.inner_deltas)) if self.inner_deltas else float("nan"),
             "commit_steps_last": self.commit_steps_used[-1] if self.commit_steps_used else None,
+            "failures": self.failures,
+            "safe_ticks": self.safe_ticks,
+            "stopped": self.stopped,
         }
+
+
+class InferenceFailure(RuntimeError):
+    """An inference that raised, timed out or returned a chunk that must not reach the robot."""
 
 
 class RealtimeExecutor:
@@ -179,12 +193,19 @@ class RealtimeExecutor:
     Args:
         runner: `ThreadedRunner` or `SimulatedRunner`.
         get_observation: () -> observation dict (server format) at the current tick.
-        send_action: (D,) action -> None, called once per tick.
+        send_action: (D,) action -> None, called once per tick. Only finite actions of width D reach it.
         control_hz: control rate (30 Hz as the report).
         execute_steps: T_e, ticks of a chunk before the next inference starts.
         commit_steps: Δt_c, committed actions sent as the next chunk's prefix (>= expected latency in ticks).
         use_prefix: send the committed actions as prefix (False: plain chunk switching, for comparison).
         adapt_commit: after a late chunk, grow Δt_c to the observed latency (bounded by T - T_e).
+        action_dim: D, the width every chunk must have (default: the first chunk's).
+        safe_action: what to send when the current chunk has run out and no new chunk is usable: "hold" (the
+            last action sent: position-controlled robots stay put) or "zero" (zeros: velocity-controlled robots
+            stop).
+        max_consecutive_failures: stop the loop (`metrics.stopped`) after this many failed inferences in a row;
+            None = never stop, keep retrying.
+        inference_timeout: seconds after which a pending inference counts as failed and is retried (None = wait).
     """
 
     def __init__(
@@ -198,28 +219,91 @@ class RealtimeExecutor:
         commit_steps: int = 5,
         use_prefix: bool = True,
         adapt_commit: bool = True,
+        action_dim: Optional[int] = None,
+        safe_action: str = "hold",
+        max_consecutive_failures: Optional[int] = 3,
+        inference_timeout: Optional[float] = None,
     ):
         if execute_steps < 1 or commit_steps < 1:
             raise ValueError("execute_steps and commit_steps must be >= 1")
+        if safe_action not in ("hold", "zero"):
+            raise ValueError(f"safe_action must be 'hold' or 'zero', got {safe_action!r}")
+        if max_consecutive_failures is not None and max_consecutive_failures < 1:
+            raise ValueError("max_consecutive_failures must be >= 1 or None")
         self.runner, self.get_observation, self.send_action = runner, get_observation, send_action
         self.clock = clock or getattr(runner, "clock", None) or MonotonicClock()
         self.dt = 1.0 / control_hz
         self.execute_steps, self.commit_steps = execute_steps, commit_steps
         self.use_prefix, self.adapt_commit = use_prefix, adapt_commit
+        self.action_dim, self.safe_action = action_dim, safe_action
+        self.max_consecutive_failures, self.inference_timeout = max_consecutive_failures, inference_timeout
         self.metrics = ExecutionMetrics()
+        self._consecutive_failures = 0
+
+    # ---- chunks that may reach the robot ----
+
+    def _usable(self, future) -> tuple:
+        """(chunk (T, D), finish time) of a done future, or InferenceFailure."""
+        try:
+            chunk, finished = future.result()
+        except Exception as error:  # noqa: BLE001 - a failed inference is a fault to ride out, not a crash
+            raise InferenceFailure(f"inference failed: {type(error).__name__}: {error}") from error
+        chunk = np.asarray(chunk)
+        width = self.action_dim
+        if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.dtype.kind not in "iuf":
+            raise InferenceFailure(
+                f"unusable chunk of shape {chunk.shape} and dtype {chunk.dtype}: expected (T, D)"
+            )
+        if width is not None and chunk.shape[1] != width:
+            raise InferenceFailure(f"chunk of width {chunk.shape[1]}, expected {width}")
+        if not np.isfinite(chunk).all():
+            raise InferenceFailure("chunk holds NaN or infinite actions")
+        if self.action_dim is None:
+            self.action_dim = chunk.shape[1]
+        self._consecutive_failures = 0
+        return chunk.astype(np.float64), finished
+
+    def _failed(self, tick: int, failure: Exception) -> bool:
+        """Counts a failure; True when the failure policy says stop."""
+        self.metrics.failures += 1
+        self._consecutive_failures += 1
+        logger.warning("tick %d: %s (%d in a row); retrying", tick, failure, self._consecutive_failures)
+        limit = self.max_consecutive_failures
+        if limit is not None and self._consecutive_failures >= limit:
+            self.metrics.stopped = (
+                f"{self._consecutive_failures} consecutive failed inferences (last: {failure})"
+            )
+            logger.error("stopping: %s", self.metrics.stopped)
+            return True
+        return False
+
+    def _timed_out(self, submitted: float) -> bool:
+        return self.inference_timeout is not None and self.clock.now() - submitted > self.inference_timeout
+
+    # ---- the loop ----
 
     def run(self, num_ticks: int) -> ExecutionMetrics:
         metrics = self.metrics
         start_time = self.clock.now()
-        first = self.runner.submit(self.get_observation(), None)
         tick = 0
-        while not first.done():  # nothing to execute before the first chunk
-            tick += 1
-            self.clock.sleep_until(start_time + tick * self.dt)
+        current = None
+        while current is None:  # nothing to execute before the first usable chunk
+            submitted = self.clock.now()
+            future = self.runner.submit(self.get_observation(), None)
+            while not future.done() and not self._timed_out(submitted):
+                tick += 1
+                self.clock.sleep_until(start_time + tick * self.dt)
+            try:
+                if not future.done():
+                    raise InferenceFailure(f"no chunk within {self.inference_timeout} s")
+                chunk, finished = self._usable(future)
+            except InferenceFailure as failure:
+                if self._failed(tick, failure):
+                    return metrics
+                continue
+            metrics.latencies_s.append(finished - submitted)
+            current = _Chunk(chunk, tick)
         metrics.startup_ticks = tick
-        chunk, finished = first.result()
-        metrics.latencies_s.append(finished - start_time)
-        current = _Chunk(np.asarray(chunk), tick)
         metrics.chunks = 1
         pending = None  # (future, chunk start tick, submit time, commit steps)
         previous_action = None
@@ -228,47 +312,55 @@ class RealtimeExecutor:
         while tick < end_tick:
             self.clock.sleep_until(start_time + tick * self.dt)
             switched = False
+            if pending is not None and not pending[0].done() and self._timed_out(pending[2]):
+                if self._failed(tick, InferenceFailure(f"no chunk within {self.inference_timeout} s")):
+                    break
+                pending = None  # retried below, from the chunk still running
             if pending is not None and pending[0].done():
                 future, next_start, submitted, commit = pending
                 if tick >= next_start + commit:
-                    chunk, finished = future.result()
-                    if tick > next_start + commit:
-                        metrics.late_switches += 1
-                        late = tick - (next_start + commit)
-                        logger.warning(
-                            "chunk %d arrived %d tick(s) after its switch tick: executed the previous "
-                            "chunk meanwhile",
-                            metrics.chunks,
-                            late,
-                        )
-                    metrics.latencies_s.append(finished - submitted)
-                    current = _Chunk(np.asarray(chunk), next_start)
-                    if tick - next_start >= len(current.actions):
-                        # Its whole timeline has passed: run it from its first uncommitted action, as a
-                        # synchronous executor would after waiting.
-                        current.start_tick = tick - commit
-                        logger.warning(
-                            "chunk %d outlived its own timeline: executing it from step %d",
-                            metrics.chunks,
-                            commit,
-                        )
-                    metrics.chunks += 1
-                    switched = True
                     pending = None
-                    if self.adapt_commit:
-                        self._adapt(finished - submitted, len(current.actions))
+                    try:
+                        chunk, finished = self._usable(future)
+                    except InferenceFailure as failure:
+                        if self._failed(tick, failure):
+                            break
+                    else:
+                        if tick > next_start + commit:
+                            metrics.late_switches += 1
+                            logger.warning(
+                                "chunk %d arrived %d tick(s) after its switch tick: executed the previous "
+                                "chunk meanwhile",
+                                metrics.chunks,
+                                tick - (next_start + commit),
+                            )
+                        metrics.latencies_s.append(finished - submitted)
+                        current = _Chunk(chunk, next_start)
+                        if tick - next_start >= len(current.actions):
+                            # Its whole timeline has passed: run it from its first uncommitted action, as a
+                            # synchronous executor would after waiting.
+                            current.start_tick = tick - commit
+                            logger.warning(
+                                "chunk %d outlived its own timeline: executing it from step %d",
+                                metrics.chunks,
+                                commit,
+                            )
+                        metrics.chunks += 1
+                        switched = True
+                        if self.adapt_commit:
+                            self._adapt(finished - submitted, len(current.actions))
 
             index = tick - current.start_tick
             if index < len(current.actions):
                 action = current.actions[index]
             else:
-                action = previous_action
+                action = previous_action if self.safe_action == "hold" else np.zeros(self.action_dim)
                 if not holding:
                     logger.warning(
-                        "tick %d: chunk exhausted and the next one is not ready: holding the last action",
-                        tick,
+                        "tick %d: chunk exhausted and the next one is not ready: %s", tick, self.safe_action
                     )
                 metrics.idle_ticks += 1
+                metrics.safe_ticks += 1
             holding = index >= len(current.actions)
             self.send_action(action)
             if previous_action is not None and action is not previous_action:
