@@ -524,15 +524,64 @@ class XR0PreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.adaln_table, mean=0.0, std=std)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path, *args, allow_missing_weights: bool = False, **kwargs
+    ):
         """Loads our layout and the published one (`model_type: "mibot"`, keys possibly wrapped in
-        `module.`/`model.` by a training run). Only safetensors are read: nothing is unpickled."""
+        `module.`/`model.` by a training run). Only safetensors are read: nothing is unpickled.
+
+        A checkpoint that lacks any weight (the tied `lm_head` aside) is refused with the missing names: a
+        policy must not act with randomly initialized parts. `allow_missing_weights=True` loads it anyway (e.g. to
+        fine-tune a new head). Local files are checked against their headers first, so a truncated download names
+        its file instead of failing deep inside safetensors."""
         kwargs.setdefault("use_safetensors", True)
+        subfolder = kwargs.get("subfolder", "")
+        check_safetensors_files(pretrained_model_name_or_path, subfolder)
         if kwargs.get("key_mapping") is None:
-            prefix = checkpoint_wrapper_prefix(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+            prefix = checkpoint_wrapper_prefix(pretrained_model_name_or_path, subfolder)
             if prefix:
                 kwargs["key_mapping"] = {"^" + prefix.replace(".", r"\."): ""}
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
+        missing = sorted(key for key in info["missing_keys"] if not key.startswith("vlm.lm_head."))
+        if missing and not allow_missing_weights:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise OSError(
+                f"{pretrained_model_name_or_path} lacks {len(missing)} weight(s) of this model: {shown}. Refusing to "
+                "act with randomly initialized weights; pass allow_missing_weights=True to load it anyway."
+            )
+        return (model, info) if wants_info else model
+
+
+def check_safetensors_files(path, subfolder: str = "") -> None:
+    """Every safetensors file of a local checkpoint is at least as long as its header says (header only: cheap
+    for a 9 GB checkpoint). Raises OSError naming the first file that is not."""
+    directory = os.path.join(str(path), subfolder)
+    if not os.path.isdir(directory):
+        return
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".safetensors"):
+            continue
+        file = os.path.join(directory, name)
+        size = os.path.getsize(file)
+        try:
+            with open(file, "rb") as f:
+                header_length = int.from_bytes(f.read(8), "little")
+                if not 0 < header_length <= min(size - 8, 100 * 2**20):  # safetensors' own header limit
+                    raise ValueError(f"header of {header_length} bytes in a file of {size}")
+                header = json.loads(f.read(header_length))
+            end = max(
+                (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise OSError(f"{file} is not a readable safetensors file ({error})") from None
+        if size < 8 + header_length + end:
+            raise OSError(
+                f"{file} is truncated: {size} bytes, its header describes {8 + header_length + end}"
+            )
 
 
 def checkpoint_wrapper_prefix(path, subfolder: str = "") -> Optional[str]:
@@ -1096,8 +1145,16 @@ def prefix_as_chunk(action_prefix: torch.Tensor, batch_size: int, action_length:
 def check_observation(
     config: XR0Config, input_ids, attention_mask, pixel_values, image_grid_thw, state
 ) -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2:
-        raise ValueError(f"`input_ids` must be a (B, L) tensor, got {_describe(input_ids)}.")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.numel() == 0:
+        raise ValueError(f"`input_ids` must be a non-empty (B, L) tensor, got {_describe(input_ids)}.")
+    vocab_size = config.vlm_config.text_config.vocab_size
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"`input_ids` must be an integer tensor, got {input_ids.dtype}.")
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size:
+        raise ValueError(
+            f"`input_ids` must be token ids in [0, {vocab_size}), got values in [{int(input_ids.min())}, "
+            f"{int(input_ids.max())}]."
+        )
     if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(
             f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
@@ -1142,6 +1199,15 @@ def check_images(config: XR0Config, input_ids, attention_mask, pixel_values, ima
     ):
         raise ValueError(
             f"`image_grid_thw` must be a (num_images, 3) tensor, got {_describe(image_grid_thw)}."
+        )
+    if (
+        image_grid_thw.dtype.is_floating_point
+        or image_grid_thw.dtype == torch.bool
+        or bool((image_grid_thw < 1).any())
+    ):
+        raise ValueError(
+            f"`image_grid_thw` must hold positive integers (patches per image), got {image_grid_thw.dtype} "
+            f"{image_grid_thw.tolist()}."
         )
     patch_features = (
         vision_config.in_channels * vision_config.temporal_patch_size * vision_config.patch_size**2

@@ -515,7 +515,10 @@ class XR0Processor(ProcessorMixin):
         image_inputs = {}
         if images:
             arrays = [_to_hwc_uint8(image, f"images[{i}]") for i, image in enumerate(images)]
-            image_inputs = dict(self.image_processor(images=arrays, return_tensors="pt"))
+            # Our arrays are (H, W, 3): say so, or a 3-pixel-high image would be read as channels-first.
+            image_inputs = dict(
+                self.image_processor(images=arrays, return_tensors="pt", input_data_format="channels_last")
+            )
             merge = self.image_processor.merge_size**2
             tokens_per_image = iter((image_inputs["image_grid_thw"].prod(dim=-1) // merge).tolist())
             expanded = []
@@ -620,8 +623,7 @@ class XR0Processor(ProcessorMixin):
                     f"`{where}` has views {sorted(views)} but robot_type {robot!r} takes {len(keys)} camera images "
                     f"with keys {keys}."
                 )
-            if not task.strip():
-                raise ValueError(f"`instruction` of observation {i} is empty.")
+            check_instruction(task, i, self.tokenizer)
             prompts.append(format_prompt(task, [title for _, title in spec.views]))
             ordered_images += [_to_hwc_uint8(views[key], f"{where}[{key!r}]") for key in keys]
             masks.append(self.get_action_mask(robot))
@@ -642,15 +644,20 @@ class XR0Processor(ProcessorMixin):
             raise ValueError(
                 f"`state` is required: the raw robot state, (D,) or (B, D) with D <= {self.state_dim}."
             )
-        array = state.detach().cpu().numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
-        if array.dtype == object or not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"`state` must be numeric, got dtype {array.dtype}.")
+        try:
+            array = state.detach().cpu().numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
+        except ValueError:  # ragged nested lists
+            raise ValueError("`state` must be a rectangular array of numbers: (D,) or (B, D).") from None
+        if array.dtype == object or array.dtype.kind not in "biuf":
+            raise ValueError(f"`state` must hold real numbers, got dtype {array.dtype}.")
         if not batched and array.ndim == 1:
             array = array[None]
         if array.ndim != 2 or array.shape[0] != batch_size:
             raise ValueError(
                 f"`state` must be (D,) for one observation or (B, D) for B={batch_size}, got shape {array.shape}."
             )
+        if array.shape[1] == 0:
+            raise ValueError("`state` is empty: give the robot's state values (nothing is assumed zero).")
         if array.shape[1] > self.state_dim:
             raise ValueError(
                 f"`state` has {array.shape[1]} values, more than state_dim={self.state_dim}: nothing is truncated, "
@@ -690,6 +697,7 @@ class XR0Processor(ProcessorMixin):
         # processor) must neither run nor prompt.
         kwargs["trust_remote_code"] = False
         processor = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        check_tokenizer(processor.tokenizer, pretrained_model_name_or_path)
         image_processor_dict = _saved_image_processor_dict(
             pretrained_model_name_or_path, kwargs.get("subfolder", "")
         )
@@ -773,6 +781,56 @@ def _write_image_bounds(save_directory, image_processor) -> None:
                 json.dump(saved, f, indent=2, ensure_ascii=False)
 
 
+MIN_IMAGE_SIDE = 32  # one merged patch (16 x 2): the Qwen3-VL resize refuses smaller sides
+MAX_ASPECT_RATIO = 200
+MAX_INSTRUCTION_CHARS = 2000
+
+
+def check_instruction(instruction: str, index: int, tokenizer) -> None:
+    """A task instruction is plain text: non-empty, bounded, and free of the tokenizer's special tokens (an
+    "<|im_end|>" inside it would be read as a control token and end the user turn early)."""
+    if not instruction.strip():
+        raise ValueError(f"`instruction` of observation {index} is empty.")
+    if len(instruction) > MAX_INSTRUCTION_CHARS:
+        raise ValueError(
+            f"`instruction` of observation {index} has {len(instruction)} characters; at most {MAX_INSTRUCTION_CHARS}."
+        )
+    special = sorted(
+        {token for token in [*tokenizer.all_special_tokens, *REQUIRED_SPECIAL_TOKENS] if token in instruction}
+    )
+    if special:
+        raise ValueError(
+            f"`instruction` of observation {index} contains the special token(s) {special}: remove them (they would "
+            "be read as prompt structure, not text)."
+        )
+
+
+# The Qwen3-VL special tokens the prompt is built from, with their published ids.
+REQUIRED_SPECIAL_TOKENS = {
+    "<|im_start|>": 151644,
+    "<|im_end|>": 151645,
+    "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653,
+    "<|image_pad|>": 151655,
+}
+
+
+def check_tokenizer(tokenizer, source) -> None:
+    """Refuse, at load, a tokenizer that cannot build the XR0 prompt (a missing or foreign vocabulary would
+    otherwise surface later as "0 image tokens")."""
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in REQUIRED_SPECIAL_TOKENS}
+    wrong = {token: got for token, got in ids.items() if got != REQUIRED_SPECIAL_TOKENS[token]}
+    if wrong:
+        raise OSError(
+            f"{source}: the tokenizer does not hold the Qwen3-VL vocabulary XR0 was trained with (special tokens "
+            f"{wrong}, expected {REQUIRED_SPECIAL_TOKENS}); check tokenizer.json / vocab.json / merges.txt."
+        )
+    if len(tokenizer("Hello world")["input_ids"]) != 2:
+        raise OSError(
+            f"{source}: the tokenizer's regular vocabulary is missing or foreign ('Hello world' must be 2 tokens)."
+        )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Input helpers
 
@@ -792,24 +850,41 @@ def _per_row(name: str, value, batch_size: int, batched: bool, kind: type) -> li
 
 
 def _to_hwc_uint8(image, name: str) -> np.ndarray:
-    """PIL image, uint8 (H, W, 3) array or uint8 (3, H, W) tensor -> uint8 (H, W, 3) array."""
+    """A camera image -> uint8 (H, W, 3). Accepted: PIL images; uint8 arrays/tensors; float arrays/tensors with
+    values in [0, 1] (LeRobot's convention); (H, W, 3) or (3, H, W) (a (3, W, 3) array is read as (H, W, 3), a
+    (3, H, 3) tensor as (3, H, W), each library's own convention)."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        array = np.asarray(image.convert("RGB"))
+    elif isinstance(image, (np.ndarray, torch.Tensor)):
+        is_tensor = isinstance(image, torch.Tensor)
+        array = image.detach().cpu().numpy() if is_tensor else image
+        if array.ndim != 3 or 3 not in (array.shape[0], array.shape[-1]):
             raise ValueError(
-                f"`{name}`: a tensor image must be uint8 of shape (3, H, W), got {image.dtype} {tuple(image.shape)}."
+                f"`{name}`: an image must be (H, W, 3) or (3, H, W), got shape {tuple(array.shape)}."
             )
-        return image.permute(1, 2, 0).cpu().numpy()
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(
-                f"`{name}`: an array image must be uint8 of shape (H, W, 3), got {image.dtype} {image.shape}."
-            )
-        return image
-    raise ValueError(
-        f"`{name}` must be a PIL image, a uint8 (H, W, 3) array or a uint8 (3, H, W) tensor, got {type(image).__name__}."
-    )
+        channels_first = array.shape[0] == 3 and (array.shape[-1] != 3 or is_tensor)
+        if channels_first:
+            array = np.moveaxis(array, 0, -1)
+        if array.dtype == np.uint8:
+            pass
+        elif array.dtype.kind == "f":
+            if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+                raise ValueError(f"`{name}`: a float image must hold finite values in [0, 1].")
+            array = np.round(array * 255.0).astype(np.uint8)
+        else:
+            raise ValueError(f"`{name}`: an image must be uint8 or float in [0, 1], got dtype {array.dtype}.")
+    else:
+        raise ValueError(
+            f"`{name}` must be a PIL image, or an (H, W, 3) / (3, H, W) array or tensor (uint8, or float in [0, 1]), "
+            f"got {type(image).__name__}."
+        )
+    height, width = array.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE or max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise ValueError(
+            f"`{name}`: image of {height}x{width} pixels; sides must be at least {MIN_IMAGE_SIDE} and the aspect "
+            f"ratio at most {MAX_ASPECT_RATIO} (the Qwen3-VL resize refuses others)."
+        )
+    return np.ascontiguousarray(array)
 
 
 XR0Processor.register_for_auto_class()

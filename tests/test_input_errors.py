@@ -77,3 +77,61 @@ def test_text_only_prompt_is_allowed(model):
             input_ids=ids, state=torch.zeros(1, 1, 32), action_mask=action_mask(1, model.config), seed=0
         ).actions
     assert actions.shape == (1, 6, 32) and torch.isfinite(actions).all()
+
+
+@pytest.mark.parametrize(
+    "field, value, error, message",
+    [
+        ("input_ids", lambda b: b["input_ids"].float(), TypeError, r"`input_ids` must be an integer tensor"),
+        (
+            "input_ids",
+            lambda b: b["input_ids"].masked_fill(b["input_ids"] == 1000, 10**7),
+            ValueError,
+            r"`input_ids` must be token ids in \[0, 151936\)",
+        ),
+        (
+            "input_ids",
+            lambda b: b["input_ids"].masked_fill(b["input_ids"] == 1000, -5),
+            ValueError,
+            r"token ids in",
+        ),
+        (
+            "image_grid_thw",
+            lambda b: b["image_grid_thw"].float(),
+            ValueError,
+            r"`image_grid_thw` must hold positive integers",
+        ),
+        ("image_grid_thw", lambda b: b["image_grid_thw"] * 0, ValueError, r"must hold positive integers"),
+    ],
+)
+def test_token_ids_and_grids_are_checked_before_torch(model, batch, field, value, error, message):
+    with pytest.raises(error, match=message):
+        call(model, batch, **{field: value(batch)})
+
+
+def test_a_checkpoint_missing_a_weight_is_refused_by_name(tmp_path, model):
+    from safetensors.torch import load_file, save_file
+
+    from xr0.modeling_xr0 import XR0ForActionGeneration
+
+    model.save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    del weights["dit.layers.1.adaln_table"]
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(OSError, match=r"lacks 1 weight\(s\) of this model: dit.layers.1.adaln_table"):
+        XR0ForActionGeneration.from_pretrained(tmp_path)
+    partial = XR0ForActionGeneration.from_pretrained(tmp_path, allow_missing_weights=True)
+    assert partial.dit.layers[1].adaln_table.shape == (6, 64)
+
+
+def test_a_truncated_safetensors_file_is_named(tmp_path, model):
+    from xr0.modeling_xr0 import XR0ForActionGeneration
+
+    model.save_pretrained(tmp_path)
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(file.read_bytes()[:-1000])
+    with pytest.raises(OSError, match=r"model.safetensors is truncated"):
+        XR0ForActionGeneration.from_pretrained(tmp_path)
+    file.write_bytes(b"\xff" * 64)
+    with pytest.raises(OSError, match=r"model.safetensors is not a readable safetensors file"):
+        XR0ForActionGeneration.from_pretrained(tmp_path)
