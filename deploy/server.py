@@ -230,7 +230,8 @@ class PolicyServer:
             max_size=self.max_message_bytes,
             compression=None,
             process_request=self._process_request,
-            origins=self.allowed_origins,
+            # Robots and scripts send no Origin header: only browsers are held to the list.
+            origins=None if self.allowed_origins is None else [*self.allowed_origins, None],
         ) as server:
             self._server = server
             self.port = server.sockets[0].getsockname()[1]

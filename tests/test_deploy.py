@@ -731,3 +731,35 @@ def test_the_timeline_is_pinned(use_prefix):
         else:
             assert prefix is None
         start = s_n
+
+
+def test_a_hostile_frame_gets_an_error_reply_and_the_connection_stays_usable(server):
+    hostile = msgpack.packb({"state": raw_array("(" + "1," * 500_000 + ")u1")}, use_bin_type=True)
+    with connect(f"ws://127.0.0.1:{server.port}", max_size=None) as ws:
+        ws.recv()  # metadata
+        for frame in (
+            hostile,
+            msgpack.packb([[]] * 200_000),
+            msgpack.packb({"state": raw_array("(1,2")}, use_bin_type=True),
+        ):
+            ws.send(frame)
+            reply = ws.recv(timeout=30)
+            assert isinstance(reply, str) and len(reply) < 1000
+        ws.send(pack(observation()))
+        assert unpack(ws.recv(timeout=30))["actions"].shape == (10, 7)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as response:
+        assert response.status == 200
+
+
+def test_allowed_origins_refuse_other_browsers(policy):
+    strict = PolicyServer(policy, port=0, allowed_origins=["https://robot.example"]).start_in_thread()
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{strict.port}", origin="https://evil.example")
+        assert refused.value.response.status_code == 403
+        with connect(f"ws://127.0.0.1:{strict.port}", origin="https://robot.example") as ok:
+            assert unpack(ok.recv(timeout=10))["server"] == "xr0"
+        with XR0Client("127.0.0.1", strict.port) as robot:  # no Origin header: not a browser
+            assert robot.metadata["server"] == "xr0"
+    finally:
+        strict.stop()

@@ -311,3 +311,114 @@ def test_cotraining_run_mixes_one_vl_sample_per_six(tiny_checkpoint, lerobot_dir
     )
     assert len(losses(trainer)) == 6 and all(np.isfinite(losses(trainer)))
     assert predict(tmp_path / "out")[2].shape == (1, 6, 5)
+
+
+# ---- hostile or broken datasets fail at load, naming the file, episode and frame ----------------------------
+
+
+def edit_jsonl(root, change):
+    path = root / "frames.jsonl"
+    frames = [json.loads(line) for line in path.read_text().splitlines()]
+    change(frames)
+    path.write_text("\n".join(json.dumps(f) for f in frames) + "\n")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda f: f[5].update(state=f[5]["state"][:-1]),
+            r"frames.jsonl:6 \(episode 0, frame 5\): `state` has 5 values",
+        ),
+        (lambda f: f[7].update(action=None), r"frames.jsonl:8 \(episode 0, frame 7\): `action` is NoneType"),
+        (
+            lambda f: f[13].update(action=[float("nan")] * 5),
+            r"frames.jsonl:14 \(episode 1, frame 1\): `action` holds NaN",
+        ),
+        (
+            lambda f: f[14].update(state=["a"] * 6),
+            r"frames.jsonl:15 .*: `state` holds something that is not a number",
+        ),
+        (lambda f: f[3].update(frame_index=9), r"frames.jsonl:4 .*must be in order"),
+        (
+            lambda f: f[20]["images"].pop("wrist"),
+            r"frames.jsonl:21 .*: cameras \['top'\], the first frame has",
+        ),
+        (lambda f: f[2]["images"].update(top="../../etc/passwd"), r"leaves the dataset root"),
+        (lambda f: f[2]["images"].update(top="/etc/passwd"), r"must be relative to the dataset root"),
+        (lambda f: f.clear(), r"frames.jsonl holds no frames"),
+    ],
+)
+def test_broken_jsonl_datasets_are_refused_by_name(tmp_path, change, message):
+    root = write_jsonl(tmp_path / "jsonl")
+    edit_jsonl(root, change)
+    with pytest.raises(ValueError, match=message):
+        open_dataset(root, 6)
+
+
+def rewrite_lerobot(root, column, values):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(path)
+    index = table.column_names.index(column)
+    pq.write_table(
+        table.set_column(index, column, pa.array(values, type=table.schema.field(column).type)), path
+    )
+
+
+def test_broken_lerobot_datasets_are_refused_by_name(tmp_path):
+    root = write_lerobot(tmp_path / "a")
+    actions = [[0.0] * 5 for _ in range(48)]
+    actions[30][2] = float("inf")
+    rewrite_lerobot(root, "action", actions)
+    with pytest.raises(ValueError, match=r"\(index 30: episode 2, frame 6\): `action` holds NaN or infinite"):
+        open_dataset(root, 6)
+
+    root = write_lerobot(tmp_path / "b")
+    rewrite_lerobot(root, "index", [0] + list(range(47)))
+    with pytest.raises(ValueError, match=r"frame `index` 0 appears more than once"):
+        open_dataset(root, 6)
+
+    root = write_lerobot(tmp_path / "c")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    (root / "meta" / "info.json").write_text(json.dumps({**info, "total_frames": 50}))
+    with pytest.raises(ValueError, match=r"says total_frames 50, the data holds 48"):
+        open_dataset(root, 6)
+
+
+def test_video_path_templates_fill_only_documented_placeholders(tmp_path):
+    from xr0.training.data import fill_path_template
+
+    assert fill_path_template(
+        "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+        video_key="observation.images.top",
+        chunk_index=1,
+        file_index=2,
+    ) == ("videos/observation.images.top/chunk-001/file-002.mp4")
+    for hostile in (
+        "{video_key.__class__.__mro__}",
+        "{video_key[0]}",
+        "{video_key!r}",
+        "{secret}",
+        "{chunk_index:>{file_index}}",
+    ):
+        with pytest.raises(ValueError, match="is not one of"):
+            fill_path_template(hostile, video_key="v", chunk_index=0, file_index=0)
+    root = write_lerobot(tmp_path / "video", video=True)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    (root / "meta" / "info.json").write_text(json.dumps({**info, "video_path": "../{video_key}/x.mp4"}))
+    with pytest.raises(ValueError, match="leaves the dataset root"):
+        open_dataset(root, 6)[0]
+
+
+def test_constant_action_dims_are_reported(tmp_path, caplog):
+    root = write_jsonl(tmp_path / "jsonl")
+    edit_jsonl(root, lambda frames: [f["action"].__setitem__(3, 0.25) for f in frames])
+    with caplog.at_level("WARNING", logger="xr0.training"):
+        stats = compute_statistics(open_dataset(root, 6))
+    assert stats.action_std[3] == 0 and "action dim(s) [3] never change" in caplog.text
+    edit_jsonl(root, lambda frames: [f.update(action=[0.5] * 5) for f in frames])
+    with pytest.raises(ValueError, match="every action dim is constant"):
+        compute_statistics(open_dataset(root, 6))

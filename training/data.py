@@ -21,6 +21,9 @@ per line) and `MixedDataset` interleaves it with the robot frames (report: 1 VL 
 
 import io
 import json
+import logging
+import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,7 +33,76 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+logger = logging.getLogger("xr0.training")
+
 LEROBOT_IMAGE_PREFIX = "observation.images."
+# The placeholders LeRobot v3.0 documents for `data_path` / `video_path`, and the format specs they take.
+PATH_TEMPLATE_FIELDS = {"video_key", "chunk_index", "file_index", "episode_chunk", "episode_index"}
+_PATH_FORMAT_SPEC = re.compile(r"0?\d{0,3}d?")
+
+
+# ---- inputs from disk: every path stays inside the dataset, every number is finite ---------------------------
+
+
+def fill_path_template(template: str, **fields) -> str:
+    """A LeRobot path template with only its documented placeholders filled (`{chunk_index:03d}`): no attribute
+    or item access, no conversions, nothing else a crafted info.json could make str.format evaluate."""
+    if not isinstance(template, str):
+        raise ValueError(f"path template must be a string, got {type(template).__name__}")
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if (
+            name not in PATH_TEMPLATE_FIELDS
+            or conversion is not None
+            or not _PATH_FORMAT_SPEC.fullmatch(spec or "")
+        ):
+            raise ValueError(
+                f"path template {template[:200]!r}: placeholder {{{name}{'!' + conversion if conversion else ''}"
+                f"{':' + spec if spec else ''}}} is not one of {sorted(PATH_TEMPLATE_FIELDS)} with an integer format"
+            )
+    return template.format(**fields)
+
+
+def inside(root: Path, relative, what: str) -> Path:
+    """`root / relative`, refused when it is absolute or leaves `root` (through "..", or a link)."""
+    relative = str(relative)
+    if not relative or Path(relative).is_absolute():
+        raise ValueError(f"{what}: path {relative[:200]!r} must be relative to the dataset root {root}")
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"{what}: path {relative[:200]!r} leaves the dataset root {root}")
+    return path
+
+
+def numeric_rows(rows, what: str, where) -> np.ndarray:
+    """Per-frame vectors -> (N, D) float32, refusing null, ragged, non-numeric and non-finite rows with the
+    frame named (`where(i)` describes row i)."""
+    width = None
+    for i, row in enumerate(rows):
+        if row is None or not isinstance(row, (list, tuple, np.ndarray)):
+            raise ValueError(f"{where(i)}: `{what}` is {type(row).__name__}, expected a list of numbers")
+        if width is None:
+            width = len(row)
+        if len(row) != width or width == 0:
+            raise ValueError(f"{where(i)}: `{what}` has {len(row)} values, other frames {width}")
+    try:
+        array = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        bad = next(i for i, row in enumerate(rows) if not all(_is_number(x) for x in row))
+        raise ValueError(f"{where(bad)}: `{what}` holds something that is not a number") from None
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{where(int(np.argmin(finite)))}: `{what}` holds NaN or infinite values")
+    if np.abs(array).max() > np.finfo(np.float32).max:
+        raise ValueError(f"{where(int(np.argmax(np.abs(array).max(axis=1))))}: `{what}` overflows float32")
+    return array.astype(np.float32)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
 VIDEO_SEGMENTS_CACHED = 16  # decoded episodes kept per dataset: random access without decoding whole files
 
 
@@ -48,7 +120,7 @@ class RobotDataset(Dataset):
     def _finish(self) -> None:
         """Precompute where each frame's episode ends, after the subclass filled the arrays."""
         if len(self.actions) == 0:
-            raise ValueError("the dataset holds no frames")
+            raise ValueError(f"{getattr(self, 'root', 'the dataset')}: holds no frames")
         if self.actions.shape[1] > 32 or self.states.shape[1] > 32:
             raise ValueError(
                 f"actions ({self.actions.shape[1]}) and states ({self.states.shape[1]}) must be at most 32 wide"
@@ -88,21 +160,62 @@ class JsonlRobotDataset(RobotDataset):
             raise FileNotFoundError(
                 f"{path} not found (JSONL datasets hold one frame per line in frames.jsonl)"
             )
-        frames = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        for i, frame in enumerate(frames):
+        frames, lines = [], []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                frame = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: not a JSON object ({error})") from None
+            if not isinstance(frame, dict):
+                raise ValueError(f"{path}:{number}: not a JSON object")
             missing = {"episode_index", "instruction", "state", "action", "images"} - set(frame)
             if missing:
-                raise ValueError(f"{path}:{i + 1}: missing fields {sorted(missing)}")
-        self.states = np.asarray([f["state"] for f in frames], dtype=np.float32)
-        self.actions = np.asarray([f["action"] for f in frames], dtype=np.float32)
-        self.episodes = np.asarray([f["episode_index"] for f in frames])
+                raise ValueError(f"{path}:{number}: missing fields {sorted(missing)}")
+            frames.append(frame)
+            lines.append(number)
+        if not frames:
+            raise ValueError(f"{path} holds no frames")
+
+        def where(i):
+            frame = frames[i]
+            return f"{path}:{lines[i]} (episode {frame.get('episode_index')}, frame {frame.get('frame_index', '?')})"
+
+        self.states = numeric_rows([f["state"] for f in frames], "state", where)
+        self.actions = numeric_rows([f["action"] for f in frames], "action", where)
+        episodes = [f["episode_index"] for f in frames]
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in episodes):
+            bad = next(i for i, e in enumerate(episodes) if not (isinstance(e, int) and e >= 0))
+            raise ValueError(f"{where(bad)}: `episode_index` must be an int >= 0")
+        self.episodes = np.asarray(episodes)
+        for i, frame in enumerate(frames):
+            if not isinstance(frame["instruction"], str) or not frame["instruction"].strip():
+                raise ValueError(f"{where(i)}: `instruction` must be a non-empty string")
+            if "frame_index" in frame and i > 0 and episodes[i] == episodes[i - 1]:
+                if frame["frame_index"] != frames[i - 1].get("frame_index", -2) + 1:
+                    raise ValueError(
+                        f"{where(i)}: frames of an episode must be in order: frame_index "
+                        f"{frames[i - 1].get('frame_index')} is followed by {frame['frame_index']}"
+                    )
         self.instructions = [f["instruction"] for f in frames]
-        self.image_paths = [f["images"] for f in frames]
-        self.cameras = list(frames[0]["images"])
+        self.cameras = list(frames[0]["images"]) if isinstance(frames[0]["images"], dict) else []
+        for i, frame in enumerate(frames):
+            if not isinstance(frame["images"], dict) or sorted(frame["images"]) != sorted(self.cameras):
+                got = (
+                    sorted(frame["images"])
+                    if isinstance(frame["images"], dict)
+                    else type(frame["images"]).__name__
+                )
+                raise ValueError(f"{where(i)}: cameras {got}, the first frame has {sorted(self.cameras)}")
+        self.image_paths = [
+            {camera: inside(self.root, p, where(i)) for camera, p in frame["images"].items()}
+            for i, frame in enumerate(frames)
+        ]
         self._finish()
 
     def _frame_images(self, index: int) -> dict:
-        return {camera: _load_image(self.root / path) for camera, path in self.image_paths[index].items()}
+        return {camera: _load_image(path) for camera, path in self.image_paths[index].items()}
 
 
 class LeRobotDataset(RobotDataset):
@@ -137,9 +250,26 @@ class LeRobotDataset(RobotDataset):
             else _concat([pq.read_table(f) for f in data_files])
         )
         table = table.sort_by([("index", "ascending")])
-        self.states = np.asarray(table.column("observation.state").to_pylist(), dtype=np.float32)
-        self.actions = np.asarray(table.column("action").to_pylist(), dtype=np.float32)
-        self.episodes = np.asarray(table.column("episode_index").to_pylist())
+        indices = np.asarray(table.column("index").to_pylist())
+        episodes = table.column("episode_index").to_pylist()
+        frame_indices = (
+            table.column("frame_index").to_pylist() if "frame_index" in table.column_names else None
+        )
+
+        def where(i):
+            frame = "" if frame_indices is None else f", frame {frame_indices[i]}"
+            return f"{self.root}/data (index {indices[i]}: episode {episodes[i]}{frame})"
+
+        duplicates = indices[1:][np.diff(indices) == 0]
+        if len(duplicates):
+            raise ValueError(f"{self.root}/data: frame `index` {int(duplicates[0])} appears more than once")
+        if "total_frames" in info and int(info["total_frames"]) != len(indices):
+            raise ValueError(
+                f"{self.root}/meta/info.json says total_frames {info['total_frames']}, the data holds {len(indices)}"
+            )
+        self.states = numeric_rows(table.column("observation.state").to_pylist(), "observation.state", where)
+        self.actions = numeric_rows(table.column("action").to_pylist(), "action", where)
+        self.episodes = np.asarray(episodes)
         self.timestamps = np.asarray(table.column("timestamp").to_pylist(), dtype=np.float64)
         tasks = pq.read_table(self.root / "meta" / "tasks.parquet").to_pandas()
         task_of_index = {int(row.task_index): str(name) for name, row in tasks.iterrows()}
@@ -161,8 +291,27 @@ class LeRobotDataset(RobotDataset):
             )
             for row in episodes.to_pylist():
                 self.episode_meta[int(row["episode_index"])] = row
+        self._check_episode_lengths()
         self._video_frames = {}  # (video file, episode) -> decoded frames, least recently used first
         self._finish()
+
+    def _check_episode_lengths(self) -> None:
+        """The episodes' metadata (meta/episodes) must agree with the frames the data holds."""
+        import pyarrow.parquet as pq
+
+        files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            return
+        counted = dict(zip(*np.unique(self.episodes, return_counts=True), strict=True))
+        for row in _concat([pq.read_table(f) for f in files]).to_pylist():
+            episode, length = int(row["episode_index"]), row.get("length")
+            if length is not None and int(length) == 0:
+                raise ValueError(f"{self.root}/meta/episodes: episode {episode} is empty")
+            if length is not None and int(length) != counted.get(episode, 0):
+                raise ValueError(
+                    f"{self.root}/meta/episodes: episode {episode} has length {length}, the data holds "
+                    f"{counted.get(episode, 0)} frames of it"
+                )
 
     def _frame_images(self, index: int) -> dict:
         images = {}
@@ -171,19 +320,30 @@ class LeRobotDataset(RobotDataset):
                 images[camera] = self._video_frame(camera, index)
             else:
                 cell = self.image_columns[camera][index]
-                data = cell["bytes"] if isinstance(cell, dict) and cell.get("bytes") else None
-                images[camera] = _load_image(io.BytesIO(data) if data else self.root / cell["path"])
+                data = cell.get("bytes") if isinstance(cell, dict) else None
+                if data:
+                    images[camera] = _load_image(io.BytesIO(data))
+                elif isinstance(cell, dict) and cell.get("path"):
+                    images[camera] = _load_image(
+                        inside(self.root, cell["path"], f"episode {self.episodes[index]}")
+                    )
+                else:
+                    raise ValueError(
+                        f"{self.root}: camera {camera} of frame {index} holds neither bytes nor a path"
+                    )
         return images
 
     def _video_frame(self, camera: str, index: int) -> np.ndarray:
         episode = int(self.episodes[index])
         meta = self.episode_meta[episode]
         key = f"videos/{LEROBOT_IMAGE_PREFIX}{camera}"
-        path = self.root / self.info["video_path"].format(
+        relative = fill_path_template(
+            self.info["video_path"],
             video_key=LEROBOT_IMAGE_PREFIX + camera,
-            chunk_index=meta[f"{key}/chunk_index"],
-            file_index=meta[f"{key}/file_index"],
+            chunk_index=int(meta[f"{key}/chunk_index"]),
+            file_index=int(meta[f"{key}/file_index"]),
         )
+        path = inside(self.root, relative, f"{self.root}/meta/info.json video_path")
         segment = (path, episode)
         frames = self._video_frames.pop(segment, None)
         if frames is None:
@@ -262,7 +422,10 @@ class VisionLanguageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        images = [_load_image(self.root / image) for image in sample.get("images", [])]
+        images = [
+            _load_image(inside(self.root, image, f"conversation {index}"))
+            for image in sample.get("images", [])
+        ]
         return {"images": images, "prompt": sample["prompt"], "answer": sample["answer"]}
 
 
@@ -293,9 +456,23 @@ class Statistics:
 
 
 def compute_statistics(dataset: RobotDataset) -> Statistics:
-    """Per-dim mean/std of actions and states over every frame (float64 accumulation)."""
+    """Per-dim mean/std of actions and states over every frame (float64 accumulation). An action dim that never
+    changes (std <= 1e-5) is masked out of the model's input and loss: it is reported, and a dataset whose every
+    action dim is constant is refused (there would be nothing to learn)."""
     actions, states = dataset.actions.astype(np.float64), dataset.states.astype(np.float64)
-    return Statistics(actions.mean(0), actions.std(0), states.mean(0), states.std(0))
+    stats = Statistics(actions.mean(0), actions.std(0), states.mean(0), states.std(0))
+    constant = [int(d) for d in np.flatnonzero(stats.action_std <= 1e-5)]
+    if len(constant) == actions.shape[1]:
+        raise ValueError(
+            f"{getattr(dataset, 'root', 'dataset')}: every action dim is constant: nothing to learn"
+        )
+    if constant:
+        logger.warning(
+            "%s: action dim(s) %s never change (std <= 1e-5): they are masked out of the model input and the loss",
+            getattr(dataset, "root", "dataset"),
+            constant,
+        )
+    return stats
 
 
 def register_dataset_robot(
