@@ -12,6 +12,7 @@ from pathlib import Path
 
 REQUIRED_FILES = ("config.json",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+TRAINER_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json")
 
 
 def main(argv=None) -> None:
@@ -28,7 +29,17 @@ def main(argv=None) -> None:
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
 
-    files = sorted(p for p in args.folder.rglob("*") if p.is_file() and ".cache" not in p.parts)
+    # A fine-tuning output also holds the Trainer's checkpoint-N folders (optimizer state, RNG: pickles): the
+    # published model is the final one at the top.
+    files = sorted(
+        p
+        for p in args.folder.rglob("*")
+        if p.is_file()
+        and not any(
+            part == ".cache" or part.startswith("checkpoint-") for part in p.relative_to(args.folder).parts
+        )
+        and p.name not in TRAINER_FILES
+    )
     missing = [name for name in REQUIRED_FILES if not (args.folder / name).is_file()]
     if missing:
         sys.exit(f"publish: {args.folder} lacks {missing}: convert a checkpoint first (xr0-convert)")
@@ -59,7 +70,7 @@ def main(argv=None) -> None:
         repo_id=args.repo_id,
         revision=args.revision,
         commit_message=args.commit_message,
-        ignore_patterns=[".cache/*"],
+        ignore_patterns=[".cache/*", "checkpoint-*", *TRAINER_FILES],
     )
     print(f"pushed: {commit}")
 

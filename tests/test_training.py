@@ -422,3 +422,75 @@ def test_constant_action_dims_are_reported(tmp_path, caplog):
     edit_jsonl(root, lambda frames: [f.update(action=[0.5] * 5) for f in frames])
     with pytest.raises(ValueError, match="every action dim is constant"):
         compute_statistics(open_dataset(root, 6))
+
+
+# ---- fine-tuning a practitioner can trust --------------------------------------------------------------------
+
+
+def test_bf16_checkpoints_train_with_fp32_master_weights(lerobot_dir, tmp_path):
+    bf16 = REPO_ROOT / "fixtures" / "tiny-xr0"  # stored in bf16
+    trainer = run_finetune(bf16, lerobot_dir, tmp_path / "out", "--max_steps", "2")
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    states = [
+        t
+        for state in trainer.optimizer.state.values()
+        for t in state.values()
+        if torch.is_tensor(t) and t.ndim
+    ]
+    assert states and {t.dtype for t in states} == {torch.float32}
+
+
+def test_checkpoints_are_complete_and_resume_exactly(tiny_checkpoint, lerobot_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    common = ("--max_steps", "6", "--save_strategy", "steps", "--save_steps", "3", "--recipe", "async")
+    run_finetune(tiny_checkpoint, lerobot_dir, tmp_path / "straight", *common)
+    interrupted = tmp_path / "interrupted"
+    run_finetune(
+        tiny_checkpoint,
+        lerobot_dir,
+        interrupted,
+        "--max_steps",
+        "3",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "3",
+        "--recipe",
+        "async",
+    )
+    checkpoint = interrupted / "checkpoint-3"
+    model = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()  # a complete directory
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    assert "tiny_arm" in processor.robot_types and model.config.action_attention_window == 4
+    run_finetune(
+        tiny_checkpoint, lerobot_dir, interrupted, *common, "--resume_from_checkpoint", str(checkpoint)
+    )
+    straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    resumed = load_file(str(interrupted / "model.safetensors"))
+    difference = max(float((straight[k] - resumed[k]).abs().max()) for k in straight)
+    assert difference < 1e-6, difference
+    changed = max(
+        float((straight[k] - load_file(str(checkpoint / "model.safetensors"))[k]).abs().max())
+        for k in straight
+    )
+    assert changed > 1e-4, "steps 4-6 changed the weights (the comparison is not vacuous)"
+
+
+def test_publish_uploads_the_final_model_of_a_fine_tune(tmp_path, capsys):
+    from xr0.scripts import publish
+
+    (tmp_path / "checkpoint-3").mkdir()
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "checkpoint-3/optimizer.pt",
+        "checkpoint-3/model.safetensors",
+        "training_args.bin",
+    ):
+        (tmp_path / name).write_bytes(b"{}")
+    publish.main(["--folder", str(tmp_path), "--repo-id", "me/arm", "--dry-run"])
+    listed = capsys.readouterr().out
+    assert (
+        "model.safetensors" in listed and "checkpoint-3" not in listed and "training_args.bin" not in listed
+    )

@@ -18,17 +18,20 @@ Multi-GPU: `accelerate launch --config_file training/accelerate/deepspeed_zero2.
 (or fsdp.yaml).
 """
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from .. import REPO_ROOT
 from ..modeling_xr0 import XR0ForActionGeneration
 from ..processing_xr0 import XR0Processor
 from .data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset, register_dataset_robot
+
+REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
 
 # The asynchronous post-training of the report; the window and offset are what inference reads back.
 ASYNC_RECIPE = {
@@ -103,7 +106,9 @@ def parse_camera_map(text: Optional[str]) -> Optional[dict]:
 
 def load_model_and_processor(args: ModelArguments):
     kwargs = {"attn_implementation": args.attn_implementation} if args.attn_implementation else {}
-    model = XR0ForActionGeneration.from_pretrained(args.model, **kwargs)
+    # fp32 master weights on every transformers line, whatever the checkpoint stores: `--bf16 true` is autocast
+    # mixed precision (and ZeRO-2 / FSDP keep fp32 masters), so AdamW's state is fp32 too.
+    model = XR0ForActionGeneration.from_pretrained(args.model, dtype=torch.float32, **kwargs)
     sizes = dict(
         action_length=model.config.action_length,
         action_dim=model.config.action_dim,
@@ -193,8 +198,9 @@ def finetune(
         args=training_args,
         train_dataset=train_dataset,
         data_collator=XR0Collator(processor, model_args.robot_type, camera_map),
+        callbacks=[CompleteCheckpoints(processor, model)],
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     output = Path(training_args.output_dir)
     final = trained.merge_and_unload() if model_args.lora_rank > 0 else model
@@ -202,6 +208,24 @@ def finetune(
     processor.save_pretrained(output)
     print(f"saved {output} (load with AutoModel/AutoProcessor.from_pretrained(..., trust_remote_code=True))")
     return trainer
+
+
+class CompleteCheckpoints(TrainerCallback):
+    """Makes every `checkpoint-N` a complete directory of this repository: beside the Trainer's weights and
+    optimizer state it gets the config with its auto_map, the remote code and the processor with the robot type's
+    statistics, so AutoModel/AutoProcessor load it (and `--resume_from_checkpoint` continues from it)."""
+
+    def __init__(self, processor, model):
+        self.processor, self.model = processor, model
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self.processor.save_pretrained(directory)
+            self.model.config.save_pretrained(directory)
+            for name in REMOTE_CODE_FILES:
+                shutil.copy(REPO_ROOT / name, directory / name)
+        return control
 
 
 def main(argv=None) -> None:
