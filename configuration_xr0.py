@@ -212,9 +212,9 @@ class XR0Config(PretrainedConfig):
             from the `state` it is given.
         num_inference_steps (`int`, defaults to 5): Euler steps of the flow integration.
         action_attention_window (`int`, *optional*):
-            `None` (published): action tokens attend causally to all earlier action tokens. An int `w`: the
-            Λ-shape mask of asynchronous post-training, each action token sees only the action tokens of the
-            previous `w` steps, itself included (it always sees the VLM cache, the sink and the state).
+            `None` (published inference): action tokens attend causally to all earlier action tokens. An int `w`:
+            the Λ-shaped band of the released post-training, action token i sees action tokens i - w .. i (w + 1
+            tokens, itself included; it always sees the VLM cache, the sink and the state).
         noisy_action_position_offset (`int`, defaults to 0):
             Added to the position ids of noisy (non-prefix) action tokens; 10 after asynchronous
             post-training, 0 for the published checkpoints.
@@ -230,13 +230,13 @@ class XR0Config(PretrainedConfig):
             post-training; 0 = synchronous training).
         max_action_prefix_length (`int`, defaults to 6).
         prefix_hide_probability (`float`, defaults to 0.5), prefix_keep_last (`int`, defaults to 2): during
-            training each prefix action token is hidden from the other action tokens with this probability,
-            except the last `prefix_keep_last` before the noisy part.
+            training, with this probability a sample's prefix tokens are hidden from its noisy action tokens
+            (the prefix tokens still see each other), all but the last `prefix_keep_last`.
         loss_reweighting (`bool`, defaults to False): weight the loss of prefixed samples by the L1 error of the
             actions the model generates with that prefix, divided by its masked mean, clamped to
             `loss_reweight_range` (defaults to (0.5, 5.0)).
-        frequency_loss_weight (`float`, defaults to 0.0): c in loss = 0.5·mse + c·frequency loss (off at 0,
-            then loss = mse).
+        frequency_loss_weight (`float`, defaults to 0.0): c in loss = 0.5·(weighted mse) + c·(frequency term),
+            the released form (1.0 in the released configs; 0 switches the term off).
         language_loss_weight (`float`, defaults to 1.0): weight of the next-token loss of vision-language
             co-training batches (`forward(language_batch=...)`), added to the action loss.
     """

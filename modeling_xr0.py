@@ -178,15 +178,17 @@ def build_dit_attention_mask(
     action_length: int,
     window: Optional[int] = None,
     hidden_actions: Optional[torch.Tensor] = None,
+    prefix_lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """
     Args:
         cache_mask: (B, L) bool, True at real (non-padded) prompt tokens.
-        window: `None` = causal over all DiT tokens (published). An int `w` = the Λ-shape of asynchronous
-            post-training: an action token sees the action tokens of the previous `w` steps only (itself
-            included); sink and state stay visible.
-        hidden_actions: (B, T) bool, action tokens no other token may attend to (training hides random prefix
-            tokens); each still sees itself.
+        window: `None` = causal over all DiT tokens (published inference). An int `w` = the Λ-shaped band of
+            the released post-training: action token i sees action tokens i - w .. i (w + 1 tokens, itself
+            included); sink and state stay visible to every token.
+        hidden_actions: (B, T) bool, committed prefix tokens hidden from the noisy action tokens (training); the
+            prefix tokens still see each other.
+        prefix_lengths: (B,) with `hidden_actions`: action tokens at positions >= prefix_lengths[b] are noisy.
     Returns:
         (B, 1, Q, L + Q) bool, True = may attend.
     """
@@ -195,25 +197,42 @@ def build_dit_attention_mask(
     own = idx[:, None] >= idx[None, :]  # (Q, Q) causal
     if window is not None:
         is_action = idx >= 1 + state_length
-        too_old = idx[:, None] - idx[None, :] >= window
+        too_old = idx[:, None] - idx[None, :] > window
         own = own & ~(is_action[:, None] & is_action[None, :] & too_old)
     batch_size, prompt_length = cache_mask.shape
     cache_part = cache_mask.bool()[:, None, None, :].expand(batch_size, 1, num_tokens, prompt_length)
     own_part = own[None, None].expand(batch_size, 1, num_tokens, num_tokens)
     if hidden_actions is not None:
-        hidden = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=cache_mask.device)
-        hidden[:, 1 + state_length :] = hidden_actions.to(cache_mask.device)
-        not_self = ~torch.eye(num_tokens, dtype=torch.bool, device=idx.device)
-        own_part = own_part & ~(hidden[:, None, None, :] & not_self)
+        if prefix_lengths is None:
+            raise ValueError(
+                "`hidden_actions` needs `prefix_lengths`: prefix tokens are hidden from noisy tokens only"
+            )
+        device = cache_mask.device
+        hidden = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=device)  # as keys
+        hidden[:, 1 + state_length :] = hidden_actions.to(device)
+        noisy = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=device)  # as queries
+        steps = torch.arange(action_length, device=device)
+        noisy[:, 1 + state_length :] = steps[None] >= prefix_lengths.to(device)[:, None]
+        own_part = own_part & ~(noisy[:, None, :, None] & hidden[:, None, None, :])
     return torch.cat([cache_part, own_part], dim=-1)
 
 
-def frequency_loss(velocity: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared magnitude of the rFFT (over the chunk axis) of the masked velocity error, per active dim."""
-    error = (velocity - target) * loss_mask  # (B, T, A)
-    spectrum = torch.fft.rfft(error, dim=1, norm="ortho")  # (B, T // 2 + 1, A)
+def frequency_loss(
+    velocity: torch.Tensor,
+    target: torch.Tensor,
+    loss_mask: torch.Tensor,
+    sample_weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """The released frequency term: mean magnitude of rfft(prediction) - rfft(target) over the chunk axis
+    (default norm), each sample's term weighted by `sample_weight` (B,) (its mean loss weight). Unlike the
+    release, the mean runs over the robot's active dims only: padded dims (and padded or prefix steps, zeroed
+    before the transform) do not count."""
+    error = (velocity - target) * loss_mask  # (B, T, A); rfft is linear: rfft(v) - rfft(t) = rfft(v - t)
+    magnitude = torch.fft.rfft(error, dim=1).abs()  # (B, T // 2 + 1, A)
     active_dims = loss_mask.amax(dim=1, keepdim=True)  # (B, 1, A)
-    return (spectrum.abs() ** 2 * active_dims).sum() / (active_dims.sum() * spectrum.shape[1]).clamp(min=1.0)
+    if sample_weight is not None:
+        magnitude = magnitude * sample_weight[:, None, None]
+    return (magnitude * active_dims).sum() / (active_dims.sum() * magnitude.shape[1]).clamp(min=1.0)
 
 
 def generator_from_seed(seed, device) -> torch.Generator:
@@ -748,6 +767,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             action_length,
             config.action_attention_window,
             hidden_actions=hidden_actions,
+            prefix_lengths=prefix_lengths
+            if prefix_lengths is not None
+            else torch.zeros(observation.batch_size, dtype=torch.long, device=device),
         )
         # (cos, sin), each (B, Q, D), in the cache's dtype, from the VLM's text rotary module.
         rotary = self.vlm.model.language_model.rotary_emb(observation.cache_keys[0], position_ids)
@@ -871,8 +893,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
 
     def sample_prefix(self, batch_size: int, action_length: int, generator: Optional[torch.Generator] = None):
         """Training prefixes: (prefix_lengths (B,), hidden_actions (B, T) bool). With probability
-        `action_prefix_probability` a sample gets p ~ U{1..min(max_action_prefix_length, T)} clean actions;
-        each of them is hidden with `prefix_hide_probability`, except the last `prefix_keep_last`."""
+        `action_prefix_probability` a sample gets p ~ U{1..min(max_action_prefix_length, T)} clean actions; with
+        probability `prefix_hide_probability` its prefix tokens, all but the last `prefix_keep_last`, are hidden
+        from the noisy tokens. The released code draws p and the hiding coin once per batch; here each sample
+        draws its own (the same distribution per sample, more variety per batch)."""
         config = self.config
         longest = min(config.max_action_prefix_length, action_length)
         use_prefix = uniform((batch_size,), generator, self.device) < config.action_prefix_probability
@@ -881,7 +905,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         steps = torch.arange(action_length, device=self.device)[None]
         in_prefix = steps < prefix_lengths[:, None]
         kept = steps >= prefix_lengths[:, None] - config.prefix_keep_last
-        coin = uniform((batch_size, action_length), generator, self.device) < config.prefix_hide_probability
+        coin = uniform((batch_size, 1), generator, self.device) < config.prefix_hide_probability
         return prefix_lengths, in_prefix & ~kept & coin
 
     def compute_loss(
@@ -946,24 +970,23 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         uses_prefix = prefix_lengths > 0
         if config.loss_reweighting and bool(uses_prefix.any()):
             weight = self._prefix_loss_weight(
-                observation, actions, action_mask, prefix_lengths, loss_mask, generator
+                observation, actions, action_mask, prefix_lengths, loss_mask, noise
             )
             weight = torch.where(uses_prefix[:, None, None], weight, torch.ones_like(weight))
 
         count = loss_mask.sum().clamp(min=1.0)
         flow_loss = ((velocity - target) ** 2 * loss_mask * weight).sum() / count
-        spectral_loss = frequency_loss(velocity, target, loss_mask)
-        if config.frequency_loss_weight > 0:
-            loss = 0.5 * flow_loss + config.frequency_loss_weight * spectral_loss
-        else:
-            loss = flow_loss
+        # Each sample's mean weight scales its frequency term, as released.
+        sample_weight = (weight * loss_mask).sum(dim=(1, 2)) / loss_mask.sum(dim=(1, 2)).clamp(min=1.0)
+        spectral_loss = frequency_loss(velocity, target, loss_mask, sample_weight)
+        # The released loss: 0.5 · weighted MSE + c · frequency term (c = 0 when the term is off).
+        loss = 0.5 * flow_loss + config.frequency_loss_weight * spectral_loss
         return {"loss": loss, "flow_loss": flow_loss.detach(), "frequency_loss": spectral_loss.detach()}
 
     @torch.no_grad()
-    def _prefix_loss_weight(self, observation, actions, action_mask, prefix_lengths, loss_mask, generator):
-        """|actions generated with the prefix - ground truth| / its masked mean, clamped to
-        `loss_reweight_range` (report: post-training)."""
-        noise = self.sample_noise(actions, generator)
+    def _prefix_loss_weight(self, observation, actions, action_mask, prefix_lengths, loss_mask, noise):
+        """|actions generated from the prefix and the sample's own training noise - ground truth| / its masked
+        mean, clamped to `loss_reweight_range` (report: post-training; released code)."""
         generated = self._integrate(
             observation, action_mask, noise, self.config.num_inference_steps, actions, prefix_lengths
         )

@@ -233,9 +233,7 @@ def test_dit_attention_mask_pattern():
     assert torch.equal(causal[:, 3:], torch.ones(6, 6, dtype=torch.bool).tril())
     windowed = build_dit_attention_mask(cache, state_length=1, action_length=4, window=2)[0, 0, :, 3:]
     expected = torch.ones(6, 6, dtype=torch.bool).tril()
-    expected[4, 2] = expected[5, 2] = expected[5, 3] = (
-        False  # actions see only themselves and the previous one
-    )
+    expected[5, 2] = False  # window 2: action i sees actions i-2 .. i (the released band is w + 1 wide)
     assert torch.equal(windowed, expected)
 
 

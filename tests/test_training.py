@@ -1,6 +1,7 @@
 """The fine-tuning pipeline: dataset readers, statistics, collator, and real Trainer runs on tiny data."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,9 +145,24 @@ def predict(directory):
     return model, processor, processor.decode_action(actions, "tiny_arm")
 
 
+RECIPE_FIELDS = (
+    "action_attention_window",
+    "noisy_action_position_offset",
+    "action_prefix_probability",
+    "loss_reweighting",
+    "training_repeat",
+    "frequency_loss_weight",
+    "max_action_prefix_length",
+)
+
+
 def evaluation_loss(model_dir, processor_dir, dataset_dir) -> float:
-    """Mean loss of `model_dir` on every frame of the dataset, in fixed batches with fixed noise, t and prefixes."""
+    """Mean loss of `model_dir` on every frame of the dataset, in fixed batches with fixed noise, t and prefixes,
+    under the recipe (mask, offset, prefixes, loss) that `processor_dir`'s model was trained with."""
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
+    recipe = json.loads((Path(processor_dir) / "config.json").read_text())
+    for name in RECIPE_FIELDS:
+        setattr(model.config, name, recipe[name])
     processor = AutoProcessor.from_pretrained(processor_dir, trust_remote_code=True)
     dataset = open_dataset(dataset_dir, 6)
     collate = XR0Collator(processor, "tiny_arm", {"top": "top", "wrist": "wrist"})
@@ -180,12 +196,13 @@ def test_trainer_run_lowers_the_loss_and_saves_a_loadable_directory(tiny_checkpo
     history = losses(trainer)
     assert len(history) == 30
     # The training loss of single steps is too noisy to judge 30 steps by (random t and noise per sample); the
-    # loss on fixed batches with fixed noise is not. Measured on 4 seeds: 0.88-0.93 of the untrained model's.
+    # loss on fixed batches with fixed noise, under the recipe trained, is not. Measured on 5 seeds: 0.80-0.87 of
+    # the untrained model's.
     before, after = (
         evaluation_loss(tiny_checkpoint, output, lerobot_dir),
         evaluation_loss(output, output, lerobot_dir),
     )
-    assert after < 0.96 * before, (before, after)
+    assert after < 0.93 * before, (before, after)
     model, processor, decoded = predict(output)
     assert decoded.shape == (1, 6, 5) and torch.isfinite(decoded).all()
     saved = json.loads((output / "config.json").read_text())

@@ -41,7 +41,10 @@ def test_prefix_sampling():
     assert not (hidden & (steps >= lengths[:, None])).any(), "only prefix tokens are hidden"
     assert not (hidden & (steps >= lengths[:, None] - 2)).any(), "the last 2 prefix tokens stay visible"
     eligible = steps < lengths[:, None] - 2
-    assert abs(float(hidden[eligible].float().mean()) - 0.5) < 0.01
+    # One coin per sample: its eligible prefix tokens are hidden together, in half of the samples.
+    rows = eligible.any(dim=1)
+    assert torch.equal(hidden[rows].any(dim=1), (hidden == eligible)[rows].all(dim=1))
+    assert abs(float(hidden[rows].any(dim=1).float().mean()) - 0.5) < 0.01
     half = tiny_model(action_prefix_probability=0.5).sample_prefix(
         20_000, 6, torch.Generator().manual_seed(2)
     )[0]
@@ -52,20 +55,29 @@ def test_prefix_sampling():
     assert not none.any()
 
 
-def test_lambda_mask_with_hidden_prefix_tokens():
+def test_lambda_band_is_w_plus_one_tokens_wide():
+    # Released: tril(ones) * triu(ones, diagonal=-w) over the action tokens.
     cache = torch.ones(1, 2, dtype=torch.bool)
-    hidden = torch.tensor([[True, False, False, False, False, False]])
-    mask = build_dit_attention_mask(cache, state_length=1, action_length=6, window=4, hidden_actions=hidden)[
-        0, 0, :, 2:
-    ]
+    mask = build_dit_attention_mask(cache, state_length=1, action_length=7, window=2)[0, 0, :, 2:]
     actions = mask[2:, 2:]  # action queries x action keys
-    expected = torch.zeros(6, 6, dtype=torch.bool)
-    for i in range(6):
-        for j in range(6):
-            expected[i, j] = (i - 4 < j <= i) and (j != 0 or i == 0)
+    expected = torch.ones(7, 7).tril().bool() & torch.ones(7, 7).triu(diagonal=-2).bool()
     assert torch.equal(actions, expected)
+    assert actions[6].tolist() == [False] * 4 + [True] * 3, "token 6 sees 4, 5, 6: w + 1 = 3 tokens"
     assert mask[2:, :2].all(), "sink and state stay visible to every action token"
     assert not mask[:2, 2:].any(), "sink and state never see actions"
+
+
+def test_hidden_prefix_tokens_are_hidden_from_noisy_tokens_only():
+    cache = torch.ones(1, 2, dtype=torch.bool)
+    hidden = torch.tensor([[True, True, False, False, False, False]])  # prefix of 4, first 2 hidden
+    mask = build_dit_attention_mask(
+        cache, 1, 6, window=4, hidden_actions=hidden, prefix_lengths=torch.tensor([4])
+    )[0, 0, 2:, 4:]  # action queries x action keys
+    assert mask[:4, :2].tolist() == [[True, False], [True, True], [True, True], [True, True]], (
+        "prefix sees prefix"
+    )
+    assert not mask[4:, :2].any(), "noisy tokens do not see the hidden prefix tokens"
+    assert mask[4:, 2:4].all(), "the last 2 prefix tokens stay visible"
 
 
 def test_prefix_positions_drop_the_offset():
@@ -112,9 +124,10 @@ def test_prefix_is_excluded_from_the_loss_and_kept_clean():
     losses, seen, actions, noise = fixed_noise_loss(model, lambda target: target + 3.0 * is_prefix)
     assert losses["loss"] == 0.0
     assert torch.equal(seen["noisy"][is_prefix.expand_as(actions)], actions[is_prefix.expand_as(actions)])
-    # Wrong by 3 on every non-prefix active entry: masked MSE = 9.
+    # Wrong by 3 on every non-prefix active entry: masked MSE = 9, the released loss 0.5 · 9.
     losses, *_ = fixed_noise_loss(tiny_model(action_prefix_probability=1.0), lambda target: target + 3.0)
-    assert losses["loss"].item() == pytest.approx(9.0)
+    assert losses["flow_loss"].item() == pytest.approx(9.0)
+    assert losses["loss"].item() == pytest.approx(4.5)
 
 
 def test_padding_and_inactive_dims_are_excluded():
@@ -143,11 +156,11 @@ def test_reweighting_formula_and_clamps():
     actions[0, 5, 0] = 40.0  # one far-off target: its weight clamps at 5
     lengths = torch.tensor([2, 3])
     loss_mask = mask * (torch.arange(6)[None, :, None] >= lengths[:, None, None])
+    noise = torch.randn(
+        2, 6, 32, generator=torch.Generator().manual_seed(8)
+    )  # the sample's own training noise
     with torch.no_grad():
-        weight = model._prefix_loss_weight(
-            obs, actions, mask, lengths, loss_mask, torch.Generator().manual_seed(8)
-        )
-        noise = model.sample_noise(actions, torch.Generator().manual_seed(8))
+        weight = model._prefix_loss_weight(obs, actions, mask, lengths, loss_mask, noise)
         generated = model._integrate(obs, mask, noise, 5, actions, lengths)
     error = (generated - actions).abs()
     expected = (error / ((error * loss_mask).sum() / loss_mask.sum())).clamp(0.5, 5.0)
@@ -167,11 +180,109 @@ def test_frequency_loss_combination():
     assert parts["loss"].item() == pytest.approx(
         0.5 * parts["flow_loss"].item() + 0.25 * parts["frequency_loss"].item(), rel=1e-5
     )
-    # Parseval with an orthonormal rFFT: the one-sided spectrum's power is close to the time-domain power.
-    error = torch.randn(3, 6, 32)
-    ones = torch.ones(3, 6, 32)
-    freq = frequency_loss(error, torch.zeros_like(error), ones)
-    assert 0.3 < freq.item() / (error**2).mean().item() < 1.5
+
+
+def test_frequency_term_by_hand():
+    # Released: mean |rfft(pred) - rfft(target)| (default norm) x each sample's mean weight; here over active
+    # dims only. A constant error e over T = 4 steps has spectrum [4e, 0, 0] on each dim.
+    error = torch.zeros(2, 4, 3)
+    error[0, :, 0] = 1.0  # sample 0, dim 0: constant 1
+    error[1, :, 1] = -2.0  # sample 1, dim 1: constant -2
+    loss_mask = torch.zeros(2, 4, 3)
+    loss_mask[..., :2] = 1  # dims 0 and 1 active, dim 2 padded
+    error[..., 2] = 100.0  # a padded dim does not count
+    weights = torch.tensor([1.0, 3.0])
+    term = frequency_loss(error, torch.zeros_like(error), loss_mask, weights)
+    # |S| sums: sample 0 -> 4 (dim 0), sample 1 -> 8 (dim 1), weighted 4·1 + 8·3 = 28, over 2·3·2 = 12 entries.
+    assert term.item() == pytest.approx(28 / 12)
+
+
+def test_noisy_input_is_the_flow_interpolation():
+    """x_t = (1 - t)·noise + t·actions at non-prefix positions (noise at t = 0, data at t = 1)."""
+    model = tiny_model(action_prefix_probability=0.0)
+    obs = encode(model, observation(num_text_tokens=(2, 5)))
+    actions = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(1))
+    seen = {}
+    original = model.velocity
+
+    def recording(noisy, t, o, m, layout=None):
+        seen["noisy"], seen["t"] = noisy.clone(), t.clone()
+        return original(noisy, t, o, m, layout)
+
+    model.velocity = recording
+    noise = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(2))
+    model.sample_noise = lambda like, generator=None: noise
+    model.compute_loss(obs, actions, action_mask(2, model.config), generator=torch.Generator().manual_seed(3))
+    t = seen["t"][:, None, None]
+    assert torch.allclose(seen["noisy"], (1 - t) * noise + t * actions, atol=1e-6)
+    assert (seen["t"] < 0.999).all() and (seen["t"] > 0).all()
+
+
+def test_repeated_rows_pair_each_observation_with_its_own_actions():
+    model = tiny_model(training_repeat=3)
+    obs = encode(model, observation(num_text_tokens=(2, 5)))
+    actions = torch.stack([torch.full((6, 32), 1.0), torch.full((6, 32), -1.0)])
+    seen = {}
+    original = model.velocity
+
+    def recording(noisy, t, o, m, layout=None):
+        seen["noisy"], seen["t"], seen["context"] = noisy.clone(), t.clone(), o.context_tokens.clone()
+        return original(noisy, t, o, m, layout)
+
+    model.velocity = recording
+    noise = torch.zeros(6, 6, 32)
+    model.sample_noise = lambda like, generator=None: noise
+    model.compute_loss(obs, actions, action_mask(2, model.config), generator=torch.Generator().manual_seed(0))
+    for r in range(6):  # row r is observation r // 3 with actions[r // 3]
+        assert torch.allclose(seen["noisy"][r], seen["t"][r] * actions[r // 3])
+        assert torch.equal(seen["context"][r], obs.context_tokens[r // 3])
+
+
+def test_hide_probability_one_reaches_the_velocity_call():
+    model = tiny_model(
+        action_prefix_probability=1.0,
+        prefix_hide_probability=1.0,
+        max_action_prefix_length=6,
+        action_attention_window=4,
+    )
+    obs = encode(model, observation(num_text_tokens=(2, 5)))
+    seen = {}
+    original = model.velocity
+
+    def recording(noisy, t, o, m, layout=None):
+        seen["layout"] = layout
+        return original(noisy, t, o, m, layout)
+
+    model.velocity = recording
+    model.sample_prefix = lambda batch_size, length, generator=None: (
+        torch.tensor([5, 5]),
+        torch.tensor([[True, True, True, False, False, False]] * 2),
+    )
+    model.compute_loss(
+        obs, torch.randn(2, 6, 32), action_mask(2, model.config), generator=torch.Generator().manual_seed(0)
+    )
+    mask = seen["layout"].attention_mask[0, 0, -6:, -6:]  # action queries x action keys
+    assert not mask[5, :3].any(), "the noisy token does not see the hidden prefix tokens"
+    assert mask[2, :3].all(), "prefix tokens see each other"
+
+
+def test_rows_without_a_prefix_contribute_plain_mse():
+    model = tiny_model(action_prefix_probability=1.0, loss_reweighting=True)
+    obs = encode(model, observation(num_text_tokens=(2, 5)))
+    actions = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(1))
+    noise = torch.zeros(2, 6, 32)
+    model.sample_noise = lambda like, generator=None: noise
+    model.sample_prefix = lambda batch_size, length, generator=None: (
+        torch.tensor([3, 0]),
+        torch.zeros(2, 6, dtype=torch.bool),
+    )
+    model._prefix_loss_weight = lambda *args: torch.full((2, 6, 32), 5.0)  # huge weights everywhere
+    model.velocity = lambda noisy, t, o, m, layout=None: actions - noise + 1.0  # error 1 on every entry
+    losses = model.compute_loss(
+        obs, actions, action_mask(2, model.config), generator=torch.Generator().manual_seed(0)
+    )
+    # Row 0 (prefix 3): 3 steps x 7 dims weighted 5; row 1 (no prefix): 6 steps x 7 dims weighted 1.
+    assert losses["flow_loss"].item() == pytest.approx((3 * 7 * 5 + 6 * 7 * 1) / (3 * 7 + 6 * 7))
 
 
 def test_training_repeat_expands_the_batch():

@@ -5,9 +5,12 @@
         --per_device_train_batch_size 8 --learning_rate 1e-4 --bf16 true
 
 `--model` is a directory of this repository (converted or fine-tuned) or of the published layout. The recipe
-follows the technical report (arXiv 2602.12684, training recipe) and the released post-training code: flow matching with t ~ Beta(1.5, 1); `--recipe async` adds the clean-prefix
-training, Λ-shape mask (window 4), +10 position offset and loss reweighting, and records them in the saved
-config so inference uses the same layout. Token embeddings are frozen by default, as in the paper; the VLM and
+follows the technical report (arXiv 2602.12684) and the released post-training code: flow matching with
+t = (1 - u)·0.999, u ~ Beta(1.5, 1), loss 0.5·MSE + frequency term; `--recipe async` (the default, as released)
+trains with the Λ-shaped band (window 4), the +10 position offset of noisy actions, clean prefixes on half the
+samples and loss reweighting; `sync` keeps band and offset without prefixes; `published` trains with the causal
+mask and no offset of the published checkpoints. The saved config records the layout, so inference uses it.
+Token embeddings are frozen by default, as in the paper; the VLM and
 its vision tower train unless frozen. `--lora_rank N` trains LoRA adapters on the VLM's language model instead
 of its full weights (the action expert trains fully) and merges them before saving. `--vl_dataset` mixes in
 vision-language samples (1 per `--robot_per_vl` robot samples) whose next-token loss keeps the VLM's
@@ -33,13 +36,32 @@ from .data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset
 
 REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
 
-# The asynchronous post-training of the report; the window and offset are what inference reads back.
-ASYNC_RECIPE = {
-    "action_prefix_probability": 0.5,
-    "max_action_prefix_length": 6,
-    "action_attention_window": 4,
-    "noisy_action_position_offset": 10,
-    "loss_reweighting": True,
+# The post-training recipes. The released post-training code trains every model with the Λ-shaped band
+# (window 4) and the +10 position offset of noisy actions, with or without the asynchronous clean prefix; the
+# window and offset are saved in the config, so inference uses the layout the model was trained with.
+# `published` keeps the layout the published checkpoints are served with (causal, offset 0).
+RECIPES = {
+    "async": {  # the released default: band + offset + clean prefixes, reweighting, frequency term
+        "action_attention_window": 4,
+        "noisy_action_position_offset": 10,
+        "action_prefix_probability": 0.5,
+        "max_action_prefix_length": 6,
+        "loss_reweighting": True,
+        "frequency_loss_weight": 1.0,
+    },
+    "sync": {  # band + offset without prefixes
+        "action_attention_window": 4,
+        "noisy_action_position_offset": 10,
+        "action_prefix_probability": 0.0,
+        "loss_reweighting": False,
+        "frequency_loss_weight": 1.0,
+    },
+    "published": {  # causal, offset 0: keep serving a fine-tuned published checkpoint as published
+        "action_attention_window": None,
+        "noisy_action_position_offset": 0,
+        "action_prefix_probability": 0.0,
+        "loss_reweighting": False,
+    },
 }
 LORA_TARGET = r"vlm\.model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -50,7 +72,13 @@ class ModelArguments:
         metadata={"help": "checkpoint directory (this repository's layout or the published one)"}
     )
     robot_type: str = field(metadata={"help": "robot type to train; registered in the saved processor"})
-    recipe: str = field(default="sync", metadata={"help": "'sync' or 'async' (clean-prefix post-training)"})
+    recipe: str = field(
+        default="async",
+        metadata={
+            "help": "'async' (released post-training: band, offset, clean prefixes), 'sync' (band and offset, "
+            "no prefix) or 'published' (causal, offset 0)"
+        },
+    )
     training_repeat: Optional[int] = field(default=None, metadata={"help": "copies per sample (report: 4)"})
     frequency_loss_weight: Optional[float] = field(default=None, metadata={"help": "c in 0.5·mse + c·freq"})
     language_loss_weight: Optional[float] = field(
@@ -121,9 +149,9 @@ def load_model_and_processor(args: ModelArguments):
 
 
 def apply_recipe(model, args: ModelArguments) -> None:
-    if args.recipe not in ("sync", "async"):
-        raise ValueError(f"--recipe must be 'sync' or 'async', got {args.recipe!r}")
-    changes = dict(ASYNC_RECIPE) if args.recipe == "async" else {}
+    if args.recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {sorted(RECIPES)}, got {args.recipe!r}")
+    changes = dict(RECIPES[args.recipe])
     if args.training_repeat is not None:
         changes["training_repeat"] = args.training_repeat
     for name in ("frequency_loss_weight", "language_loss_weight"):
