@@ -205,6 +205,12 @@ def test_trainer_run_lowers_the_loss_and_saves_a_loadable_directory(tiny_checkpo
     assert after < 0.93 * before, (before, after)
     model, processor, decoded = predict(output)
     assert decoded.shape == (1, 6, 5) and torch.isfinite(decoded).all()
+    card = (output / "README.md").read_text()
+    assert "xr0-finetune" in card and "`tiny_arm`" in card and "steps | 30" in card and "final loss" in card
+    from PIL import Image
+
+    with Image.open(output / "loss_curve.png") as curve:
+        assert curve.size == (640, 360)
     saved = json.loads((output / "config.json").read_text())
     assert (saved["action_attention_window"], saved["noisy_action_position_offset"]) == (4, 10)
     assert saved["action_prefix_probability"] == 0.5 and saved["training_repeat"] == 2
@@ -232,6 +238,27 @@ def test_lora_run_trains_adapters_and_saves_merged_weights(tiny_checkpoint, lero
         assert torch.equal(f.get_tensor(vision), original[vision]), "LoRA leaves the vision tower untouched"
         assert not torch.equal(f.get_tensor("dit.layers.0.adaln_table"), original["dit.layers.0.adaln_table"])
     assert predict(output)[2].shape == (1, 6, 5)
+
+
+def test_lora_checkpoints_keep_the_trained_expert_and_resume(tiny_checkpoint, lerobot_dir, tmp_path):
+    from peft import PeftModel
+
+    output = tmp_path / "lora"
+    args = ("--max_steps", "4", "--lora_rank", "4", "--save_strategy", "steps", "--save_steps", "2")
+    run_finetune(tiny_checkpoint, lerobot_dir, output, *args)
+    checkpoint = output / "checkpoint-2"
+    with safe_open(str(checkpoint / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        adaln = next(k for k in keys if k.endswith("dit.layers.0.adaln_table"))
+        assert any("lora_A" in k for k in keys)
+        assert not torch.equal(f.get_tensor(adaln), tiny_model().state_dict()["dit.layers.0.adaln_table"])
+    base = AutoModel.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+    loaded = PeftModel.from_pretrained(base, checkpoint)
+    assert any("lora" in name for name, _ in loaded.named_parameters())
+    resumed = run_finetune(
+        tiny_checkpoint, lerobot_dir, output, *args, "--resume_from_checkpoint", str(checkpoint)
+    )
+    assert resumed.state.global_step == 4
 
 
 def test_freezing_options(tiny_checkpoint):

@@ -33,6 +33,7 @@ from .. import REPO_ROOT
 from ..modeling_xr0 import XR0ForActionGeneration
 from ..processing_xr0 import XR0Processor
 from .data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset, register_dataset_robot
+from .report import write_fine_tune_card
 
 REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
 
@@ -171,7 +172,23 @@ def freeze(model, args: ModelArguments) -> None:
         model.get_input_embeddings().requires_grad_(False)
 
 
+# The action expert: trained fully next to the LoRA adapters, and saved with them in every checkpoint.
+EXPERT_MODULES = [
+    "dit",
+    "state_projector",
+    "action_projector",
+    "action_output_layer",
+    "t_embedder",
+    "t_projector",
+    "sink",
+]
+
+
 def add_lora(model, args: ModelArguments):
+    """LoRA adapters on the VLM's language model; the action expert trains fully as PEFT `modules_to_save`, so a
+    `checkpoint-N` (adapter_model.safetensors) holds the adapters and the whole trained expert: load it with
+    `peft.PeftModel.from_pretrained(AutoModel.from_pretrained(base, trust_remote_code=True), checkpoint)`, or
+    resume from it. The final output is merged into a plain directory of this repository."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
@@ -179,13 +196,9 @@ def add_lora(model, args: ModelArguments):
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=LORA_TARGET,
+        modules_to_save=EXPERT_MODULES,
     )
-    peft_model = get_peft_model(model, lora)
-    # LoRA freezes everything else; the action expert and projectors still train fully.
-    for name, param in model.named_parameters():
-        if not name.startswith("vlm."):
-            param.requires_grad_(True)
-    return peft_model
+    return get_peft_model(model, lora)
 
 
 def finetune(
@@ -234,6 +247,7 @@ def finetune(
     final = trained.merge_and_unload() if model_args.lora_rank > 0 else model
     final.save_pretrained(output)
     processor.save_pretrained(output)
+    write_fine_tune_card(output, model_args, data_args, training_args, trainer, processor, dataset)
     print(f"saved {output} (load with AutoModel/AutoProcessor.from_pretrained(..., trust_remote_code=True))")
     return trainer
 
