@@ -538,3 +538,38 @@ def test_publish_uploads_the_final_model_of_a_fine_tune(tmp_path, capsys):
     assert (
         "model.safetensors" in listed and "checkpoint-3" not in listed and "training_args.bin" not in listed
     )
+
+
+def test_lerobot_cameras_by_dtype_chosen_keys_and_published_stats(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = write_lerobot(tmp_path / "renamed")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    features = info["features"]
+    features["observation.image"] = features.pop("observation.images.top")  # a camera not under images.*
+    features["observation.joints"] = features["observation.state"]
+    path = root / "data" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(path)
+    table = table.rename_columns(
+        ["observation.image" if n == "observation.images.top" else n for n in table.column_names]
+    )
+    joints = pa.array([[float(i)] * 6 for i in range(len(table))], pa.list_(pa.float32()))
+    pq.write_table(table.append_column("observation.joints", joints), path)
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    stats = {
+        "action": {"mean": [0.1] * 5, "std": [2.0] * 5, "q01": [-1] * 5},
+        "observation.joints": {"mean": [3.0] * 6, "std": [4.0] * 6},
+    }
+    (root / "meta" / "stats.json").write_text(json.dumps(stats))
+
+    dataset = open_dataset(root, 6, state_key="observation.joints")
+    assert sorted(dataset.cameras) == ["observation.image", "wrist"]
+    assert dataset.states[7].tolist() == [7.0] * 6, "the chosen state column"
+    assert dataset[0]["images"]["observation.image"].shape == (64, 64, 3)
+    computed = compute_statistics(dataset)
+    assert computed.action_std.tolist() == [2.0] * 5 and computed.state_mean.tolist() == [3.0] * 6, (
+        "stats.json used"
+    )
+    with pytest.raises(ValueError, match=r"no feature 'observation.pose'"):
+        open_dataset(root, 6, state_key="observation.pose")

@@ -78,6 +78,16 @@ def inside(root: Path, relative, what: str) -> Path:
 def numeric_rows(rows, what: str, where) -> np.ndarray:
     """Per-frame vectors -> (N, D) float32, refusing null, ragged, non-numeric and non-finite rows with the
     frame named (`where(i)` describes row i)."""
+    if isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.dtype.kind in "iuf":
+        array = rows.astype(np.float64)
+        finite = np.isfinite(array).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"{where(int(np.argmin(finite)))}: `{what}` holds NaN or infinite values")
+        if array.size and np.abs(array).max() > np.finfo(np.float32).max:
+            raise ValueError(
+                f"{where(int(np.argmax(np.abs(array).max(axis=1))))}: `{what}` overflows float32"
+            )
+        return array.astype(np.float32)
     width = None
     for i, row in enumerate(rows):
         if row is None or not isinstance(row, (list, tuple, np.ndarray)):
@@ -101,9 +111,6 @@ def numeric_rows(rows, what: str, where) -> np.ndarray:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
-
-
-VIDEO_SEGMENTS_CACHED = 16  # decoded episodes kept per dataset: random access without decoding whole files
 
 
 class RobotDataset(Dataset):
@@ -219,45 +226,66 @@ class JsonlRobotDataset(RobotDataset):
 
 
 class LeRobotDataset(RobotDataset):
-    """A LeRobot v3.0 dataset directory, read with pyarrow (the lerobot package is not needed)."""
+    """A LeRobot v3.0 dataset directory, read with pyarrow (the lerobot package is not needed).
 
-    def __init__(self, root, action_length: int):
+    Files are found through `meta/info.json` (`data_path`, `video_path` templates and `meta/episodes`); cameras are
+    the features of dtype `image` or `video`, whatever their name; the state and action columns are chosen by key.
+    Columns are read as arrays; images stay on disk until `__getitem__` (one parquet row group or one video frame
+    at a time). `meta/stats.json`, when present, provides the statistics instead of a pass over the data.
+    """
+
+    def __init__(
+        self, root, action_length: int, state_key: str = "observation.state", action_key: str = "action"
+    ):
         import pyarrow.parquet as pq
 
         super().__init__(action_length)
         self.root = Path(root)
-        info = json.loads((self.root / "meta" / "info.json").read_text())
+        info_path = self.root / "meta" / "info.json"
+        info = json.loads(info_path.read_text())
         if not str(info.get("codebase_version", "")).startswith("v3"):
             raise ValueError(
                 f"{self.root}: LeRobot codebase_version {info.get('codebase_version')!r}; v3.x is supported"
             )
-        self.info = info
-        self.fps = info["fps"]
-        features = info["features"]
-        self.cameras = [
-            k[len(LEROBOT_IMAGE_PREFIX) :] for k in features if k.startswith(LEROBOT_IMAGE_PREFIX)
+        self.info, self.fps = info, float(info["fps"])
+        features = info.get("features", {})
+        for key in (state_key, action_key):
+            if key not in features:
+                raise ValueError(f"{info_path}: no feature {key!r}; features are {sorted(features)}")
+        self.state_key, self.action_key = state_key, action_key
+        camera_features = [
+            k for k, f in features.items() if isinstance(f, dict) and f.get("dtype") in ("image", "video")
         ]
-        self.video_cameras = {
-            c for c in self.cameras if features[LEROBOT_IMAGE_PREFIX + c]["dtype"] == "video"
-        }
+        self.camera_keys = {_camera_name(k): k for k in camera_features}
+        self.cameras = list(self.camera_keys)
+        self.video_cameras = {name for name, k in self.camera_keys.items() if features[k]["dtype"] == "video"}
 
-        data_files = sorted((self.root / "data").glob("chunk-*/file-*.parquet"))
-        if not data_files:
-            raise FileNotFoundError(f"{self.root}/data holds no chunk-*/file-*.parquet files")
-        table = (
-            pq.read_table(data_files[0])
-            if len(data_files) == 1
-            else _concat([pq.read_table(f) for f in data_files])
-        )
-        table = table.sort_by([("index", "ascending")])
-        indices = np.asarray(table.column("index").to_pylist())
-        episodes = table.column("episode_index").to_pylist()
-        frame_indices = (
-            table.column("frame_index").to_pylist() if "frame_index" in table.column_names else None
+        self.episode_meta = self._read_episodes()
+        data_files = self._data_files()
+        columns = [state_key, action_key, "episode_index", "index", "timestamp", "task_index"]
+        tables, locations = [], []  # per row: (file, row group, row within the group)
+        for file in data_files:
+            parquet = pq.ParquetFile(file)
+            missing = [c for c in columns if c not in parquet.schema_arrow.names]
+            if missing:
+                raise ValueError(f"{file}: missing columns {missing}")
+            extra = ["frame_index"] if "frame_index" in parquet.schema_arrow.names else []
+            tables.append(parquet.read(columns=columns + extra))
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                locations += [(file, group, r) for r in range(rows)]
+        table = _concat(tables)
+        order = np.argsort(table.column("index").to_numpy(), kind="stable")
+        indices = table.column("index").to_numpy()[order]
+        episodes = table.column("episode_index").to_numpy()[order]
+        self._image_locations = [locations[i] for i in order]
+
+        frames = (
+            table.column("frame_index").to_numpy()[order] if "frame_index" in table.column_names else None
         )
 
         def where(i):
-            frame = "" if frame_indices is None else f", frame {frame_indices[i]}"
+            frame = "" if frames is None else f", frame {frames[i]}"
             return f"{self.root}/data (index {indices[i]}: episode {episodes[i]}{frame})"
 
         duplicates = indices[1:][np.diff(indices) == 0]
@@ -265,46 +293,73 @@ class LeRobotDataset(RobotDataset):
             raise ValueError(f"{self.root}/data: frame `index` {int(duplicates[0])} appears more than once")
         if "total_frames" in info and int(info["total_frames"]) != len(indices):
             raise ValueError(
-                f"{self.root}/meta/info.json says total_frames {info['total_frames']}, the data holds {len(indices)}"
+                f"{info_path} says total_frames {info['total_frames']}, the data holds {len(indices)}"
             )
-        self.states = numeric_rows(table.column("observation.state").to_pylist(), "observation.state", where)
-        self.actions = numeric_rows(table.column("action").to_pylist(), "action", where)
-        self.episodes = np.asarray(episodes)
-        self.timestamps = np.asarray(table.column("timestamp").to_pylist(), dtype=np.float64)
+        self.states = _vector_column(table.column(state_key), order, state_key, where)
+        self.actions = _vector_column(table.column(action_key), order, action_key, where)
+        self.episodes = episodes
+        self.timestamps = table.column("timestamp").to_numpy()[order].astype(np.float64)
         tasks = pq.read_table(self.root / "meta" / "tasks.parquet").to_pandas()
-        task_of_index = {int(row.task_index): str(name) for name, row in tasks.iterrows()}
         if "task" in tasks.columns:  # some writers keep the string in a column instead of the index
             task_of_index = {int(row.task_index): str(row.task) for _, row in tasks.iterrows()}
-        self.instructions = [task_of_index[int(i)] for i in table.column("task_index").to_pylist()]
-        self.image_columns = {
-            c: table.column(LEROBOT_IMAGE_PREFIX + c).to_pylist()
-            for c in self.cameras
-            if c not in self.video_cameras
-        }
-        self.episode_meta = {}
-        if self.video_cameras:
-            episodes = _concat(
-                [
-                    pq.read_table(f)
-                    for f in sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
-                ]
-            )
-            for row in episodes.to_pylist():
-                self.episode_meta[int(row["episode_index"])] = row
+        else:
+            task_of_index = {int(row.task_index): str(name) for name, row in tasks.iterrows()}
+        task_indices = table.column("task_index").to_numpy()[order]
+        unknown = sorted(set(np.unique(task_indices).tolist()) - set(task_of_index))
+        if unknown:
+            raise ValueError(f"{self.root}/meta/tasks.parquet has no task_index {unknown[:5]}")
+        self.instructions = [task_of_index[int(i)] for i in task_indices]
         self._check_episode_lengths()
-        self._video_frames = {}  # (video file, episode) -> decoded frames, least recently used first
+        self.stats = self._read_stats()
+        self._row_groups = {}  # (file, group, column) -> decoded column, least recently used first
+        self._videos = {}  # video file -> open PyAV container, least recently used first
         self._finish()
 
-    def _check_episode_lengths(self) -> None:
-        """The episodes' metadata (meta/episodes) must agree with the frames the data holds."""
+    # ---- metadata ----
+
+    def _read_episodes(self) -> dict:
         import pyarrow.parquet as pq
 
         files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
         if not files:
-            return
+            return {}
+        return {
+            int(row["episode_index"]): row for row in _concat([pq.read_table(f) for f in files]).to_pylist()
+        }
+
+    def _data_files(self) -> list:
+        """The data files named by `data_path` for the episodes' (chunk, file) pairs; a glob without metadata."""
+        template = self.info.get("data_path")
+        pairs = sorted(
+            {
+                (int(m["data/chunk_index"]), int(m["data/file_index"]))
+                for m in self.episode_meta.values()
+                if "data/chunk_index" in m and "data/file_index" in m
+            }
+        )
+        if template and pairs:
+            files = [
+                inside(
+                    self.root,
+                    fill_path_template(template, chunk_index=c, file_index=f),
+                    "meta/info.json data_path",
+                )
+                for c, f in pairs
+            ]
+        else:
+            files = sorted((self.root / "data").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"{self.root}/data holds no chunk-*/file-*.parquet files")
+        for file in files:
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} (named by meta/info.json data_path) does not exist")
+        return files
+
+    def _check_episode_lengths(self) -> None:
+        """The episodes' metadata must agree with the frames the data holds."""
         counted = dict(zip(*np.unique(self.episodes, return_counts=True), strict=True))
-        for row in _concat([pq.read_table(f) for f in files]).to_pylist():
-            episode, length = int(row["episode_index"]), row.get("length")
+        for episode, row in self.episode_meta.items():
+            length = row.get("length")
             if length is not None and int(length) == 0:
                 raise ValueError(f"{self.root}/meta/episodes: episode {episode} is empty")
             if length is not None and int(length) != counted.get(episode, 0):
@@ -313,48 +368,135 @@ class LeRobotDataset(RobotDataset):
                     f"{counted.get(episode, 0)} frames of it"
                 )
 
+    def _read_stats(self):
+        """`meta/stats.json` -> Statistics when it has mean and std of the state and action keys."""
+        path = self.root / "meta" / "stats.json"
+        if not path.is_file():
+            return None
+        stats = json.loads(path.read_text())
+        try:
+            values = [
+                np.asarray(stats[key][moment], dtype=np.float64).reshape(-1)
+                for key in (self.action_key, self.state_key)
+                for moment in ("mean", "std")
+            ]
+        except (KeyError, TypeError, ValueError):
+            return None
+        widths = (self.actions.shape[1],) * 2 + (self.states.shape[1],) * 2
+        if any(v.shape != (w,) or not np.isfinite(v).all() for v, w in zip(values, widths, strict=True)):
+            raise ValueError(
+                f"{path}: mean/std of {self.action_key}/{self.state_key} do not match the data's widths"
+            )
+        return Statistics(*values)
+
+    # ---- images, read when asked for ----
+
     def _frame_images(self, index: int) -> dict:
         images = {}
-        for camera in self.cameras:
+        for camera, key in self.camera_keys.items():
             if camera in self.video_cameras:
                 images[camera] = self._video_frame(camera, index)
+                continue
+            file, group, row = self._image_locations[index]
+            cell = self._row_group_column(file, group, key)[row]
+            data = cell.get("bytes") if isinstance(cell, dict) else None
+            if data:
+                images[camera] = _load_image(io.BytesIO(data))
+            elif isinstance(cell, dict) and cell.get("path"):
+                images[camera] = _load_image(
+                    inside(self.root, cell["path"], f"episode {self.episodes[index]}")
+                )
             else:
-                cell = self.image_columns[camera][index]
-                data = cell.get("bytes") if isinstance(cell, dict) else None
-                if data:
-                    images[camera] = _load_image(io.BytesIO(data))
-                elif isinstance(cell, dict) and cell.get("path"):
-                    images[camera] = _load_image(
-                        inside(self.root, cell["path"], f"episode {self.episodes[index]}")
-                    )
-                else:
-                    raise ValueError(
-                        f"{self.root}: camera {camera} of frame {index} holds neither bytes nor a path"
-                    )
+                raise ValueError(f"{file}: camera {camera} of frame {index} holds neither bytes nor a path")
         return images
 
+    def _row_group_column(self, file, group: int, column: str) -> list:
+        import pyarrow.parquet as pq
+
+        key = (file, group, column)
+        values = self._row_groups.pop(key, None)
+        if values is None:
+            values = pq.ParquetFile(file).read_row_group(group, columns=[column]).column(column).to_pylist()
+        self._row_groups[key] = values
+        while len(self._row_groups) > ROW_GROUPS_CACHED:
+            self._row_groups.pop(next(iter(self._row_groups)))
+        return values
+
     def _video_frame(self, camera: str, index: int) -> np.ndarray:
+        """One frame: seek in the episode's video file to its timestamp and decode only up to it."""
         episode = int(self.episodes[index])
-        meta = self.episode_meta[episode]
-        key = f"videos/{LEROBOT_IMAGE_PREFIX}{camera}"
+        meta = self.episode_meta.get(episode)
+        key = f"videos/{self.camera_keys[camera]}"
+        if meta is None or f"{key}/chunk_index" not in meta:
+            raise ValueError(
+                f"{self.root}/meta/episodes: no video location of episode {episode} for {camera}"
+            )
         relative = fill_path_template(
             self.info["video_path"],
-            video_key=LEROBOT_IMAGE_PREFIX + camera,
+            video_key=self.camera_keys[camera],
             chunk_index=int(meta[f"{key}/chunk_index"]),
             file_index=int(meta[f"{key}/file_index"]),
         )
         path = inside(self.root, relative, f"{self.root}/meta/info.json video_path")
-        segment = (path, episode)
-        frames = self._video_frames.pop(segment, None)
-        if frames is None:
-            frames = _decode_segment(
-                path, meta[f"{key}/from_timestamp"], meta[f"{key}/to_timestamp"], self.fps
+        return self._decode_at(path, float(meta[f"{key}/from_timestamp"]) + self.timestamps[index])
+
+    def _decode_at(self, path: Path, time: float) -> np.ndarray:
+        try:
+            import av
+        except ImportError as error:
+            raise ImportError(
+                f"{path}: decoding LeRobot video cameras needs PyAV (`pip install av`)"
+            ) from error
+        container = self._videos.pop(path, None) or av.open(str(path))
+        self._videos[path] = container
+        while len(self._videos) > VIDEO_FILES_OPEN:
+            self._videos.pop(next(iter(self._videos))).close()
+        stream = container.streams.video[0]
+        half_frame = 0.5 / self.fps
+        container.seek(int(max(time - half_frame, 0.0) / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            if frame.time is not None and frame.time >= time - half_frame:
+                return frame.to_ndarray(format="rgb24")
+        raise ValueError(f"{path}: no frame at {time:.3f} s")
+
+    def __getstate__(self) -> dict:  # DataLoader workers: open files belong to one process
+        state = dict(self.__dict__)
+        state["_videos"], state["_row_groups"] = {}, {}
+        return state
+
+
+ROW_GROUPS_CACHED = 4
+VIDEO_FILES_OPEN = 8
+
+
+def _camera_name(feature: str) -> str:
+    return feature[len(LEROBOT_IMAGE_PREFIX) :] if feature.startswith(LEROBOT_IMAGE_PREFIX) else feature
+
+
+def _vector_column(column, order: np.ndarray, name: str, where) -> np.ndarray:
+    """A list<float> (or fixed-size list) parquet column -> (N, D) float32 through arrow's buffers (no Python
+    objects per value); null, ragged or non-finite rows are refused with the frame named."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rank = np.argsort(order)  # row in file order -> row in index order
+    if column.null_count:
+        first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{where(int(rank[first]))}: `{name}` is null")
+    if pa.types.is_fixed_size_list(column.type):
+        values = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
+    elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths[0] == 0 or (lengths != lengths[0]).any()):
+            bad = int(np.flatnonzero(lengths != lengths[0])[0]) if (lengths != lengths[0]).any() else 0
+            raise ValueError(
+                f"{where(int(rank[bad]))}: `{name}` has {lengths[bad]} values, other frames {lengths[0]}"
             )
-        self._video_frames[segment] = frames  # most recently used last
-        while len(self._video_frames) > VIDEO_SEGMENTS_CACHED:
-            self._video_frames.pop(next(iter(self._video_frames)))
-        position = int(round(self.timestamps[index] * self.fps))
-        return frames[min(position, len(frames) - 1)]
+        values = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
+    else:
+        raise ValueError(f"`{name}` must be a list column of numbers, got {column.type}")
+    return numeric_rows(values[order], name, where)
 
 
 def _concat(tables):
@@ -363,40 +505,29 @@ def _concat(tables):
     return pa.concat_tables(tables)
 
 
-def _decode_segment(path: Path, start: float, end: float, fps: float) -> list:
-    """The frames of one episode in a video holding many: seek near `start`, decode until `end` (seconds)."""
-    try:
-        import av
-    except ImportError as error:
-        raise ImportError(f"{path}: decoding LeRobot video cameras needs PyAV (`pip install av`)") from error
-    half_frame = 0.5 / fps
-    frames = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        container.seek(int(max(start - 1.0, 0.0) / stream.time_base), stream=stream, backward=True)
-        for frame in container.decode(stream):
-            if frame.time is None or frame.time < start - half_frame:
-                continue
-            if frame.time >= end - half_frame:
-                break
-            frames.append(frame.to_ndarray(format="rgb24"))
-    if not frames:
-        raise ValueError(f"{path}: no frames between {start:.3f} s and {end:.3f} s")
-    return frames
-
-
 def _load_image(source) -> np.ndarray:
     with Image.open(source) as image:
         return np.asarray(image.convert("RGB"))
 
 
-def open_dataset(path, action_length: int, dataset_format: str = "auto") -> RobotDataset:
-    """A LeRobot v3 directory or a JSONL directory (`dataset_format` "auto" tells them apart)."""
+def open_dataset(
+    path,
+    action_length: int,
+    dataset_format: str = "auto",
+    state_key: str = "observation.state",
+    action_key: str = "action",
+) -> RobotDataset:
+    """A LeRobot v3 directory, a JSONL directory (`dataset_format` "auto" tells them apart), or a Hugging Face
+    dataset repo id (`user/name`: downloaded with huggingface_hub, or read from its cache offline)."""
     path = Path(path)
+    if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(str(path), repo_type="dataset"))
     if dataset_format == "auto":
         dataset_format = "lerobot" if (path / "meta" / "info.json").is_file() else "jsonl"
     if dataset_format == "lerobot":
-        return LeRobotDataset(path, action_length)
+        return LeRobotDataset(path, action_length, state_key=state_key, action_key=action_key)
     if dataset_format == "jsonl":
         return JsonlRobotDataset(path, action_length)
     raise ValueError(f"dataset_format must be 'auto', 'lerobot' or 'jsonl', got {dataset_format!r}")
@@ -460,7 +591,9 @@ def compute_statistics(dataset: RobotDataset) -> Statistics:
     changes (std <= 1e-5) is masked out of the model's input and loss: it is reported, and a dataset whose every
     action dim is constant is refused (there would be nothing to learn)."""
     actions, states = dataset.actions.astype(np.float64), dataset.states.astype(np.float64)
-    stats = Statistics(actions.mean(0), actions.std(0), states.mean(0), states.std(0))
+    stats = getattr(dataset, "stats", None) or Statistics(
+        actions.mean(0), actions.std(0), states.mean(0), states.std(0)
+    )
     constant = [int(d) for d in np.flatnonzero(stats.action_std <= 1e-5)]
     if len(constant) == actions.shape[1]:
         raise ValueError(

@@ -102,7 +102,15 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset: str = field(metadata={"help": "LeRobot v3.0 dataset directory or a JSONL dataset directory"})
+    dataset: str = field(
+        metadata={
+            "help": "LeRobot v3.0 dataset directory, a Hugging Face dataset repo id, or a JSONL dataset directory"
+        }
+    )
+    state_key: str = field(
+        default="observation.state", metadata={"help": "LeRobot feature holding the state"}
+    )
+    action_key: str = field(default="action", metadata={"help": "LeRobot feature holding the action"})
     dataset_format: str = field(default="auto", metadata={"help": "auto, lerobot or jsonl"})
     camera_map: Optional[str] = field(
         default=None,
@@ -212,7 +220,13 @@ def finetune(
     chunk_length = data_args.chunk_length or (
         processor.chunk_length(model_args.robot_type) if known else processor.action_length
     )
-    dataset = open_dataset(data_args.dataset, chunk_length, data_args.dataset_format)
+    dataset = open_dataset(
+        data_args.dataset,
+        chunk_length,
+        data_args.dataset_format,
+        state_key=data_args.state_key,
+        action_key=data_args.action_key,
+    )
     camera_map = register_dataset_robot(
         processor,
         model_args.robot_type,
