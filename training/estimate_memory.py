@@ -1,0 +1,64 @@
+"""Training-step memory of the real 4.7B XR0, estimated from the model built on the meta device (numbers, not a
+test; activations are not included: they depend on batch size, prompt length and checkpointing).
+
+    python -m xr0.training.estimate_memory
+
+Per parameter: fp32 master weight 4 B; trainable ones add an fp32 gradient 4 B and AdamW's two fp32 moments 8 B;
+frozen ones can be held in bf16 (2 B). LoRA adds rank·(in + out) trainable values per adapted projection.
+"""
+
+import argparse
+import re
+
+import torch
+
+from ..configuration_xr0 import XR0Config
+from ..modeling_xr0 import XR0ForActionGeneration
+from .finetune import LORA_TARGET
+
+GIB = 2**30
+
+
+def estimate(lora_rank: int = 16) -> list:
+    with torch.device("meta"):
+        model = XR0ForActionGeneration(XR0Config())
+    parameters = dict(model.named_parameters())
+    total = sum(p.numel() for p in parameters.values())
+    embeddings = model.get_input_embeddings().weight.numel()
+    expert = sum(p.numel() for n, p in parameters.items() if not n.startswith("vlm."))
+    lora = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and re.fullmatch(LORA_TARGET, name):
+            lora += lora_rank * (module.in_features + module.out_features)
+
+    def row(setting, trainable, frozen, frozen_bytes):
+        optimizer = trainable * (4 + 4 + 8)  # fp32 weight, gradient, two AdamW moments
+        return setting, trainable, (optimizer + frozen * frozen_bytes) / GIB
+
+    return [
+        row("full fine-tuning (token embeddings frozen, as released)", total - embeddings, embeddings, 4),
+        row("VLM frozen (fp32), action expert trained", expert, total - expert, 4),
+        row("VLM frozen (bf16), action expert trained", expert, total - expert, 2),
+        row(
+            f"LoRA r={lora_rank} on the language model + action expert, VLM in bf16",
+            expert + lora,
+            total - expert,
+            2,
+        ),
+    ]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lora_rank", type=int, default=16)
+    args = parser.parse_args(argv)
+    for setting, trainable, gib in estimate(args.lora_rank):
+        print(
+            f"{setting:<70} trainable {trainable / 1e9:6.3f} B   weights + gradients + AdamW {gib:6.1f} GiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
