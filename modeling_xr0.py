@@ -44,9 +44,9 @@ from .configuration_xr0 import XR0Config
 
 logger = logging.get_logger(__name__)
 
-# Top-level submodules of the published state dict; training checkpoints may wrap them in these prefixes.
-_TOP_LEVEL_MODULES = (
-    "vlm",
+# The action expert's top-level submodules, as the published state dict names them (besides `vlm`); training
+# checkpoints may wrap every key in one of `_WRAPPER_PREFIXES`.
+ACTION_EXPERT_MODULES = (
     "dit",
     "state_projector",
     "action_projector",
@@ -55,6 +55,7 @@ _TOP_LEVEL_MODULES = (
     "t_projector",
     "sink",
 )
+_TOP_LEVEL_MODULES = ("vlm", *ACTION_EXPERT_MODULES)
 _WRAPPER_PREFIXES = ("module.model.", "module.", "model.")
 
 

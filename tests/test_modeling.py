@@ -5,7 +5,7 @@ import pytest
 import torch
 from published_layout import action_expert_shapes, write_published_checkpoint
 from reference_xr0 import reference_actions
-from tiny import action_mask, observation, row, tiny_model
+from tiny import action_mask, encode, observation, row, tiny_model
 from transformers import AutoConfig, AutoModel
 
 from xr0.modeling_xr0 import (
@@ -32,16 +32,6 @@ def noise_for(model, batch_size, seed=0, length=None):
     length = length or model.config.action_length
     return torch.randn(
         batch_size, length, model.config.action_dim, generator=torch.Generator().manual_seed(seed)
-    )
-
-
-def encode(model, batch):
-    return model.encode_observation(
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["pixel_values"],
-        batch["image_grid_thw"],
-        batch["state"],
     )
 
 

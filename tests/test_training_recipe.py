@@ -3,19 +3,9 @@ reweighting, loss masking, and that the loss trains."""
 
 import pytest
 import torch
-from tiny import action_mask, observation, tiny_model
+from tiny import action_mask, encode, observation, tiny_model
 
 from xr0.modeling_xr0 import build_dit_attention_mask, frequency_loss
-
-
-def encode(model, batch):
-    return model.encode_observation(
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["pixel_values"],
-        batch["image_grid_thw"],
-        batch["state"],
-    )
 
 
 def test_time_distribution_moments():

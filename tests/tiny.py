@@ -62,3 +62,14 @@ def action_mask(batch_size: int, config: XR0Config, active_dims: int = 7) -> tor
     mask = torch.zeros(batch_size, config.action_length, config.action_dim)
     mask[..., :active_dims] = 1
     return mask
+
+
+def encode(model, batch):
+    """The observation of an `observation()` batch."""
+    return model.encode_observation(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["pixel_values"],
+        batch["image_grid_thw"],
+        batch["state"],
+    )

@@ -30,7 +30,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from .. import REPO_ROOT
-from ..modeling_xr0 import XR0ForActionGeneration
+from ..modeling_xr0 import ACTION_EXPERT_MODULES, XR0ForActionGeneration
 from ..processing_xr0 import XR0Processor
 from .data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset, register_dataset_robot
 from .report import write_fine_tune_card
@@ -180,18 +180,6 @@ def freeze(model, args: ModelArguments) -> None:
         model.get_input_embeddings().requires_grad_(False)
 
 
-# The action expert: trained fully next to the LoRA adapters, and saved with them in every checkpoint.
-EXPERT_MODULES = [
-    "dit",
-    "state_projector",
-    "action_projector",
-    "action_output_layer",
-    "t_embedder",
-    "t_projector",
-    "sink",
-]
-
-
 def add_lora(model, args: ModelArguments):
     """LoRA adapters on the VLM's language model; the action expert trains fully as PEFT `modules_to_save`, so a
     `checkpoint-N` (adapter_model.safetensors) holds the adapters and the whole trained expert: load it with
@@ -204,7 +192,7 @@ def add_lora(model, args: ModelArguments):
         lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=LORA_TARGET,
-        modules_to_save=EXPERT_MODULES,
+        modules_to_save=list(ACTION_EXPERT_MODULES),  # trained fully, saved in every checkpoint
     )
     return get_peft_model(model, lora)
 

@@ -7,19 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-CARD = """---
-license: apache-2.0
-library_name: transformers
-pipeline_tag: robotics
-base_model: {base_model}
-tags:
-  - robotics
-  - vision-language-action
-  - xiaomi-robotics-0
-  - {robot_type}
----
+from ..scripts.write_variant_cards import FRONT_MATTER
 
-# XR0 fine-tuned for `{robot_type}`
+CARD = """# XR0 fine-tuned for `{robot_type}`
 
 Fine-tuned with `xr0-finetune` from `{base_model}`{revision}.
 
@@ -88,8 +78,10 @@ def write_fine_tune_card(
     spec = processor.robot_spec(model_args.robot_type)
     config = trainer.model.config if hasattr(trainer.model, "config") else None
     tail = min(10, len(losses))
+    front_matter = FRONT_MATTER.format(base_model=base_model, extra_tags=f"  - {model_args.robot_type}\n")
     (output / "README.md").write_text(
-        CARD.format(
+        front_matter
+        + CARD.format(
             base_model=base_model,
             revision=revision,
             dataset=data_args.dataset,
