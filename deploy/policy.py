@@ -18,11 +18,11 @@ import torch
 
 from xr0_client.protocol import field_name, shown
 
+from ..processing_xr0 import MAX_INSTRUCTION_CHARS, MIN_IMAGE_SIDE
+
 OBSERVATION_KEYS = {"images", "instruction", "state", "robot_type", "seed", "action_prefix"}
 REQUIRED_KEYS = {"images", "instruction", "state", "robot_type"}
-MAX_INSTRUCTION_CHARS = 2000
-IMAGE_SIDE_RANGE = (16, 4096)
-MAX_ASPECT_RATIO = 200  # the Qwen2-VL resize refuses longer images
+IMAGE_SIDE_RANGE = (MIN_IMAGE_SIDE, 4096)  # the processor's floor; the ceiling bounds pixels and aspect ratio
 # Magnitude bounds: a finite but huge input (3.4e38 fits float32) overflows inside the model into NaN actions.
 MAX_ABS_STATE = 1e4  # robot units, and after the robot type's normalization
 MAX_ABS_NORMALIZED_ACTION = 100.0  # committed prefix, in std units of the robot type's statistics
@@ -88,10 +88,6 @@ def parse_request(message, processor) -> Request:
         if not (low <= image.shape[0] <= high and low <= image.shape[1] <= high):
             raise RequestError(
                 f"images.{view}", f"image sides must be in [{low}, {high}], got {image.shape[:2]}"
-            )
-        if max(image.shape[:2]) > MAX_ASPECT_RATIO * min(image.shape[:2]):
-            raise RequestError(
-                f"images.{view}", f"aspect ratio must be at most {MAX_ASPECT_RATIO}, got {image.shape[:2]}"
             )
 
     instruction = message["instruction"]

@@ -477,12 +477,12 @@ def test_malformed_arrays_name_their_field():
         (
             {
                 "images": {
-                    "base": np.zeros((16, 4000, 3), np.uint8),
+                    "base": np.zeros((20, 4000, 3), np.uint8),
                     "wrist_left": np.zeros((224, 224, 3), np.uint8),
                 }
             },
             "images.base",
-            "aspect ratio",
+            "sides must be in",
         ),
         ({"action_prefix": np.full((3, 7), 1.7e37, np.float32)}, "action_prefix", "standard deviations"),
     ],
