@@ -89,7 +89,9 @@ class FakeClock:
 
 
 class ThreadedRunner:
-    """Runs inference in one background thread (wall-clock deployments)."""
+    """Runs inference in one background thread (wall-clock deployments). One thread, because a client holds one
+    connection: an inference the executor abandoned after `inference_timeout` delays its retry until it returns
+    (the client's own timeout bounds that)."""
 
     def __init__(self, source: ChunkSource, clock=None):
         self.source = source
