@@ -763,3 +763,10 @@ def test_allowed_origins_refuse_other_browsers(policy):
             assert robot.metadata["server"] == "xr0"
     finally:
         strict.stop()
+
+
+def test_a_failing_first_inference_is_retried_once_per_tick():
+    source = ScriptedSource(faults={0: "raise", 1: "raise"})
+    metrics, sent = run_scripted(source, ticks=40, latency_ticks=0.0, execute_steps=10, commit_steps=5)
+    assert metrics.failures == 2 and metrics.startup_ticks == 2 and len(sent) == 40
+    assert int(sent[0][0]) // 1000 == 2, "the first usable chunk is the third inference"

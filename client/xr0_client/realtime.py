@@ -302,6 +302,8 @@ class RealtimeExecutor:
             except InferenceFailure as failure:
                 if self._failed(tick, failure):
                     return metrics
+                tick += 1  # retry on the next tick, not in a tight loop
+                self.clock.sleep_until(start_time + tick * self.dt)
                 continue
             metrics.latencies_s.append(finished - submitted)
             current = _Chunk(chunk, tick)
