@@ -562,3 +562,12 @@ def test_normalize_action_zeroes_constant_dims(processor):
     assert normalized[0, :4].tolist() == [2.0, 0.0, 2.0, 0.0], (
         "a constant (std 0) dim becomes 0, as documented"
     )
+
+
+def test_loading_a_published_directory_never_prompts(tmp_path, monkeypatch):
+    # Its preprocessor_config.json maps AutoProcessor to the official processing_mibot.py: our stock parts must
+    # neither run it nor ask "Do you wish to run the custom code? [y/N]".
+    write_published_processor_dir(tmp_path, published_action_config())
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("an interactive prompt"))
+    processor = XR0Processor.from_pretrained(tmp_path)
+    assert processor.get_action_mask("libero_all").shape == (10, 32)
