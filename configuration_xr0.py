@@ -230,8 +230,8 @@ class XR0Config(PretrainedConfig):
             post-training; 0 = synchronous training).
         max_action_prefix_length (`int`, defaults to 6).
         prefix_hide_probability (`float`, defaults to 0.5), prefix_keep_last (`int`, defaults to 2): during
-            training, with this probability a sample's prefix tokens are hidden from its noisy action tokens
-            (the prefix tokens still see each other), all but the last `prefix_keep_last`.
+            training, each prefix token but the last `prefix_keep_last` is hidden from the noisy action tokens with
+            this probability (the prefix tokens still see each other).
         loss_reweighting (`bool`, defaults to False): weight the loss of prefixed samples by the L1 error of the
             actions the model generates with that prefix, divided by its masked mean, clamped to
             `loss_reweight_range` (defaults to (0.5, 5.0)).

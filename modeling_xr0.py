@@ -894,10 +894,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
 
     def sample_prefix(self, batch_size: int, action_length: int, generator: Optional[torch.Generator] = None):
         """Training prefixes: (prefix_lengths (B,), hidden_actions (B, T) bool). With probability
-        `action_prefix_probability` a sample gets p ~ U{1..min(max_action_prefix_length, T)} clean actions; with
-        probability `prefix_hide_probability` its prefix tokens, all but the last `prefix_keep_last`, are hidden
-        from the noisy tokens. The released code draws p and the hiding coin once per batch; here each sample
-        draws its own (the same distribution per sample, more variety per batch)."""
+        `action_prefix_probability` a sample gets p ~ U{1..min(max_action_prefix_length, T)} clean actions; each of
+        its prefix tokens but the last `prefix_keep_last` is hidden from the noisy tokens with probability
+        `prefix_hide_probability`. The released code draws p and these coins once per batch (shared by its
+        samples); here each sample draws its own (the same distribution per sample, more variety per batch)."""
         config = self.config
         longest = min(config.max_action_prefix_length, action_length)
         use_prefix = uniform((batch_size,), generator, self.device) < config.action_prefix_probability
@@ -906,7 +906,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         steps = torch.arange(action_length, device=self.device)[None]
         in_prefix = steps < prefix_lengths[:, None]
         kept = steps >= prefix_lengths[:, None] - config.prefix_keep_last
-        coin = uniform((batch_size, 1), generator, self.device) < config.prefix_hide_probability
+        coin = uniform((batch_size, action_length), generator, self.device) < config.prefix_hide_probability
         return prefix_lengths, in_prefix & ~kept & coin
 
     def compute_loss(

@@ -31,10 +31,11 @@ def test_prefix_sampling():
     assert not (hidden & (steps >= lengths[:, None])).any(), "only prefix tokens are hidden"
     assert not (hidden & (steps >= lengths[:, None] - 2)).any(), "the last 2 prefix tokens stay visible"
     eligible = steps < lengths[:, None] - 2
-    # One coin per sample: its eligible prefix tokens are hidden together, in half of the samples.
-    rows = eligible.any(dim=1)
-    assert torch.equal(hidden[rows].any(dim=1), (hidden == eligible)[rows].all(dim=1))
-    assert abs(float(hidden[rows].any(dim=1).float().mean()) - 0.5) < 0.01
+    # One coin per eligible token (as released: torch.rand(p - 2) < 0.5), drawn per sample here.
+    assert abs(float(hidden[eligible].float().mean()) - 0.5) < 0.01
+    rows = eligible.sum(dim=1) >= 2
+    mixed = (hidden[rows] != eligible[rows]).any(dim=1) & hidden[rows].any(dim=1)
+    assert mixed.float().mean() > 0.2, "tokens of one prefix are hidden independently"
     half = tiny_model(action_prefix_probability=0.5).sample_prefix(
         20_000, 6, torch.Generator().manual_seed(2)
     )[0]
