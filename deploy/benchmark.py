@@ -32,6 +32,18 @@ from .policy import load_policy, parse_request
 from .server import PolicyServer
 
 
+def register_one_second_arm(processor, name: str = "arm30") -> None:
+    """Registers a robot type with 1 s chunks (T = 30, as the pre-training robot types) on the tiny checkpoint's
+    processor: 7 active action dims, for the simulated real-time timeline."""
+    std = np.tile(np.r_[np.full(7, 0.1), np.zeros(25)], (30, 1))
+    processor.register_robot_type(
+        name,
+        views=[["base", "Base"], ["wrist_left", "Left-Wrist"]],
+        action_mean=np.zeros((30, 32)),
+        action_std=std,
+    )
+
+
 def observation(step: int) -> dict:
     rng = np.random.default_rng(step)
     return {
@@ -109,14 +121,7 @@ def main() -> None:
     hostile_frames(server, args.requests)
     server.stop()
 
-    # A robot type with 1 s chunks (T = 30, as the pre-training robot types), for the simulated timeline.
-    std = np.tile(np.r_[np.full(7, 0.1), np.zeros(25)], (30, 1))
-    policy.processor.register_robot_type(
-        "arm30",
-        views=[["base", "Base"], ["wrist_left", "Left-Wrist"]],
-        action_mean=np.zeros((30, 32)),
-        action_std=std,
-    )
+    register_one_second_arm(policy.processor)
     source = LocalChunkSource(policy)
     print("executor, simulated clock, chunks of 30, 300 ticks at 30 Hz (T_e=10, Δt_c=5 = 167 ms):")
     for latency_ms in (50, 150, 300, 1200):

@@ -13,6 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from xr0 import REPO_ROOT
+from xr0.deploy.benchmark import register_one_second_arm
 from xr0.deploy.policy import load_policy, parse_request
 from xr0.deploy.server import PolicyServer
 from xr0_client import (
@@ -56,13 +57,7 @@ def policy():
 def policy30():
     """The tiny checkpoint serving a robot type with 1 s chunks (T = 30, as the pre-training robot types have)."""
     policy = load_policy(str(TINY), "cpu", torch.float32)
-    std = np.tile(np.r_[np.full(7, 0.1), np.zeros(25)], (30, 1))
-    policy.processor.register_robot_type(
-        "arm30",
-        views=[["base", "Base"], ["wrist_left", "Left-Wrist"]],
-        action_mean=np.zeros((30, 32)),
-        action_std=std,
-    )
+    register_one_second_arm(policy.processor)
     return policy
 
 
