@@ -8,7 +8,8 @@
 follows the technical report (arXiv 2602.12684) and the released post-training code: flow matching with
 t = (1 - u)·0.999, u ~ Beta(1.5, 1), loss 0.5·MSE + frequency term; `--recipe async` (the default, as released)
 trains with the Λ-shaped band (window 4), the +10 position offset of noisy actions, clean prefixes on half the
-samples and loss reweighting; `sync` keeps band and offset without prefixes; `published` trains with the causal
+samples and loss reweighting; `sync` keeps band and offset without prefixes; `async-causal` is `async` with the
+causal mask instead of the band (training-time RTC, the report's baseline); `published` trains with the causal
 mask and no offset of the published checkpoints. The saved config records the layout, so inference uses it.
 Token embeddings are frozen by default, as in the paper; the VLM and
 its vision tower train unless frozen. `--lora_rank N` trains LoRA adapters on the VLM's language model instead
@@ -57,6 +58,14 @@ RECIPES = {
         "loss_reweighting": False,
         "frequency_loss_weight": 1.0,
     },
+    "async-causal": {  # training-time RTC, the report's baseline: clean prefixes with a causal mask instead of Λ
+        "action_attention_window": None,
+        "noisy_action_position_offset": 10,
+        "action_prefix_probability": 0.5,
+        "max_action_prefix_length": 6,
+        "loss_reweighting": True,
+        "frequency_loss_weight": 1.0,
+    },
     "published": {  # causal, offset 0: keep serving a fine-tuned published checkpoint as published
         "action_attention_window": None,
         "noisy_action_position_offset": 0,
@@ -77,10 +86,17 @@ class ModelArguments:
         default="async",
         metadata={
             "help": "'async' (released post-training: band, offset, clean prefixes), 'sync' (band and offset, "
-            "no prefix) or 'published' (causal, offset 0)"
+            "no prefix), 'async-causal' (clean prefixes with a causal mask: training-time RTC) or 'published' "
+            "(causal, offset 0)"
         },
     )
     training_repeat: Optional[int] = field(default=None, metadata={"help": "copies per sample (report: 4)"})
+    max_action_prefix_length: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "longest clean prefix trained (recipe: 6); cover the latency you deploy with, in ticks"
+        },
+    )
     frequency_loss_weight: Optional[float] = field(default=None, metadata={"help": "c in 0.5·mse + c·freq"})
     language_loss_weight: Optional[float] = field(
         default=None, metadata={"help": "weight of the VL co-training loss"}
@@ -163,7 +179,7 @@ def apply_recipe(model, args: ModelArguments) -> None:
     changes = dict(RECIPES[args.recipe])
     if args.training_repeat is not None:
         changes["training_repeat"] = args.training_repeat
-    for name in ("frequency_loss_weight", "language_loss_weight"):
+    for name in ("frequency_loss_weight", "language_loss_weight", "max_action_prefix_length"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     for name, value in changes.items():
@@ -272,11 +288,11 @@ class CompleteCheckpoints(TrainerCallback):
         return control
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> Trainer:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     torch.manual_seed(training_args.seed)
-    finetune(model_args, data_args, training_args)
+    return finetune(model_args, data_args, training_args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ model and its revision, the dataset, the robot type, the recipe, the steps and t
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -34,32 +35,61 @@ actions = processor.decode_action(model(**inputs, seed=0).actions, "{robot_type}
 """
 
 
-def plot_loss_curve(steps: list, losses: list, path: Path, title: str = "training loss") -> None:
-    """(step, loss) points -> a PNG line plot with its axis range written out."""
+SERIES_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+
+
+def plot_lines(
+    series: dict,
+    path: Path,
+    title: str,
+    x_label: str = "",
+    y_range: Optional[tuple] = None,
+    error_bars: Optional[dict] = None,
+) -> None:
+    """{name: (xs, ys)} -> a PNG line plot (Pillow only) with a legend and its axis ranges written out;
+    `error_bars` {name: [(low, high) per point]} draws vertical bars."""
     width, height, margin = 640, 360, 48
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     draw.text((margin, 12), title, fill="black")
     box = (margin, 36, width - 16, height - margin)
     draw.rectangle(box, outline="gray")
-    if losses:
-        low, high = float(min(losses)), float(max(losses))
-        span = high - low or 1.0
-        first, last = steps[0], steps[-1]
-        points = [
-            (
-                box[0] + (box[2] - box[0]) * (s - first) / max(last - first, 1),
-                box[3] - (box[3] - box[1]) * (v - low) / span,
-            )
-            for s, v in zip(steps, losses, strict=True)
-        ]
+    xs = [x for values, _ in series.values() for x in values]
+    ys = [y for _, values in series.values() for y in values]
+    if not xs:
+        image.save(path)
+        return
+    low, high = y_range if y_range is not None else (float(min(ys)), float(max(ys)))
+    span = high - low or 1.0
+    first, last = min(xs), max(xs)
+
+    def point(x, y):
+        return (
+            box[0] + (box[2] - box[0]) * (x - first) / max(last - first, 1e-12),
+            box[3] - (box[3] - box[1]) * (y - low) / span,
+        )
+
+    for index, (name, (x_values, y_values)) in enumerate(series.items()):
+        color = SERIES_COLORS[index % len(SERIES_COLORS)]
+        points = [point(x, y) for x, y in zip(x_values, y_values, strict=True)]
         if len(points) > 1:
-            draw.line(points, fill=(31, 119, 180), width=2)
-        draw.text((4, box[1]), f"{high:.3g}", fill="gray")
-        draw.text((4, box[3] - 10), f"{low:.3g}", fill="gray")
-        draw.text((box[0], box[3] + 6), f"step {first}", fill="gray")
-        draw.text((box[2] - 70, box[3] + 6), f"step {last}", fill="gray")
+            draw.line(points, fill=color, width=2)
+        for x, (bar_low, bar_high) in zip(x_values, (error_bars or {}).get(name, []), strict=False):
+            draw.line([point(x, bar_low), point(x, bar_high)], fill=color, width=1)
+        for px, py in points:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
+        if len(series) > 1:
+            draw.text((box[2] - 150, box[1] + 6 + 14 * index), f"-- {name}", fill=color)
+    draw.text((4, box[1]), f"{high:.3g}", fill="gray")
+    draw.text((4, box[3] - 10), f"{low:.3g}", fill="gray")
+    draw.text((box[0], box[3] + 6), f"{x_label} {first:g}", fill="gray")
+    draw.text((box[2] - 90, box[3] + 6), f"{x_label} {last:g}", fill="gray")
     image.save(path)
+
+
+def plot_loss_curve(steps: list, losses: list, path: Path, title: str = "training loss") -> None:
+    """(step, loss) points -> a PNG line plot with its axis range written out."""
+    plot_lines({"loss": (steps, losses)}, path, title, x_label="step")
 
 
 def write_fine_tune_card(

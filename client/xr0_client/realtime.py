@@ -15,6 +15,10 @@ observed latency (up to T - T_e). Only if C runs out before N arrives does the r
 those are the idle ticks; a chunk that arrives after its whole timeline has passed runs from its first
 uncommitted action (what a synchronous executor does after waiting).
 
+`synchronous=True` is the baseline the report compares against: after T_e actions the robot sends the safe action
+until the next chunk arrives (those ticks are idle), and that chunk, inferred without a prefix, runs from its first
+action at the tick it arrives.
+
 A `ChunkSource` turns (observation, committed prefix) into a chunk (T, D) in robot units: `LocalChunkSource`
 (model + processor in this process) or `RemoteChunkSource` (the policy server). `ThreadedRunner` infers in a
 background thread against the wall clock; `SimulatedRunner` replays a latency model on a `FakeClock`, so the
@@ -208,6 +212,7 @@ class RealtimeExecutor:
         max_consecutive_failures: stop the loop (`metrics.stopped`) after this many failed inferences in a row;
             None = never stop, keep retrying.
         inference_timeout: seconds after which a pending inference counts as failed and is retried (None = wait).
+        synchronous: wait for each chunk instead of executing while it is inferred (no prefix, no commit).
     """
 
     def __init__(
@@ -225,6 +230,7 @@ class RealtimeExecutor:
         safe_action: str = "hold",
         max_consecutive_failures: Optional[int] = 3,
         inference_timeout: Optional[float] = None,
+        synchronous: bool = False,
     ):
         if execute_steps < 1 or commit_steps < 1:
             raise ValueError("execute_steps and commit_steps must be >= 1")
@@ -239,6 +245,7 @@ class RealtimeExecutor:
         self.use_prefix, self.adapt_commit = use_prefix, adapt_commit
         self.action_dim, self.safe_action = action_dim, safe_action
         self.max_consecutive_failures, self.inference_timeout = max_consecutive_failures, inference_timeout
+        self.synchronous = synchronous
         self.metrics = ExecutionMetrics()
         self._consecutive_failures = 0
 
@@ -284,7 +291,9 @@ class RealtimeExecutor:
 
     # ---- the loop ----
 
-    def run(self, num_ticks: int) -> ExecutionMetrics:
+    def run(self, num_ticks: int, until: Optional[Callable[[], bool]] = None) -> ExecutionMetrics:
+        """Runs `num_ticks` control ticks after the first chunk arrived, or until `until()` (checked after each
+        tick's action; e.g. the task succeeded) returns True."""
         metrics = self.metrics
         start_time = self.clock.now()
         tick = 0
@@ -330,7 +339,7 @@ class RealtimeExecutor:
                         if self._failed(tick, failure):
                             break
                     else:
-                        if tick > next_start + commit:
+                        if not self.synchronous and tick > next_start + commit:
                             metrics.late_switches += 1
                             logger.warning(
                                 "chunk %d arrived %d tick(s) after its switch tick: executed the previous "
@@ -339,8 +348,8 @@ class RealtimeExecutor:
                                 tick - (next_start + commit),
                             )
                         metrics.latencies_s.append(finished - submitted)
-                        current = _Chunk(chunk, next_start)
-                        if tick - next_start >= len(current.actions):
+                        current = _Chunk(chunk, tick if self.synchronous else next_start)
+                        if tick - current.start_tick >= len(current.actions):
                             # Its whole timeline has passed: run it from its first uncommitted action, as a
                             # synchronous executor would after waiting.
                             current.start_tick = tick - commit
@@ -351,7 +360,7 @@ class RealtimeExecutor:
                             )
                         metrics.chunks += 1
                         switched = True
-                        if self.adapt_commit:
+                        if self.adapt_commit and not self.synchronous:
                             self._adapt(finished - submitted, len(current.actions))
 
             index = tick - current.start_tick
@@ -359,7 +368,7 @@ class RealtimeExecutor:
                 action = current.actions[index]
             else:
                 action = previous_action if self.safe_action == "hold" else np.zeros(self.action_dim)
-                if not holding:
+                if not holding and not self.synchronous:  # waiting is what a synchronous robot does
                     logger.warning(
                         "tick %d: chunk exhausted and the next one is not ready: %s", tick, self.safe_action
                     )
@@ -372,6 +381,8 @@ class RealtimeExecutor:
                 (metrics.seam_deltas if switched else metrics.inner_deltas).append(delta)
             previous_action = action
             metrics.ticks += 1
+            if until is not None and until():
+                break
 
             if pending is None and index + 1 >= self.execute_steps:
                 pending = self._start_next(current, tick)
@@ -382,6 +393,10 @@ class RealtimeExecutor:
         """After tick `tick`, infer the chunk starting at tick + 1, conditioned on the committed actions."""
         next_start = tick + 1
         first_committed = next_start - current.start_tick
+        if self.synchronous:  # the robot stops here and waits: nothing is committed
+            current.actions = current.actions[:first_committed]
+            future = self.runner.submit(self.get_observation(), None)
+            return future, next_start, self.clock.now(), 0
         commit = max(1, min(self.commit_steps, len(current.actions) - first_committed))
         committed = current.actions[first_committed : first_committed + commit]
         prefix = committed if self.use_prefix and len(committed) == commit else None

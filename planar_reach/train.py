@@ -1,0 +1,201 @@
+"""Reproduce the three PlanarReach checkpoints from a seed, on a CPU:
+
+    python -m xr0.planar_reach.train --work-dir runs/planar-reach            # ~30 min on 2 cores
+    python -m xr0.planar_reach.train --work-dir runs/planar-reach --install  # ... and replace the fixtures
+
+1. records `--episodes` expert demonstrations (`xr0.planar_reach.record`, layout seed `--seed`);
+2. writes a randomly initialized tiny XR0 (`PLANAR_REACH_VLM_CONFIG` / `PLANAR_REACH_DIT_CONFIG`: the real
+   architecture at small sizes, the real tokenizer and image processor);
+3. pre-trains it with `xr0-finetune --recipe sync` (`--pretrain-steps`, shared by the three checkpoints, as the
+   report's pre-training is shared by its post-trained models);
+4. post-trains that once per recipe (`--steps` each): `sync` (no prefix), `async-causal` (clean prefixes with a
+   causal mask: training-time RTC) and `async` (clean prefixes with the Λ-shaped band);
+5. packs each result as a small fixture (bf16 weights, tokenizer and code linked to the repository root):
+   `sync`, `async-rtc`, `async-lambda` under `--fixtures`, with `planar_reach.json` (the training minutes of
+   pre-training plus post-training, the loss history, the dataset).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .. import REPO_ROOT
+from ..configuration_xr0 import XR0Config
+from ..modeling_xr0 import XR0ForActionGeneration
+from ..processing_xr0 import XR0Processor
+from ..scripts.write_root_files import REMOTE_CODE_FILES, TOKENIZER_FILES
+from .env import ROBOT_TYPE
+from .record import record
+
+PLANAR_REACH_VLM_CONFIG = {
+    "text_config": {
+        "vocab_size": 151936,  # the real vocabulary (frozen embeddings are most of the file)
+        "hidden_size": 48,
+        "intermediate_size": 192,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "rope_scaling": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+        "tie_word_embeddings": True,
+    },
+    "vision_config": {
+        "depth": 4,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_heads": 4,
+        "out_hidden_size": 48,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "deepstack_visual_indexes": [1],
+        "num_position_embeddings": 64,
+    },
+    "tie_word_embeddings": True,
+}
+PLANAR_REACH_DIT_CONFIG = {
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "head_dim": 16,
+    "num_key_value_heads": 2,
+    "intermediate_size": 256,
+}
+# fixture name -> xr0-finetune recipe
+VARIANTS = {"sync": "sync", "async-rtc": "async-causal", "async-lambda": "async"}
+DEFAULT_FIXTURES = REPO_ROOT / "fixtures" / "planar-reach"
+TRAINING = {  # xr0-finetune arguments shared by every run
+    "per_device_train_batch_size": 32,
+    "lr_scheduler_type": "cosine",
+    "weight_decay": 0.01,
+    "normalize_state": True,
+    "max_action_prefix_length": 10,  # commits of up to 300 ms at 30 Hz
+}
+PRETRAIN = {"recipe": "sync", "learning_rate": 5e-4, "warmup_steps": 100}
+POSTTRAIN = {"learning_rate": 1e-3, "warmup_steps": 50}
+
+
+def write_base_checkpoint(directory: Path, seed: int) -> Path:
+    """The untrained starting point: transformers' initialization of the tiny architecture, fp32."""
+    torch.manual_seed(seed)
+    config = XR0Config(
+        vlm_config=PLANAR_REACH_VLM_CONFIG, dit_config=PLANAR_REACH_DIT_CONFIG, action_length=30
+    )
+    XR0ForActionGeneration(config).save_pretrained(directory)
+    return directory
+
+
+def finetune_arguments(model: Path, dataset: Path, output: Path, max_steps: int, seed: int, **stage) -> list:
+    arguments = {
+        "model": model,
+        "dataset": dataset,
+        "robot_type": ROBOT_TYPE,
+        "output_dir": output,
+        "max_steps": max_steps,
+        "seed": seed,
+        "logging_steps": 50,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        **TRAINING,
+        **stage,
+    }
+    return [item for key, value in arguments.items() for item in (f"--{key}", str(value))]
+
+
+def train_stage(arguments: list) -> tuple:
+    """Runs xr0-finetune; returns (minutes, [(step, loss), ...])."""
+    from ..training.finetune import main as finetune
+
+    start = time.perf_counter()
+    trainer = finetune(arguments)
+    minutes = (time.perf_counter() - start) / 60
+    return minutes, [(e["step"], round(e["loss"], 4)) for e in trainer.state.log_history if "loss" in e]
+
+
+def pack_fixture(trained: Path, fixture: Path, summary: dict) -> int:
+    """trained output -> fixture directory: bf16 weights, config and processor; the tokenizer and the remote code
+    are links to the repository root (one copy of each). Returns the weights' size in bytes."""
+    if fixture.exists():
+        shutil.rmtree(fixture)
+    fixture.mkdir(parents=True)
+    model = XR0ForActionGeneration.from_pretrained(trained, dtype=torch.float32)
+    model.to(torch.bfloat16).save_pretrained(fixture)
+    XR0Processor.from_pretrained(trained).save_pretrained(fixture)
+    for name in REMOTE_CODE_FILES + TOKENIZER_FILES:
+        link = fixture / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(REPO_ROOT / name, fixture))
+    for leftover in ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja"):
+        (fixture / leftover).unlink(missing_ok=True)
+    (fixture / "planar_reach.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return (fixture / "model.safetensors").stat().st_size
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/planar-reach"))
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0, help="demonstration layouts, initialization, training")
+    parser.add_argument("--pretrain-steps", type=int, default=1600, help="shared pre-training steps")
+    parser.add_argument("--steps", type=int, default=800, help="post-training steps per recipe")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
+    parser.add_argument(
+        "--install", action="store_true", help="replace the fixtures with the new checkpoints"
+    )
+    args = parser.parse_args(argv)
+
+    work = args.work_dir
+    dataset = work / "data"
+    if not (dataset / "meta" / "info.json").is_file():
+        print(json.dumps({"recorded": record(dataset, args.episodes, args.seed)}))
+    data_summary = json.loads((dataset / "meta" / "planar_reach.json").read_text())
+    base, pretrained = work / "base", work / "pretrained"
+    if not (base / "config.json").is_file():
+        write_base_checkpoint(base, args.seed)
+    pretrain_record = pretrained / "planar_reach.json"
+    if not pretrain_record.is_file():
+        minutes, history = train_stage(
+            finetune_arguments(base, dataset, pretrained, args.pretrain_steps, args.seed, **PRETRAIN)
+        )
+        pretrain_record.write_text(
+            json.dumps({"minutes": minutes, "steps": args.pretrain_steps, "loss_history": history}) + "\n"
+        )
+    pretrain = json.loads(pretrain_record.read_text())
+    for variant in args.variants:
+        output = work / variant
+        stage = {"recipe": VARIANTS[variant], **POSTTRAIN}
+        minutes, history = train_stage(
+            finetune_arguments(pretrained, dataset, output, args.steps, args.seed, **stage)
+        )
+        summary = {
+            "variant": variant,
+            "recipe": VARIANTS[variant],
+            "training_minutes": round(pretrain["minutes"] + minutes, 1),
+            "pretraining": {"steps": pretrain["steps"], "minutes": round(pretrain["minutes"], 1), **PRETRAIN},
+            "posttraining": {"steps": args.steps, "minutes": round(minutes, 1), **stage},
+            "torch_threads": torch.get_num_threads(),
+            "seed": args.seed,
+            "training": TRAINING,
+            "dataset": data_summary,
+            "loss_history": {"pretraining": pretrain["loss_history"], "posttraining": history},
+        }
+        (output / "planar_reach.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps({"trained": variant, "minutes": summary["training_minutes"]}))
+        if args.install:
+            size = pack_fixture(output, args.fixtures / variant, summary)
+            print(json.dumps({"installed": str(args.fixtures / variant), "megabytes": round(size / 1e6, 1)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""PlanarReach: the world, the expert, the LeRobot writer, the synchronous executor and the closed-loop evaluation
+of the shipped checkpoints."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xr0 import REPO_ROOT
+from xr0.planar_reach.env import PlanarReachEnv, ReachSettings, ScriptedExpert, layout_seed
+from xr0.planar_reach.evaluate import default_commit_steps, wilson_interval
+from xr0_client.realtime import FakeClock, RealtimeExecutor, SimulatedRunner
+
+FIXTURES = REPO_ROOT / "fixtures" / "planar-reach"
+
+
+def test_layouts_are_deterministic_per_seed_and_differ_between_seeds():
+    first, second = PlanarReachEnv(), PlanarReachEnv()
+    a, b = first.reset(7), second.reset(7)
+    assert a["instruction"] == b["instruction"]
+    assert np.array_equal(a["images"]["top"], b["images"]["top"])
+    assert np.allclose(first.targets, second.targets)
+    other = PlanarReachEnv()
+    other.reset(8)
+    assert not np.allclose(other.targets, first.targets)
+    assert layout_seed(0, 3) != layout_seed(1, 3)
+    assert a["images"]["top"].shape == a["images"]["wrist"].shape == (128, 128, 3)
+    assert a["instruction"].startswith("reach the ") and a["state"].shape == (4,)
+
+
+def test_speed_limit_bounds_and_refused_actions():
+    env = PlanarReachEnv(ReachSettings(target_speed=0.5))
+    env.reset(0)
+    for _ in range(200):
+        env.step([50.0, -50.0])
+    assert np.linalg.norm(env.velocity) == pytest.approx(env.settings.max_speed)
+    assert np.abs(env.effector).max() <= 1.0
+    assert np.abs(env.targets).max() <= env.TARGET_BOUND
+    with pytest.raises(ValueError, match="2 finite numbers"):
+        env.step([np.nan, 0.0])
+    with pytest.raises(ValueError, match="2 finite numbers"):
+        env.step([1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="num_targets"):
+        ReachSettings(num_targets=9)
+
+
+@pytest.mark.parametrize("speed", [0.0, 0.2])
+def test_the_scripted_expert_solves_the_task(speed):
+    env = PlanarReachEnv(ReachSettings(target_speed=speed))
+    for episode in range(20):
+        env.reset(layout_seed(5, episode))
+        expert = ScriptedExpert(env)
+        while not env.done:
+            env.step(expert.act())
+        assert env.success, episode
+
+
+def test_recorded_demonstrations_read_back_through_the_training_reader(tmp_path):
+    from xr0.planar_reach.record import record
+    from xr0.training.data import open_dataset
+
+    summary = record(tmp_path / "data", episodes=3, seed=4, hold_steps=2)
+    dataset = open_dataset(tmp_path / "data", 30)
+    assert len(dataset) == summary["frames"] and summary["expert_failures"] == 0
+    assert sorted(dataset.cameras) == ["top", "wrist"]
+    # Frame 0 of episode 0 is the observation of the reset layout, stored losslessly.
+    env = PlanarReachEnv()
+    env.reset(layout_seed(4, 0))
+    sample = dataset[0]
+    assert np.array_equal(sample["images"]["wrist"], env.render_wrist())
+    assert sample["instruction"] == env.instruction
+    assert np.allclose(sample["state"], env.state)
+    expert_action = ScriptedExpert(env).act()
+    assert np.allclose(sample["actions"][0], expert_action, atol=1e-6)
+    info = json.loads((tmp_path / "data" / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["robot_type"] == "planar_reach"
+    stats = json.loads((tmp_path / "data" / "meta" / "stats.json").read_text())
+    assert np.allclose(stats["action"]["mean"], dataset.actions.mean(0), atol=1e-5)
+
+
+def test_the_writer_refuses_what_it_cannot_store(tmp_path):
+    from xr0.training.lerobot_writer import LeRobotWriter
+
+    writer = LeRobotWriter(tmp_path / "d", 30, "arm", 4, 2, {"top": (96, 96)})
+    image = np.zeros((96, 96, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"states .* must be"):
+        writer.add_episode(np.zeros((2, 3)), np.zeros((2, 2)), {"top": [image] * 2}, "t")
+    with pytest.raises(ValueError, match="finite"):
+        writer.add_episode(np.full((2, 4), np.inf), np.zeros((2, 2)), {"top": [image] * 2}, "t")
+    with pytest.raises(ValueError, match=r"images\['top'\]"):
+        writer.add_episode(np.zeros((2, 4)), np.zeros((2, 2)), {"top": [image[:50]] * 2}, "t")
+    with pytest.raises(ValueError, match="no episodes"):
+        writer.finish()
+
+
+def run_synchronous(latency_s: float, ticks: int, until=None):
+    clock = FakeClock()
+    sent = []
+    chunks = iter(np.arange(1, 100))
+
+    def source(observation, prefix):
+        assert prefix is None  # a synchronous robot commits nothing
+        return np.full((6, 1), float(next(chunks)))
+
+    executor = RealtimeExecutor(
+        SimulatedRunner(source, clock, latency=lambda _: latency_s),
+        lambda: {},
+        sent.append,
+        clock=clock,
+        execute_steps=4,
+        safe_action="zero",
+        synchronous=True,
+    )
+    return executor.run(ticks, until=until), [float(a[0]) for a in sent]
+
+
+def test_synchronous_execution_stops_the_arm_while_it_waits():
+    metrics, sent = run_synchronous(latency_s=2.5 / 30, ticks=14)
+    # Chunk 1 runs ticks 0-3 and chunk 2 is requested at tick 3 with 2.5 ticks of latency: usable at tick 6, so
+    # ticks 4 and 5 wait (tick 3 had its action).
+    assert sent == [1] * 4 + [0] * 2 + [2] * 4 + [0] * 2 + [3] * 2
+    assert metrics.idle_ticks == 4 and metrics.late_switches == 0
+    metrics, sent = run_synchronous(latency_s=0.0, ticks=12)
+    assert sent == [1] * 4 + [2] * 4 + [3] * 4 and metrics.idle_ticks == 0
+
+
+def test_the_loop_ends_when_told():
+    calls = []
+    metrics, sent = run_synchronous(0.0, ticks=50, until=lambda: calls.append(1) or len(calls) >= 5)
+    assert len(sent) == 5 and metrics.ticks == 5
+
+
+def test_wilson_interval_and_commit_steps():
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(200, 200)[1] == 1.0
+    assert [default_commit_steps(ms, 30) for ms in (0, 100, 200, 300, 101)] == [1, 3, 6, 9, 4]
+
+
+def test_the_async_causal_recipe_is_async_with_a_causal_mask():
+    from xr0.training.finetune import RECIPES
+
+    rtc, band = RECIPES["async-causal"], RECIPES["async"]
+    assert rtc["action_attention_window"] is None and band["action_attention_window"] == 4
+    assert {k: v for k, v in rtc.items() if k != "action_attention_window"} == {
+        k: v for k, v in band.items() if k != "action_attention_window"
+    }
+
+
+@pytest.mark.parametrize("variant", ["sync", "async-rtc", "async-lambda"])
+def test_shipped_checkpoints_are_small_and_say_how_they_were_trained(variant):
+    from xr0.configuration_xr0 import XR0Config
+
+    directory = FIXTURES / variant
+    assert (directory / "model.safetensors").stat().st_size <= 20e6
+    recorded = json.loads((directory / "planar_reach.json").read_text())
+    config = XR0Config.from_pretrained(directory)
+    expected = {"sync": (4, 0.0), "async-rtc": (None, 0.5), "async-lambda": (4, 0.5)}[variant]
+    assert (config.action_attention_window, config.action_prefix_probability) == expected
+    assert recorded["training_minutes"] <= 15 and recorded["dataset"]["seed"] == 0
+
+
+def evaluate_cli(*arguments):
+    completed = subprocess.run(
+        [sys.executable, "-m", "xr0.planar_reach.evaluate", *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return completed
+
+
+@pytest.mark.parametrize(
+    "variant, mode, latency",
+    [("sync", "sync", 200), ("async-lambda", "async", 200), ("async-rtc", "async", 0)],
+)
+def test_the_evaluation_command_runs_the_shipped_checkpoints(variant, mode, latency, tmp_path):
+    completed = evaluate_cli(
+        "--model", FIXTURES / variant, "--episodes", 3, "--mode", mode, "--latency-ms", latency,
+        "--target-speed", 0.2, "--gif", tmp_path / "episode.gif",
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["episodes"] == 3 and result["mode"] == mode and result["latency_ms"] == latency
+    assert 0 <= result["success_ci95"][0] <= result["success_rate"] <= result["success_ci95"][1] <= 1
+    if mode == "sync" and latency > 0:
+        assert result["idle_ticks_per_episode"] > 0  # the arm waited for every chunk
+    if mode == "async":
+        assert result["idle_ticks_per_episode"] == 0 and result["commit_steps"] == max(
+            1, latency * 30 // 1000
+        )
+    assert (tmp_path / "episode.gif").stat().st_size > 0
+
+
+def test_the_shipped_lambda_checkpoint_reaches_static_targets():
+    completed = evaluate_cli("--model", FIXTURES / "async-lambda", "--episodes", 6, "--seed", 3)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1])["successes"] >= 4
+
+
+def test_evaluating_on_the_training_layouts_is_refused():
+    completed = evaluate_cli("--model", FIXTURES / "sync", "--episodes", 1, "--seed", 0)
+    assert completed.returncode == 2 and "recorded this checkpoint's demonstrations" in completed.stderr
