@@ -43,7 +43,7 @@ class ReachSettings:
     success_radius: float = 0.1  # end-effector to target centre
     target_speed: float = 0.0  # workspace units per second; 0 = static targets
     time_limit: float = 5.0  # seconds
-    image_size: int = 128  # both views are image_size x image_size
+    image_size: int = 128  # both views are image_size x image_size (8 x 8 patches of 16 pixels)
     wrist_half_width: float = 0.5  # the wrist view shows ±this around the end-effector
 
     def __post_init__(self):

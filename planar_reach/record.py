@@ -27,44 +27,6 @@ from .env import (
     layout_seed,
 )
 
-LOCATION_BINS = 10  # vision-language answers name the target's cell on a 10 x 10 grid of the workspace
-
-
-def location_answer(position) -> str:
-    """A workspace position as grid cells, e.g. "x 3 y 7" (x from the left, y from the bottom)."""
-    cells = np.clip(((np.asarray(position) + 1) / 2 * LOCATION_BINS).astype(int), 0, LOCATION_BINS - 1)
-    return f"x {cells[0]} y {cells[1]}"
-
-
-def record_conversations(
-    output, episodes: int, seed: int = 0, settings: ReachSettings = DEFAULT_SETTINGS
-) -> int:
-    """Vision-language co-training samples (`xr0-finetune --vl_dataset`): for each layout of the demonstrations,
-    the top view and, for every target in it, "Where is the <colour> circle?" answered with its grid cell. They
-    teach the VLM to find a target by the colour its instruction names. Returns the number of samples."""
-    import json as json_lib
-
-    from PIL import Image
-
-    root = Path(output)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    env = PlanarReachEnv(settings)
-    lines = []
-    for episode in range(episodes):
-        env.reset(layout_seed(seed, episode))
-        name = f"images/{episode:05d}.png"
-        Image.fromarray(env.render_top()).save(root / name)
-        for color, position in zip(env.colors, env.targets, strict=True):
-            lines.append(
-                {
-                    "images": [name],
-                    "prompt": f"Where is the {color} circle?",
-                    "answer": location_answer(position),
-                }
-            )
-    (root / "conversations.jsonl").write_text("".join(json_lib.dumps(line) + "\n" for line in lines))
-    return len(lines)
-
 
 def record(
     output,
