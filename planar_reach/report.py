@@ -104,6 +104,27 @@ def table(results: list) -> str:
     return "\n".join(lines)
 
 
+def plot(results: list, path: Path, target_speed: float) -> None:
+    """Success vs latency on moving targets, one line per mode, with the 95% intervals."""
+    from ..training.report import plot_lines
+
+    moving = [r for r in results if r["target_speed"] > 0]
+    series, bars = {}, {}
+    for variant in MODES:
+        mine = [r for r in moving if r["variant"] == variant]
+        label = LABELS[variant].replace("Λ", "Lambda")  # Pillow's default font has no Greek
+        series[label] = ([r["latency_ms"] for r in mine], [100 * r["success_rate"] for r in mine])
+        bars[label] = [(100 * r["success_ci95"][0], 100 * r["success_ci95"][1]) for r in mine]
+    plot_lines(
+        series,
+        path,
+        f"PlanarReach, moving targets ({target_speed:g}/s): success % vs inference latency (95% CI)",
+        x_label="latency ms",
+        y_range=(0, 100),
+        error_bars=bars,
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,22 +181,7 @@ def main(argv=None) -> None:
             execute_steps=args.execute_steps,
             gif=args.output / f"episode-{variant}.gif",
         )
-    from ..training.report import plot_lines
-
-    moving = [r for r in results if r["target_speed"] > 0]
-    series, bars = {}, {}
-    for variant in MODES:
-        mine = [r for r in moving if r["variant"] == variant]
-        series[LABELS[variant]] = ([r["latency_ms"] for r in mine], [100 * r["success_rate"] for r in mine])
-        bars[LABELS[variant]] = [(100 * r["success_ci95"][0], 100 * r["success_ci95"][1]) for r in mine]
-    plot_lines(
-        series,
-        args.output / "success_vs_latency.png",
-        f"PlanarReach, moving targets ({args.target_speed:g}/s): success % vs inference latency (95% CI)",
-        x_label="latency ms",
-        y_range=(0, 100),
-        error_bars=bars,
-    )
+    plot(results, args.output / "success_vs_latency.png", args.target_speed)
     markdown = table(results)
     (args.output / "table.md").write_text(markdown + "\n")
     (args.output / "results.json").write_text(

@@ -79,7 +79,7 @@ def plot_lines(
         for px, py in points:
             draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
         if len(series) > 1:
-            draw.text((box[2] - 150, box[1] + 6 + 14 * index), f"-- {name}", fill=color)
+            draw.text((box[0] + 8, box[1] + 6 + 14 * index), f"-- {name}", fill=color)
     draw.text((4, box[1]), f"{high:.3g}", fill="gray")
     draw.text((4, box[3] - 10), f"{low:.3g}", fill="gray")
     draw.text((box[0], box[3] + 6), f"{x_label} {first:g}", fill="gray")
