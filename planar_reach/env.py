@@ -15,7 +15,7 @@ Everything is numpy + Pillow and deterministic per layout seed: `reset(seed)` dr
 target colours, positions and velocities) from `numpy.random.default_rng(seed)` alone.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -81,9 +81,6 @@ class PlanarReachEnv:
     def __init__(self, settings: ReachSettings = DEFAULT_SETTINGS):
         self.settings = settings
         self.steps = 0
-
-    def with_settings(self, **changes) -> "PlanarReachEnv":
-        return PlanarReachEnv(replace(self.settings, **changes))
 
     # ---- the episode ----
 

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -137,7 +138,7 @@ def evaluate(
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not (0 <= latency_ms <= 10_000):
         raise ValueError(f"latency_ms must be in [0, 10000], got {latency_ms}")
-    env = PlanarReachEnv(ReachSettings(**{**settings.__dict__, "target_speed": target_speed}))
+    env = PlanarReachEnv(replace(settings, target_speed=target_speed))
     chunk_length = policy.processor.chunk_length("planar_reach")
     if not 1 <= execute_steps < chunk_length:
         raise ValueError(f"execute_steps must be in [1, {chunk_length}), got {execute_steps}")

@@ -11,6 +11,7 @@ the state before action t, and action t (the expert's velocity command).
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def record(
         layout = layout_seed(seed, episode)
         rng = np.random.default_rng([layout, 1])  # the speed draw, apart from the layout's own stream
         speed = float(rng.uniform(0.05, max_target_speed)) if rng.random() < moving_fraction else 0.0
-        env = PlanarReachEnv(ReachSettings(**{**settings.__dict__, "target_speed": speed}))
+        env = PlanarReachEnv(replace(settings, target_speed=speed))
         env.reset(layout)
         expert = ScriptedExpert(env)
         states, actions, tops, wrists = [], [], [], []

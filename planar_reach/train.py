@@ -17,7 +17,6 @@
 
 import argparse
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from .. import REPO_ROOT
 from ..configuration_xr0 import XR0Config
 from ..modeling_xr0 import XR0ForActionGeneration
 from ..processing_xr0 import XR0Processor
-from ..scripts.write_root_files import REMOTE_CODE_FILES, TOKENIZER_FILES
+from ..scripts.write_root_files import link_to_repository_root
 from .env import ROBOT_TYPE
 from .record import record
 
@@ -129,10 +128,7 @@ def pack_fixture(trained: Path, fixture: Path, summary: dict) -> int:
     model = XR0ForActionGeneration.from_pretrained(trained, dtype=torch.float32)
     model.to(torch.bfloat16).save_pretrained(fixture)
     XR0Processor.from_pretrained(trained).save_pretrained(fixture)
-    for name in REMOTE_CODE_FILES + TOKENIZER_FILES:
-        link = fixture / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(os.path.relpath(REPO_ROOT / name, fixture))
+    link_to_repository_root(fixture)
     for leftover in ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja"):
         (fixture / leftover).unlink(missing_ok=True)
     (fixture / "planar_reach.json").write_text(json.dumps(summary, indent=2) + "\n")

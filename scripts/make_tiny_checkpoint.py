@@ -8,7 +8,6 @@ Tokenizer and remote-code files are symlinks to the repository root, so there is
 """
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from .write_root_files import (
     REMOTE_CODE_FILES,
     TOKENIZER_FILES,
     config_dict,
+    link_to_repository_root,
     processor_config,
     write_json,
 )
@@ -97,10 +97,7 @@ def main() -> None:
     )
     write_json(output / "processor_config.json", processor_config(action_length=30))
 
-    for name in REMOTE_CODE_FILES + TOKENIZER_FILES:
-        link = output / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(os.path.relpath(REPO_ROOT / name, output))
+    link_to_repository_root(output)
     size = (output / "model.safetensors").stat().st_size
     print(
         f"wrote {output} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "

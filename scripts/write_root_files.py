@@ -13,6 +13,7 @@ The functions here also serve the converter and the tiny checkpoint, so every di
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -131,6 +132,15 @@ def shard_plan(tensor_bytes: dict, max_shard_bytes: int = MAX_SHARD_BYTES) -> di
 
 def index_dict(tensor_bytes: dict, weight_map: dict) -> dict:
     return {"metadata": {"total_size": sum(tensor_bytes.values())}, "weight_map": weight_map}
+
+
+def link_to_repository_root(directory: Path) -> None:
+    """Replace the remote-code and tokenizer files of a checkpoint directory inside the repository with relative
+    links to the root's, so the repository holds one copy of each."""
+    for name in REMOTE_CODE_FILES + TOKENIZER_FILES:
+        link = directory / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(REPO_ROOT / name, directory))
 
 
 def write_json(path: Path, data: dict) -> None:
