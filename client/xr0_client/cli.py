@@ -1,0 +1,56 @@
+"""Command-line conventions shared by every XR0 entry point (no torch here: the light client uses it too).
+
+- Flags are snake_case, as transformers' HfArgumentParser writes them (`--output_dir`); like HfArgumentParser,
+  each also answers to its dashed spelling (`--output-dir`), which `--help` lists after it.
+- Every parser has `--log_level`; messages go through `logging` (`configure_logging`), results to stdout.
+- `--help` prints and exits before anything else runs.
+"""
+
+import argparse
+import logging
+from collections.abc import Sequence
+from typing import Optional
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse in HfArgumentParser's flag style, with `--log_level`.
+
+    A long option must be written snake_case (`--max_steps`); a dashed one (`--max-steps`) is refused when the
+    parser is built, so one style holds across entry points. Each snake_case option also gets its dashed alias.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--log_level",
+            default="info",
+            type=str.lower,
+            choices=LOG_LEVELS,
+            help="logging level of messages on stderr (default: info)",
+        )
+
+    def add_argument(self, *names, **kwargs):
+        flags = list(names)
+        for name in names:
+            if name.startswith("--") and name not in ("--help", "--version"):
+                if "-" in name[2:]:
+                    snake = name[:2] + name[2:].replace("-", "_")
+                    raise ValueError(f"option {name!r}: write long options snake_case ({snake!r})")
+                alias = name.replace("_", "-")
+                if alias != name:
+                    flags.append(alias)
+        return super().add_argument(*flags, **kwargs)
+
+    def parse_args(self, args: Optional[Sequence[str]] = None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        configure_logging(parsed.log_level)
+        return parsed
+
+
+def configure_logging(level: str = "info") -> None:
+    """Messages of `level` and above to stderr, one line each with time, level and logger name."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, force=True)
