@@ -1,21 +1,20 @@
 """Score a checkpoint on PlanarReach, closed loop, with the real model and the real-time executor:
 
-    xr0-eval-reach --model fixtures/planar-reach/async-lambda --episodes 200 --mode async --latency-ms 100 \\
-        --target-speed 0.2
+    xr0-eval-reach --model fixtures/planar-reach/async-lambda --episodes 200 --mode async --latency_ms 100 \\
+        --target_speed 0.2
 
 prints one JSON line: the success rate with its 95% (Wilson) interval, the mean time to success, idle ticks, the
 mean seam jump (|a_t - a_{t-1}| where a new chunk takes over) and the settings.
 
 Time is simulated (`FakeClock` + `SimulatedRunner`): each chunk is computed from the observation of the tick it
-was requested at and becomes usable `--latency-ms` later. `--mode sync`: after `--execute-steps` actions the arm
+was requested at and becomes usable `--latency_ms` later. `--mode sync`: after `--execute_steps` actions the arm
 stops (zero velocity) until the next chunk arrives. `--mode async`: the arm keeps executing its committed actions
-(`--commit-steps`, default: the latency in ticks, at least 1), which are the next chunk's action prefix. The world
+(`--commit_steps`, default: the latency in ticks, at least 1), which are the next chunk's action prefix. The world
 (targets included) advances one tick per action sent, the observation of tick t shows it at t; it waits for the
 very first chunk of an episode, which costs the same in both modes. Episode i uses layout `layout_seed(--seed, i)`; the seed that recorded a checkpoint's
 demonstrations is refused, so evaluation layouts differ from training layouts.
 """
 
-import argparse
 import json
 import math
 import time
@@ -25,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from xr0_client.cli import ArgumentParser
 from xr0_client.realtime import FakeClock, LocalChunkSource, RealtimeExecutor, SimulatedRunner
 
 from .env import DEFAULT_SETTINGS, PlanarReachEnv, ReachSettings, layout_seed
@@ -222,24 +222,22 @@ def load(model: str, device: str = "cpu"):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--model", required=True, help="checkpoint directory, e.g. fixtures/planar-reach/async-lambda"
     )
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1, help="layout seed (not the one of the demonstrations)")
     parser.add_argument("--mode", choices=("sync", "async"), default="async")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="simulated inference latency")
+    parser.add_argument("--latency_ms", type=float, default=0.0, help="simulated inference latency")
     parser.add_argument(
-        "--target-speed", type=float, default=0.0, help="workspace units per second (0 = static)"
+        "--target_speed", type=float, default=0.0, help="workspace units per second (0 = static)"
     )
     parser.add_argument(
-        "--execute-steps", type=int, default=10, help="actions of a chunk before the next request"
+        "--execute_steps", type=int, default=10, help="actions of a chunk before the next request"
     )
     parser.add_argument(
-        "--commit-steps", type=int, default=None, help="async prefix length (default: latency in ticks)"
+        "--commit_steps", type=int, default=None, help="async prefix length (default: latency in ticks)"
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--gif", type=Path, default=None, help="write the first episode as a GIF")

@@ -3,18 +3,19 @@
     python -m xr0.planar_reach.record --output runs/planar-reach/data --episodes 600 --seed 0
 
 Each episode: a layout from `layout_seed(seed, i)`, a target speed (static for half of the episodes, else uniform
-in [0.05, --max-target-speed]), the expert acting until it reaches the target and then `--hold-steps` ticks more
+in [0.05, --max_target_speed]), the expert acting until it reaches the target and then `hold_steps` (15) ticks more
 (it keeps tracking, so chunks near the goal show how to stay on a moving target). Frame t holds the two views and
 the state before action t, and action t (the expert's velocity command).
 """
 
-import argparse
 import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from xr0_client.cli import ArgumentParser
 
 from ..training.lerobot_writer import LeRobotWriter
 from .env import (
@@ -91,13 +92,11 @@ def record(
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0, help="layout seed of the demonstrations")
-    parser.add_argument("--max-target-speed", type=float, default=0.3)
+    parser.add_argument("--max_target_speed", type=float, default=0.3)
     args = parser.parse_args(argv)
     print(json.dumps(record(args.output, args.episodes, args.seed, args.max_target_speed)))
 

@@ -3,7 +3,7 @@
     python -m xr0.planar_reach.report                          # fixtures/planar-reach, 200 episodes per row
     python -m xr0.planar_reach.report --train                  # reproduce the checkpoints first (~40 min CPU)
 
-Rows: static targets at latency 0 for each checkpoint, then moving targets (`--target-speed`, default 0.2) at each
+Rows: static targets at latency 0 for each checkpoint, then moving targets (`--target_speed`, default 0.2) at each
 `--latencies` value for sync (the `sync` checkpoint, arm stops while it waits), async with training-time RTC
 (`async-rtc`: clean prefixes, causal mask) and async with the Λ-shaped mask (`async-lambda`). Each row is one
 `xr0-eval-reach` run on the same evaluation layouts; rows run `--jobs` at a time, one torch thread each.
@@ -16,18 +16,21 @@ the cosine with the expert's direction toward the target is reactivity.
 Writes `--output`/results.json, table.md, success_vs_latency.png and one GIF per mode.
 """
 
-import argparse
 import json
+import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from xr0_client.cli import ArgumentParser
+
 from .env import PlanarReachEnv, ReachSettings, ScriptedExpert, layout_seed
 from .evaluate import evaluate, load
 from .train import DEFAULT_FIXTURES
 
+logger = logging.getLogger(__name__)
 MODES = {"sync": "sync", "async-rtc": "async", "async-lambda": "async"}  # checkpoint -> executor mode
 LABELS = {"sync": "sync", "async-rtc": "async, training-time RTC (causal)", "async-lambda": "async, Λ-mask"}
 
@@ -126,20 +129,18 @@ def plot(results: list, path: Path, target_speed: float) -> None:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
     parser.add_argument(
-        "--train", action="store_true", help="reproduce the checkpoints into --work-dir first"
+        "--train", action="store_true", help="reproduce the checkpoints into --work_dir first"
     )
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/planar-reach"))
+    parser.add_argument("--work_dir", type=Path, default=Path("runs/planar-reach"))
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1, help="evaluation layout seed")
     parser.add_argument("--latencies", type=float, nargs="+", default=[0, 100, 200, 300])
-    parser.add_argument("--target-speed", type=float, default=0.2)
-    parser.add_argument("--execute-steps", type=int, default=10)
-    parser.add_argument("--prefix-samples", type=int, default=100)
+    parser.add_argument("--target_speed", type=float, default=0.2)
+    parser.add_argument("--execute_steps", type=int, default=10)
+    parser.add_argument("--prefix_samples", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--output", type=Path, default=Path("runs/planar-reach/report"))
     args = parser.parse_args(argv)
@@ -148,7 +149,7 @@ def main(argv=None) -> None:
     if args.train:
         from .train import main as train
 
-        train(["--work-dir", str(args.work_dir)])
+        train(["--work_dir", str(args.work_dir)])
         fixtures = args.work_dir
     start = time.perf_counter()
     jobs = [
@@ -202,7 +203,7 @@ def main(argv=None) -> None:
             f"{LABELS[variant]}: prefix-following {numbers['prefix_following']:+.2f}, "
             f"reactivity {numbers['reactivity']:+.2f} (cosines, {numbers['samples']} misleading prefixes)"
         )
-    print(f"wrote {args.output} in {(time.perf_counter() - start) / 60:.1f} min")
+    logger.info("wrote %s in %.1f min", args.output, (time.perf_counter() - start) / 60)
 
 
 if __name__ == "__main__":

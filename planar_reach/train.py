@@ -1,12 +1,12 @@
 """Reproduce the three PlanarReach checkpoints from a seed, on a CPU:
 
-    python -m xr0.planar_reach.train --work-dir runs/planar-reach            # ~30 min on 2 cores
-    python -m xr0.planar_reach.train --work-dir runs/planar-reach --install  # ... and replace the fixtures
+    python -m xr0.planar_reach.train --work_dir runs/planar-reach            # ~30 min on 2 cores
+    python -m xr0.planar_reach.train --work_dir runs/planar-reach --install  # ... and replace the fixtures
 
 1. records `--episodes` expert demonstrations (`xr0.planar_reach.record`, layout seed `--seed`);
 2. writes a randomly initialized tiny XR0 (`PLANAR_REACH_VLM_CONFIG` / `PLANAR_REACH_DIT_CONFIG`: the real
    architecture at small sizes, the real tokenizer and image processor);
-3. pre-trains it with `xr0-finetune --recipe sync` (`--pretrain-steps`, shared by the three checkpoints, as the
+3. pre-trains it with `xr0-finetune --recipe sync` (`--pretrain_steps`, shared by the three checkpoints, as the
    report's pre-training is shared by its post-trained models);
 4. post-trains that once per recipe (`--steps` each): `sync` (no prefix), `async-causal` (clean prefixes with a
    causal mask: training-time RTC) and `async` (clean prefixes with the Λ-shaped band);
@@ -15,13 +15,14 @@
    pre-training plus post-training, the loss history, the dataset).
 """
 
-import argparse
 import json
 import shutil
 import time
 from pathlib import Path
 
 import torch
+
+from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..configuration_xr0 import XR0Config
@@ -136,13 +137,11 @@ def pack_fixture(trained: Path, fixture: Path, summary: dict) -> int:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/planar-reach"))
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--work_dir", type=Path, default=Path("runs/planar-reach"))
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0, help="demonstration layouts, initialization, training")
-    parser.add_argument("--pretrain-steps", type=int, default=1600, help="shared pre-training steps")
+    parser.add_argument("--pretrain_steps", type=int, default=1600, help="shared pre-training steps")
     parser.add_argument("--steps", type=int, default=800, help="post-training steps per recipe")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)

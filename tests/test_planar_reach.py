@@ -182,8 +182,8 @@ def evaluate_cli(*arguments):
 )
 def test_the_evaluation_command_runs_the_shipped_checkpoints(variant, mode, latency, tmp_path):
     completed = evaluate_cli(
-        "--model", FIXTURES / variant, "--episodes", 3, "--mode", mode, "--latency-ms", latency,
-        "--target-speed", 0.2, "--gif", tmp_path / "episode.gif",
+        "--model", FIXTURES / variant, "--episodes", 3, "--mode", mode, "--latency_ms", latency,
+        "--target_speed", 0.2, "--gif", tmp_path / "episode.gif",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
