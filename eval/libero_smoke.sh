@@ -22,9 +22,11 @@ port=$("$SERVER_BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127
 HF_HUB_OFFLINE=1 "$SERVER_BIN/xr0-serve" --model fixtures/tiny-xr0 --port "$port" > "$venv/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 120); do
+# A loaded machine takes a while to import torch: wait up to 5 minutes, then fail with the server's log.
+for attempt in $(seq 300); do
   curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
   kill -0 $server 2>/dev/null || { cat "$venv/server.log"; exit 1; }
+  [ "$attempt" -lt 300 ] || { echo "the server did not answer /healthz within 300 s"; cat "$venv/server.log"; exit 1; }
   sleep 1
 done
 

@@ -121,7 +121,11 @@ def main(argv=None) -> None:
     logging.getLogger("robosuite_logs").propagate = False  # robosuite prints its records itself
     suite = benchmark.get_benchmark_dict()[args.suite]()
     max_steps = args.max_steps or MAX_STEPS[args.suite]
-    with XR0Client(args.host, args.port, token=args.token) as policy:
+    try:
+        policy = XR0Client(args.host, args.port, token=args.token)
+    except OSError as error:
+        sys.exit(f"xr0-eval-libero: cannot reach the policy server at {args.host}:{args.port}: {error}")
+    with policy:
         if "libero_all" not in policy.metadata.get("robot_types", {}):
             sys.exit(
                 f"the server at {policy.uri} does not serve robot_type libero_all: {policy.metadata.get('robot_types')}"

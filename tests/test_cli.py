@@ -44,6 +44,18 @@ def test_log_level_configures_logging():
         parser.parse_args(["--log_level", "loud"])
 
 
+def test_log_lines_go_to_the_stderr_of_the_moment(monkeypatch):
+    """An entry point called in-process configures logging; its records follow a later-replaced sys.stderr
+    rather than writing to a stream that may be closed by then."""
+    import io
+
+    ArgumentParser(prog="demo").parse_args([])
+    later = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", later)
+    logging.getLogger("xr0.test").warning("to the current stderr")
+    assert "WARNING xr0.test: to the current stderr" in later.getvalue()
+
+
 # ---- Ctrl-C: a summary line and exit status 130, never a traceback --------------------------------------------
 
 

@@ -59,11 +59,26 @@ class ArgumentParser(argparse.ArgumentParser):
         return parsed
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is when a record is emitted, not as it was when logging was configured (an
+    entry point called in-process, e.g. by a test that captures and then closes stderr)."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 def configure_logging(level: Union[str, int] = "info") -> None:
     """Messages of `level` (a name or a `logging` number) and above to stderr, one line each with time, level and
     logger name."""
     logging.basicConfig(
-        level=level.upper() if isinstance(level, str) else level, format=LOG_FORMAT, force=True
+        level=level.upper() if isinstance(level, str) else level,
+        format=LOG_FORMAT,
+        handlers=[_StderrHandler()],
+        force=True,
     )
 
 
