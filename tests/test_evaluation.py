@@ -52,6 +52,9 @@ def test_results_per_task_and_suite_resume_from_the_file(tmp_path):
     ]:
         results.add(record)
     saved = json.loads(path.read_text())
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert path.stat().st_mode == plain.stat().st_mode, "the file gets the usual mode, not mkstemp's 0600"
     spatial = saved["suites"]["libero_spatial"]
     assert (spatial["episodes"], spatial["successes"], spatial["success_rate"]) == (
         3,

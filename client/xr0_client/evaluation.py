@@ -130,6 +130,7 @@ class ResultsFile:
             dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
         )
         try:
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise become the file's mode
             with os.fdopen(handle, "w") as file:
                 file.write(text)
                 file.flush()
@@ -138,6 +139,12 @@ class ResultsFile:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def format_summary(suites: dict) -> str:
