@@ -287,7 +287,7 @@ def test_every_entry_point_prints_help_from_any_directory_and_changes_nothing(tm
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="1000"),  # no wrapped option names
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "usage:" in result.stdout
