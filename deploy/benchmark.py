@@ -8,7 +8,6 @@
    committed window, reporting idle ticks, latency percentiles and seam vs inner-chunk action jumps.
 """
 
-import argparse
 import statistics
 import time
 
@@ -26,6 +25,7 @@ from xr0_client import (
     pack,
     unpack,
 )
+from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from .policy import load_policy, parse_request
@@ -62,14 +62,13 @@ def ms(values) -> str:
     return f"p50 {np.percentile(values, 50):7.2f} ms  p90 {np.percentile(values, 90):7.2f} ms  max {values[-1]:7.2f} ms"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=str(REPO_ROOT / "fixtures" / "tiny-xr0"))
     parser.add_argument("--requests", type=int, default=50)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    args = parser.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     policy = load_policy(args.model, args.device, dtype)

@@ -7,21 +7,43 @@ An observation is
     {"images": {view: uint8 (H, W, 3)}, "instruction": str, "state": float (D,), "robot_type": str,
      "seed": int (optional), "action_prefix": float (p, active dims) (optional, robot units)}
 
-and the reply `{"actions": float32 (T, active dims)}`, T = the robot type's chunk length.
+or openpi's form of it, unchanged (what openpi's LIBERO example sends; `openpi_keys` maps it per robot type):
+
+    {"observation/image": uint8 (H, W, 3), "observation/wrist_image": uint8 (H, W, 3),
+     "observation/state": float (D,), "prompt": str, + optionally robot_type, seed, action_prefix}
+
+and the reply `{"actions": float32 (T, active dims)}`, T = the robot type's chunk length. `robot_type` may be left
+out when the checkpoint serves exactly one robot type.
 """
 
+import json
+import re
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from xr0_client.benchmarks import official_instruction
 from xr0_client.protocol import field_name, shown
 
-from ..processing_xr0 import MAX_INSTRUCTION_CHARS, MIN_IMAGE_SIDE
+from ..processing_xr0 import MAX_INSTRUCTION_CHARS, MIN_IMAGE_SIDE, PUBLISHED_ROBOT_TYPES
 
 OBSERVATION_KEYS = {"images", "instruction", "state", "robot_type", "seed", "action_prefix"}
-REQUIRED_KEYS = {"images", "instruction", "state", "robot_type"}
+REQUIRED_KEYS = {"images", "instruction", "state"}  # and robot_type, unless the server serves only one
+OPTIONAL_KEYS = {"robot_type", "seed", "action_prefix"}
+# openpi's observation keys (its LIBERO example, examples/libero/main.py) -> our camera views. Every published
+# robot type with views names them base (+ wrist_left), so one table serves them all:
+# - libero_all: agent view -> base, eye-in-hand -> wrist_left; openpi's 8-D state (eef position, axis-angle of
+#   the eef quaternion with robosuite's formula, 2 gripper joint positions) is exactly the XR0 LIBERO state, which
+#   the server zero-pads to 32 as for every state.
+# - calvin_*: static camera -> base, gripper camera -> wrist_left; state = robot_obs[:7], as our CALVIN client.
+# - bridge_delta / fractal_delta: the one camera -> base; state as our SimplerEnv client builds it (8 values).
+OPENPI_VIEW_KEYS = {"observation/image": "base", "observation/wrist_image": "wrist_left"}
+OPENPI_STATE_KEY = "observation/state"
+OPENPI_PROMPT_KEY = "prompt"
 IMAGE_SIDE_RANGE = (MIN_IMAGE_SIDE, 4096)  # the processor's floor; the ceiling bounds pixels and aspect ratio
 # Magnitude bounds: a finite but huge input (3.4e38 fits float32) overflows inside the model into NaN actions.
 MAX_ABS_STATE = 1e4  # robot units, and after the robot type's normalization
@@ -45,27 +67,101 @@ class Request:
 
 
 def parse_request(message, processor) -> Request:
-    """Checks every field of an observation message against the processor's robot registry."""
+    """Checks every field of an observation message (ours or openpi's form) against the processor's robot
+    registry; errors name the field as the client sent it."""
     if not isinstance(message, dict) or not all(isinstance(key, str) for key in message):
         raise RequestError(None, "the observation must be a map with string keys")
-    unknown = sorted(set(message) - OBSERVATION_KEYS)
+    if not is_openpi_observation(message):
+        return _parse(message, processor)
+    ours, openpi_names = _from_openpi(message, processor)
+    try:
+        return _parse(ours, processor)
+    except RequestError as error:
+        raise RequestError(openpi_names.get(error.field, error.field), str(error)) from None
+
+
+def _refuse_unknown(message: dict, allowed: set, schema: str) -> None:
+    unknown = sorted(set(message) - allowed)
     if unknown:
         names = ", ".join(field_name(key) for key in unknown[:5]) + (
             f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         )
         raise RequestError(
-            field_name(unknown[0]), f"unknown fields {names}; allowed: {sorted(OBSERVATION_KEYS)}"
+            field_name(unknown[0]), f"unknown fields {names}; {schema} takes {sorted(allowed)}"
         )
-    missing = REQUIRED_KEYS - set(message)
-    if missing:
-        raise RequestError(sorted(missing)[0], f"missing fields {sorted(missing)}")
 
-    robot_type = message["robot_type"]
+
+def _robot_type(message: dict, processor) -> str:
+    """The request's robot type: as named, or the server's only one when it serves exactly one."""
     servable = servable_robot_types(processor)
+    if "robot_type" not in message:
+        if len(servable) == 1:
+            return next(iter(servable))
+        raise RequestError("robot_type", f"missing robot_type: this server serves {sorted(servable)}")
+    robot_type = message["robot_type"]
     if not isinstance(robot_type, str) or robot_type not in servable:
         raise RequestError(
             "robot_type", f"unknown robot_type {shown(robot_type)}; this server serves {sorted(servable)}"
         )
+    return robot_type
+
+
+def is_openpi_observation(message: dict) -> bool:
+    return OPENPI_PROMPT_KEY in message or any(key.startswith("observation/") for key in message)
+
+
+def openpi_keys(processor, robot_type: str) -> Optional[dict]:
+    """{openpi key: our field} for `robot_type`, or None when its views have no openpi name."""
+    views = [key for key, _ in processor.robot_spec(robot_type).views]
+    by_view = {view: key for key, view in OPENPI_VIEW_KEYS.items()}
+    if not set(views) <= set(by_view):
+        return None
+    keys = {by_view[view]: f"images.{view}" for view in views}
+    return {**keys, OPENPI_STATE_KEY: "state", OPENPI_PROMPT_KEY: "instruction"}
+
+
+def _from_openpi(message: dict, processor) -> tuple:
+    """openpi's observation -> (the same in our schema, {our field: openpi key} to name fields in errors).
+
+    The prompt of a published robot type becomes the instruction its checkpoint was trained on, as the official
+    XR0 client writes it (`official_instruction`: LIBERO/CALVIN capitalized, SimplerEnv first letter upper, "."
+    appended); a registered robot type's prompt is used as sent."""
+    robot_type = _robot_type(message, processor)
+    keys = openpi_keys(processor, robot_type)
+    if keys is None:
+        views = [key for key, _ in processor.robot_spec(robot_type).views]
+        raise RequestError(
+            "robot_type",
+            f"robot_type {robot_type!r} takes the views {views}, which openpi's keys {sorted(OPENPI_VIEW_KEYS)} "
+            "do not name: send this server's form ({'images': {view: ...}, 'instruction', 'state', 'robot_type'})",
+        )
+    _refuse_unknown(message, set(keys) | OPTIONAL_KEYS, f"an openpi-style observation of {robot_type!r}")
+    missing = sorted(set(keys) - set(message))
+    if missing:
+        raise RequestError(missing[0], f"missing fields {missing}")
+    prompt = message[OPENPI_PROMPT_KEY]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise RequestError(OPENPI_PROMPT_KEY, "expected a non-empty string")
+    if robot_type in PUBLISHED_ROBOT_TYPES:
+        prompt = official_instruction(robot_type, prompt)
+    ours = {
+        "images": {
+            field.split(".", 1)[1]: message[key] for key, field in keys.items() if field.startswith("images.")
+        },
+        "instruction": prompt,
+        "state": message[OPENPI_STATE_KEY],
+        "robot_type": robot_type,
+        **{key: message[key] for key in OPTIONAL_KEYS if key in message and key != "robot_type"},
+    }
+    return ours, {field: key for key, field in keys.items()}
+
+
+def _parse(message: dict, processor) -> Request:
+    _refuse_unknown(message, OBSERVATION_KEYS, "an observation")
+    missing = REQUIRED_KEYS - set(message)
+    if missing:
+        raise RequestError(sorted(missing)[0], f"missing fields {sorted(missing)}")
+    robot_type = _robot_type(message, processor)
     spec = processor.robot_spec(robot_type)
 
     images = message["images"]
@@ -204,3 +300,38 @@ def load_policy(model_dir: str, device: str, dtype: torch.dtype) -> "XR0Policy":
     model = XR0ForActionGeneration.from_pretrained(model_dir, dtype=dtype).to(device)
     processor = XR0Processor.from_pretrained(model_dir)
     return XR0Policy(model, processor)
+
+
+def checkpoint_identity(model_dir) -> dict:
+    """What names a checkpoint to clients (server metadata, evaluation results files): its folder name and, when
+    known, the source and revision it came from: xr0-convert's conversion.json (published repo id and commit), a
+    Hub cache snapshot folder (`models--org--name/snapshots/<commit>`), or the git commit that last changed the
+    folder when it lives in a repository (e.g. the shipped fixtures; `modified` when it differs from it)."""
+    directory = Path(model_dir).resolve()
+    identity = {"name": directory.name, "source": None, "revision": None}
+    conversion = directory / "conversion.json"
+    if conversion.is_file():
+        report = json.loads(conversion.read_text())
+        return {
+            **identity,
+            "source": report.get("source"),
+            "revision": report.get("revision"),
+            "variant": report.get("variant"),
+        }
+    snapshot = re.fullmatch(r"models--(.+)", directory.parent.parent.name)
+    if directory.parent.name == "snapshots" and snapshot:
+        return {**identity, "source": snapshot.group(1).replace("--", "/"), "revision": directory.name}
+    try:
+
+        def git(*args):
+            return subprocess.run(
+                ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+
+        commit = git("log", "-1", "--format=%H", "--", ".")
+        if commit:
+            modified = bool(git("status", "--porcelain", "--", "."))
+            return {**identity, "source": "git", "revision": commit, "modified": modified}
+    except (OSError, subprocess.SubprocessError):
+        pass  # not in a repository, or no git: the name is all there is
+    return identity

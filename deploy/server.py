@@ -3,16 +3,17 @@ here; the request model and the policy are `xr0.deploy.policy`.
 
     xr0-serve --model <checkpoint dir> [--host 127.0.0.1] [--port 8000]      (token: XR0_SERVER_TOKEN or --token)
 
-On connect the server sends its metadata (robot types it can serve, their views and chunk lengths). Each binary
-frame is one observation (see `xr0.deploy.policy`) and gets `{"actions": float32 (T, active dims) in robot
+On connect the server sends its metadata (the checkpoint and its revision, the robot types it can serve, their
+views and chunk lengths, openpi's observation keys per robot type). Each binary frame is one observation, in our
+form or openpi's (see `xr0.deploy.policy`), and gets `{"actions": float32 (T, active dims) in robot
 units, "robot_type": ..., "server_timing": {...}}`, T = the robot type's chunk length. Every field is validated
 before it reaches the model; a bad request gets a TEXT frame `{"error": {"field", "message"}}` (openpi clients
 raise it as RuntimeError) and the connection stays usable. One inference runs at a time per model; waiting
 requests are served in arrival order. `GET /healthz` answers 200. With a token, clients must send
-`Authorization: Api-Key <token>`.
+`Authorization: Api-Key <token>`. Ctrl-C stops it with a summary line (requests served, refused, failed,
+uptime) and exit status 130.
 """
 
-import argparse
 import asyncio
 import hmac
 import logging
@@ -28,13 +29,16 @@ from websockets.asyncio.server import serve
 from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 
+from xr0_client.cli import ArgumentParser, exit_on_interrupt
 from xr0_client.protocol import ProtocolError, error_text, field_name, pack, shown, unpack
 
 from .policy import (
     OBSERVATION_KEYS,
     RequestError,
     XR0Policy,
+    checkpoint_identity,
     load_policy,
+    openpi_keys,
     parse_request,
     servable_robot_types,
 )
@@ -81,6 +85,7 @@ class PolicyServer:
         idle_timeout: seconds a client may take to send a complete message (after connecting or after its last
             reply); a slower or silent client is disconnected (1008), so nobody holds a connection forever.
         allowed_origins: when given, browsers' Origin header must be one of these.
+        checkpoint: what the metadata reports as the checkpoint (`checkpoint_identity`; default: just `name`).
     """
 
     def __init__(
@@ -94,6 +99,7 @@ class PolicyServer:
         max_connections: int = 64,
         idle_timeout: float = 120.0,
         allowed_origins: Optional[list] = None,
+        checkpoint: Optional[dict] = None,
     ):
         self.policy = policy
         self.host, self.port = host, port
@@ -103,26 +109,36 @@ class PolicyServer:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.allowed_origins = allowed_origins
+        self.checkpoint = checkpoint or {"name": name}
         self.connections = 0
+        # What the shutdown summary reports.
+        self.started = time.monotonic()
+        self.connections_served = 0
+        self.served = self.refused = self.failed = 0
         self._lock: Optional[asyncio.Lock] = None
         self._server = None
         self._loop = None
 
     def metadata(self) -> dict:
         processor = self.policy.processor
+        servable = servable_robot_types(processor)
         return {
             "server": "xr0",
             "protocol_version": 1,
             "model": self.name,
+            "checkpoint": self.checkpoint,
             "robot_types": {
                 name: {
                     "views": [key for key, _ in spec.views],
                     "active_action_dims": processor.active_action_dims(name),
                     "chunk_length": processor.chunk_length(name),
                 }
-                for name, spec in servable_robot_types(processor).items()
+                for name, spec in servable.items()
             },
             "observation_keys": sorted(OBSERVATION_KEYS),
+            "openpi_keys": {
+                name: openpi_keys(processor, name) for name in servable if openpi_keys(processor, name)
+            },
             "max_message_bytes": self.max_message_bytes,
         }
 
@@ -153,6 +169,7 @@ class PolicyServer:
     async def _handle(self, websocket) -> None:
         peer = websocket.remote_address
         self.connections += 1
+        self.connections_served += 1
         try:
             await websocket.send(pack(self.metadata()))
             while True:
@@ -195,8 +212,10 @@ class PolicyServer:
                 return self._refusal(peer, RequestError(None, str(error)))
             except Exception:  # noqa: BLE001 - a server must outlive a failed inference
                 logger.exception("%s: inference failed", peer)
+                self.failed += 1
                 return error_text(None, "internal error during inference (logged on the server)")
             finished = time.perf_counter()
+        self.served += 1
         timing = {"infer_ms": (finished - started) * 1e3, "queue_ms": (started - received) * 1e3}
         logger.info(
             "%s: %s infer %.1f ms, queued %.1f ms",
@@ -207,10 +226,10 @@ class PolicyServer:
         )
         return pack({"actions": actions, "robot_type": request.robot_type, "server_timing": timing})
 
-    @staticmethod
-    def _refusal(peer, error) -> str:
+    def _refusal(self, peer, error) -> str:
         """The error reply and log line of a refused request; both are bounded and escaped (the messages only
         repeat a peer's input through `shown`)."""
+        self.refused += 1
         field = getattr(error, "field", None)
         message = str(error)[:1000]
         logger.info(
@@ -218,7 +237,15 @@ class PolicyServer:
         )
         return error_text(field, message)
 
+    def summary(self) -> str:
+        """One line: what this server did since it started."""
+        return (
+            f"served {self.served} requests ({self.refused} refused, {self.failed} failed) on "
+            f"{self.connections_served} connections in {time.monotonic() - self.started:.1f} s"
+        )
+
     async def serve_forever(self, ready: Optional[threading.Event] = None) -> None:
+        self.started = time.monotonic()
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
         logging.getLogger("asyncio").addFilter(_RateLimitedLog("Too many open files"))
@@ -283,9 +310,7 @@ def raise_open_file_limit() -> int:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="checkpoint directory (converted or fine-tuned)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -296,36 +321,37 @@ def main(argv=None) -> None:
         "is visible to other local users)",
     )
     parser.add_argument(
-        "--allow-unauthenticated",
+        "--allow_unauthenticated",
         action="store_true",
         help="serve a non-loopback --host without a token (anyone who reaches the port drives the robot)",
     )
     parser.add_argument(
-        "--allowed-origins", nargs="+", default=None, help="accepted Origin headers (browsers)"
+        "--allowed_origins", nargs="+", default=None, help="accepted Origin headers (browsers)"
     )
-    parser.add_argument("--max-message-mb", type=float, default=16.0)
-    parser.add_argument("--max-connections", type=int, default=64)
+    parser.add_argument("--max_message_mb", type=float, default=16.0)
+    parser.add_argument("--max_connections", type=int, default=64)
     parser.add_argument(
-        "--idle-timeout", type=float, default=120.0, help="seconds to send a complete message"
+        "--idle_timeout", type=float, default=120.0, help="seconds to send a complete message"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.token:
         logger.warning("--token is visible to other local users (ps, /proc); prefer XR0_SERVER_TOKEN")
     token = args.token or os.environ.get("XR0_SERVER_TOKEN")
     if args.host not in LOOPBACK_HOSTS and not token and not args.allow_unauthenticated:
         parser.error(
             f"--host {args.host} is reachable from other machines: set XR0_SERVER_TOKEN (or --token), or pass "
-            "--allow-unauthenticated"
+            "--allow_unauthenticated"
         )
     if args.host not in LOOPBACK_HOSTS and not token:
         logger.warning(
             "serving %s without a token: anyone who can reach this port can drive the policy", args.host
         )
     raise_open_file_limit()
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    policy = load_policy(args.model, args.device, dtype)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    with exit_on_interrupt(lambda: "before the server started"):
+        policy = load_policy(args.model, device, dtype)
     server = PolicyServer(
         policy,
         args.host,
@@ -336,8 +362,10 @@ def main(argv=None) -> None:
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
         allowed_origins=args.allowed_origins,
+        checkpoint=checkpoint_identity(args.model),
     )
-    asyncio.run(server.serve_forever())
+    with exit_on_interrupt(server.summary):
+        asyncio.run(server.serve_forever())
 
 
 if __name__ == "__main__":

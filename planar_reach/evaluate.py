@@ -25,23 +25,13 @@ from typing import Optional
 import numpy as np
 
 from xr0_client.cli import ArgumentParser
+from xr0_client.evaluation import wilson_interval
 from xr0_client.realtime import FakeClock, LocalChunkSource, RealtimeExecutor, SimulatedRunner
 
 from .env import DEFAULT_SETTINGS, PlanarReachEnv, ReachSettings, layout_seed
 
 # A latency of k ticks must arrive on the k-th tick, not one later because k·dt rounds up by an ulp.
 TICK_ROUNDING = 1e-9
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple:
-    """95% confidence interval of a binomial proportion (Wilson score): sound at 0% and 100% too."""
-    if trials == 0:
-        return (float("nan"), float("nan"))
-    p = successes / trials
-    denominator = 1 + z**2 / trials
-    centre = (p + z**2 / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def training_seed(model_dir) -> Optional[int]:

@@ -10,15 +10,19 @@ split by the Qwen2 pre-tokenizer pattern (one digit per piece) before BPE; the 2
 reaches on that token's bytes using only lower-ranked tokens (151,387 merges). Re-running gives identical files.
 """
 
-import argparse
 import base64
 import json
+import logging
 import os
 import random
 import sys
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from xr0_client.cli import ArgumentParser
+
+logger = logging.getLogger("xr0.build_tokenizer")
 
 PRETOKENIZE_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 NUM_REGULAR_TOKENS = 151643
@@ -241,22 +245,20 @@ def verify(tokenizer: Tokenizer, ranks: dict, count: int) -> None:
             or tokenizer.decode(ours, skip_special_tokens=False) != text
         ):
             mismatches += 1
-            print(f"mismatch: {text!r}", file=sys.stderr)
+            logger.error("mismatch: %r", text)
     print(f"verified against tiktoken on {count} texts: {mismatches} mismatches")
     if mismatches:
         sys.exit(1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--ranks", type=Path, default=None, help="qwen.tiktoken (default: the one dashscope ships)"
     )
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--verify", type=int, default=0, help="compare with tiktoken on this many texts")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     ranks = read_ranks(args.ranks or default_ranks_path())
     tokenizer, vocab, merges = build(ranks)
@@ -267,7 +269,7 @@ def main() -> None:
     (args.output / "tokenizer_config.json").write_text(
         json.dumps(tokenizer_config(), ensure_ascii=False, indent=2) + "\n"
     )
-    print(
+    logger.info(
         f"wrote {len(vocab)} regular tokens, {len(merges)} merges, {len(ADDED_TOKENS)} added tokens to {args.output}"
     )
     if args.verify:

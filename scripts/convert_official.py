@@ -13,7 +13,6 @@ with an index (names unchanged, wrapper prefixes removed) and the variant's mode
 against the model the config describes (names and shapes) before anything is written.
 """
 
-import argparse
 import contextlib
 import json
 import shutil
@@ -25,6 +24,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
+
+from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..configuration_xr0 import OFFICIAL_MODEL_TYPE, XR0Config, from_official_config_dict
@@ -290,9 +291,7 @@ def _torch_dtype(safetensors_dtype: str) -> torch.dtype:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--source", required=True, help="published repo id or local directory in the published layout"
     )

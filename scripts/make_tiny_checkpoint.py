@@ -7,11 +7,12 @@ weights, small enough to ship in the repository (~5 MB, bf16), so the demo and t
 Tokenizer and remote-code files are symlinks to the repository root, so there is one copy of each.
 """
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..processing_xr0 import PUBLISHED_ROBOT_TYPES
@@ -59,12 +60,10 @@ DEFAULT_OUTPUT = REPO_ROOT / "fixtures" / "tiny-xr0"
 ROBOT_TYPE = "libero_all"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
     for name in (

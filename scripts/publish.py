@@ -1,14 +1,15 @@
 """Push a converted variant directory to the Hugging Face Hub (safetensors only).
 
-    python -m xr0.scripts.publish --folder out/libero --repo-id me/xr0-libero [--private] [--revision main] [--dry-run]
+    python -m xr0.scripts.publish --folder out/libero --repo_id me/xr0-libero [--private] [--revision main] [--dry_run]
 
-`--dry-run` prints what would be uploaded and calls nothing. Without it, a token is needed (`huggingface-cli
+`--dry_run` prints what would be uploaded and calls nothing. Without it, a token is needed (`huggingface-cli
 login` or HF_TOKEN).
 """
 
-import argparse
 import sys
 from pathlib import Path
+
+from xr0_client.cli import ArgumentParser
 
 REQUIRED_FILES = ("config.json",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -16,17 +17,15 @@ TRAINER_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--folder", required=True, type=Path)
-    parser.add_argument("--repo-id", required=True)
+    parser.add_argument("--repo_id", required=True)
     parser.add_argument(
         "--revision", default=None, help="branch to push to (default: the repo's default branch)"
     )
     parser.add_argument("--private", action="store_true")
-    parser.add_argument("--commit-message", default="Upload XR0 checkpoint converted with xr0-convert")
-    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--commit_message", default="Upload XR0 checkpoint converted with xr0-convert")
+    parser.add_argument("--dry_run", action="store_true")
     args = parser.parse_args(argv)
 
     # A fine-tuning output also holds the Trainer's checkpoint-N folders (optimizer state, RNG: pickles): the

@@ -11,17 +11,21 @@
 The functions here also serve the converter and the tiny checkpoint, so every directory is written one way.
 """
 
-import argparse
 import json
+import logging
 import os
 from pathlib import Path
 
 import torch
 
+from xr0_client.cli import ArgumentParser
+
 from .. import REPO_ROOT
 from ..configuration_xr0 import QWEN3_VL_4B_CONFIG, XR0Config
 from ..modeling_xr0 import XR0ForActionGeneration
 from ..processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PUBLISHED_ROBOT_TYPES
+
+logger = logging.getLogger("xr0.write_root_files")
 
 REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
@@ -145,15 +149,13 @@ def link_to_repository_root(directory: Path) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {path}")
+    logger.info("wrote %s", path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv=None) -> None:
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=REPO_ROOT)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     config = XR0Config()
     bytes_per_value = torch.finfo(torch.bfloat16).bits // 8

@@ -4,10 +4,14 @@ facts of a variant are written once.
     python -m xr0.scripts.write_variant_cards
 """
 
-import argparse
 import json
+import logging
+
+from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
+
+logger = logging.getLogger("xr0.write_variant_cards")
 
 VARIANTS_DIR = REPO_ROOT / "variants"
 
@@ -113,14 +117,12 @@ def render(variant: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    ).parse_args()
+def main(argv=None) -> None:
+    ArgumentParser(description=__doc__).parse_args(argv)  # --help exits here, before anything is written
     for path in sorted(VARIANTS_DIR.glob("*/variant.json")):
         card = path.parent / "README.md"
         card.write_text(render(json.loads(path.read_text())))
-        print(f"wrote {card}")
+        logger.info("wrote %s", card)
 
 
 if __name__ == "__main__":

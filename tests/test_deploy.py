@@ -1,6 +1,7 @@
 """Policy server, protocol, client and the real-time executor, on real sockets on 127.0.0.1."""
 
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -14,7 +15,7 @@ from websockets.sync.client import connect
 
 from xr0 import REPO_ROOT
 from xr0.deploy.benchmark import register_one_second_arm
-from xr0.deploy.policy import load_policy, parse_request
+from xr0.deploy.policy import RequestError, checkpoint_identity, load_policy, parse_request
 from xr0.deploy.server import PolicyServer
 from xr0_client import (
     FakeClock,
@@ -765,3 +766,128 @@ def test_a_failing_first_inference_is_retried_once_per_tick():
     metrics, sent = run_scripted(source, ticks=40, latency_ticks=0.0, execute_steps=10, commit_steps=5)
     assert metrics.failures == 2 and metrics.startup_ticks == 2 and len(sent) == 40
     assert int(sent[0][0]) // 1000 == 2, "the first usable chunk is the third inference"
+
+
+# ---- openpi's own observation form, and robot_type when one is served ------------------------------------------
+
+
+def openpi_observation(sample=0, size=224, **overrides):
+    """What openpi's LIBERO example (examples/libero/main.py) sends, key for key: 224² uint8 views, the 8-D
+    state (eef position, axis-angle, gripper qpos) as float64, the task text as LIBERO writes it."""
+    rng = np.random.default_rng(sample)
+    obs = {
+        "observation/image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "observation/wrist_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "observation/state": rng.normal(size=8),
+        "prompt": "put the bowl on the plate",
+    }
+    obs.update(overrides)
+    return obs
+
+
+def test_openpi_libero_example_observation_is_served_unchanged(server, policy):
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    client = WebsocketClientPolicy("127.0.0.1", server.port)
+    assert client.get_server_metadata()["openpi_keys"]["libero_all"] == {
+        "observation/image": "images.base",
+        "observation/wrist_image": "images.wrist_left",
+        "observation/state": "state",
+        "prompt": "instruction",
+    }
+    sent = openpi_observation(sample=5)
+    reply = client.infer(sent)
+    assert reply["actions"].shape == (10, 7) and reply["actions"].dtype == np.float32
+    assert reply["robot_type"] == "libero_all"  # the server's only robot type: openpi sends none
+    # The same observation in our form, with the instruction the official XR0 client writes for that task and the
+    # same seed, gives the same actions: the mapping is exact.
+    ours = {
+        "images": {"base": sent["observation/image"], "wrist_left": sent["observation/wrist_image"]},
+        "instruction": "Put the bowl on the plate.",
+        "state": sent["observation/state"],
+        "seed": 11,
+    }
+    seeded = client.infer({**sent, "seed": 11})["actions"]
+    assert np.array_equal(seeded, policy(parse_request(ours, policy.processor)))
+
+
+@pytest.mark.parametrize(
+    "overrides, field, message",
+    [
+        ({"observation/image": np.zeros((224, 224), np.uint8)}, "observation/image", "uint8"),
+        ({"observation/image": np.zeros((224, 224, 3), np.float32)}, "observation/image", "uint8"),
+        ({"observation/wrist_image": np.zeros((8, 8, 3), np.uint8)}, "observation/wrist_image", "sides"),
+        ({"observation/wrist_image": None}, "observation/wrist_image", "uint8"),
+        ({"observation/state": np.full(8, np.nan)}, "observation/state", "NaN"),
+        ({"observation/state": np.zeros(40)}, "observation/state", "1 to 32 values"),
+        ({"observation/state": "0 0 0"}, "observation/state", "numeric array"),
+        ({"prompt": ""}, "prompt", "non-empty"),
+        ({"prompt": 3}, "prompt", "non-empty string"),
+        ({"prompt": "x" * 3000}, "prompt", "at most"),
+        ({"images": {}}, "images", "unknown fields"),
+        ({"observation/depth": np.zeros(3)}, "observation/depth", "unknown fields"),
+        ({"robot_type": "bridge_delta"}, "robot_type", "serves"),
+        ({"seed": -3}, "seed", "int in"),
+    ],
+)
+def test_openpi_observation_errors_name_the_openpi_field(server, overrides, field, message):
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    client = WebsocketClientPolicy("127.0.0.1", server.port)
+    with pytest.raises(RuntimeError) as error:
+        client.infer(openpi_observation(**overrides))
+    reply = json.loads(str(error.value).split("\n", 1)[1])["error"]
+    assert reply["field"] == field and re.search(message, reply["message"]), reply
+    missing = openpi_observation()
+    del missing["observation/wrist_image"]
+    with pytest.raises(RuntimeError, match='"field": "observation/wrist_image".*missing'):
+        client.infer(missing)
+    assert client.infer(openpi_observation())["actions"].shape == (10, 7), (
+        "the connection survives the errors"
+    )
+
+
+def test_robot_type_is_needed_only_when_the_server_serves_several(policy, policy30):
+    no_type = {key: value for key, value in observation().items() if key != "robot_type"}
+    assert parse_request(no_type, policy.processor).robot_type == "libero_all"
+    for message in (no_type, openpi_observation()):  # policy30 serves libero_all and arm30
+        with pytest.raises(
+            RequestError, match=r"missing robot_type: this server serves \['arm30', 'libero_all'\]"
+        ):
+            parse_request(message, policy30.processor)
+    assert parse_request(openpi_observation(robot_type="arm30"), policy30.processor).robot_type == "arm30"
+    # arm30 is a registered robot type: its prompt is used as sent, not rewritten as a published one's.
+    assert parse_request(openpi_observation(robot_type="arm30"), policy30.processor).instruction == (
+        "put the bowl on the plate"
+    )
+
+
+def test_the_metadata_names_the_checkpoint_and_its_revision(server, tmp_path):
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+    identity = checkpoint_identity(TINY)
+    assert identity["name"] == "tiny-xr0" and identity["source"] == "git"
+    assert re.fullmatch(r"[0-9a-f]{40}", identity["revision"]) and identity["modified"] in (True, False)
+    served = PolicyServer(server.policy, port=0, checkpoint=identity).start_in_thread()
+    try:
+        assert WebsocketClientPolicy("127.0.0.1", served.port).get_server_metadata()["checkpoint"] == identity
+    finally:
+        served.stop()
+
+    converted = tmp_path / "libero"
+    converted.mkdir()
+    (converted / "conversion.json").write_text(
+        json.dumps(
+            {"source": "XiaomiRobotics/Xiaomi-Robotics-0-LIBERO", "revision": "fc04bbd", "variant": "libero"}
+        )
+    )
+    assert checkpoint_identity(converted) == {
+        "name": "libero",
+        "source": "XiaomiRobotics/Xiaomi-Robotics-0-LIBERO",
+        "revision": "fc04bbd",
+        "variant": "libero",
+    }
+    snapshot = tmp_path / "models--XiaomiRobotics--Xiaomi-Robotics-0-LIBERO" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    assert checkpoint_identity(snapshot)["source"] == "XiaomiRobotics/Xiaomi-Robotics-0-LIBERO"
+    assert checkpoint_identity(snapshot)["revision"] == "a" * 40

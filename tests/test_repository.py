@@ -3,6 +3,7 @@ the converter from the published layout, the publisher and the demo."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -215,9 +216,9 @@ def test_publish_dry_run_lists_the_upload(tmp_path, capsys):
     (tmp_path / "model.safetensors").write_bytes(b"0" * 10)
     (tmp_path / "pytorch_model.bin").write_bytes(b"0")
     with pytest.raises(SystemExit, match="pickle"):
-        publish.main(["--folder", str(tmp_path), "--repo-id", "me/xr0-libero", "--dry-run"])
+        publish.main(["--folder", str(tmp_path), "--repo_id", "me/xr0-libero", "--dry_run"])
     (tmp_path / "pytorch_model.bin").unlink()
-    publish.main(["--folder", str(tmp_path), "--repo-id", "me/xr0-libero", "--dry-run"])
+    publish.main(["--folder", str(tmp_path), "--repo_id", "me/xr0-libero", "--dry_run"])
     out = capsys.readouterr().out
     assert "dry run" in out and "me/xr0-libero" in out and "model.safetensors" in out
 
@@ -242,26 +243,66 @@ def test_demo_prints_a_chunk_and_writes_the_plot(tmp_path):
 # ---- the package -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "entry_point", ["xr0-serve", "xr0-finetune", "xr0-convert", "xr0-demo", "xr0-eval-libero"]
-)
-def test_entry_points_print_help_from_any_directory_and_change_nothing(tmp_path, entry_point):
+def console_scripts() -> dict:
+    """pyproject's [project.scripts]: {command: "module:function"}."""
+    import tomllib
+
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def runnable_modules() -> list:
+    """Every module of scripts/, training/, deploy/, eval/, planar_reach/ and the client package that runs as a program, by the
+    module name `python -m` takes."""
+    modules = []
+    for folder in ("scripts", "training", "deploy", "eval", "planar_reach", "client/xr0_client"):
+        for path in sorted((REPO_ROOT / folder).glob("*.py")):
+            if 'if __name__ == "__main__":' in path.read_text():
+                package = "xr0_client" if folder.startswith("client") else f"xr0.{folder}"
+                modules.append(f"{package}.{path.stem}")
+    return modules
+
+
+# Every command, once: the console scripts, then the runnable modules no console script runs.
+COMMANDS = [[name] for name in console_scripts()] + [
+    ["-m", module]
+    for module in runnable_modules()
+    if module not in {target.split(":")[0] for target in console_scripts().values()}
+]
+# Entry points whose flags another change converts (issue 15: the demo).
+OTHER_FLAG_STYLE = {"xr0-demo"}
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command[-1])
+def test_every_entry_point_prints_help_from_any_directory_and_changes_nothing(tmp_path, command):
     before = subprocess.run(
         ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
     ).stdout
+    program = (
+        [sys.executable, *command]
+        if command[0] == "-m"
+        else [str(Path(sys.executable).with_name(command[0]))]
+    )
     result = subprocess.run(
-        [str(Path(sys.executable).with_name(entry_point)), "--help"],
+        [*program, "--help"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="1000"),  # no wrapped option names
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "usage:" in result.stdout
     assert not any(tmp_path.iterdir()), "--help writes nothing"
     after = subprocess.run(
         ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
     ).stdout
     assert after == before
+    if command[-1] in OTHER_FLAG_STYLE:
+        return
+    # One flag style: snake_case long options (HfArgumentParser's), each with its dashed alias, and --log_level.
+    assert "--log_level" in result.stdout
+    options = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", result.stdout))
+    dashed_only = sorted(o for o in options if "-" in o[2:] and "--" + o[2:].replace("-", "_") not in options)
+    assert not dashed_only, f"dashed long options without their snake_case form: {dashed_only}"
 
 
 def test_the_client_package_imports_neither_torch_nor_transformers():

@@ -533,7 +533,7 @@ def test_publish_uploads_the_final_model_of_a_fine_tune(tmp_path, capsys):
         "training_args.bin",
     ):
         (tmp_path / name).write_bytes(b"{}")
-    publish.main(["--folder", str(tmp_path), "--repo-id", "me/arm", "--dry-run"])
+    publish.main(["--folder", str(tmp_path), "--repo_id", "me/arm", "--dry_run"])
     listed = capsys.readouterr().out
     assert (
         "model.safetensors" in listed and "checkpoint-3" not in listed and "training_args.bin" not in listed

@@ -7,7 +7,6 @@ in one mp4, keyframes every 2 frames), 320x240, one video camera, then reads ran
 DataLoader would and prints samples/s and the growth of the process's resident memory.
 """
 
-import argparse
 import json
 import random
 import resource
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from xr0_client.cli import ArgumentParser
 
 
 def rss_mb() -> float:
@@ -112,9 +113,7 @@ def write_dataset(
 def main(argv=None) -> None:
     from .data import open_dataset
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--samples", type=int, default=300)

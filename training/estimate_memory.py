@@ -7,10 +7,11 @@ Per parameter: fp32 master weight 4 B; trainable ones add an fp32 gradient 4 B a
 frozen ones can be held in bf16 (2 B). LoRA adds rank·(in + out) trainable values per adapted projection.
 """
 
-import argparse
 import re
 
 import torch
+
+from xr0_client.cli import ArgumentParser
 
 from ..configuration_xr0 import XR0Config
 from ..modeling_xr0 import XR0ForActionGeneration
@@ -49,9 +50,7 @@ def estimate(lora_rank: int = 16) -> list:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--lora_rank", type=int, default=16)
     args = parser.parse_args(argv)
     for setting, trainable, gib in estimate(args.lora_rank):

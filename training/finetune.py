@@ -22,6 +22,7 @@ Multi-GPU: `accelerate launch --config_file training/accelerate/deepspeed_zero2.
 (or fsdp.yaml).
 """
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +31,15 @@ from typing import Optional
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
+from xr0_client.cli import configure_logging
+
 from .. import REPO_ROOT
 from ..modeling_xr0 import ACTION_EXPERT_MODULES, XR0ForActionGeneration
 from ..processing_xr0 import XR0Processor
 from .data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset, register_dataset_robot
 from .report import write_fine_tune_card
+
+logger = logging.getLogger("xr0.finetune")
 
 REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
 
@@ -246,7 +251,7 @@ def finetune(
     freeze(model, model_args)
     trained = add_lora(model, model_args) if model_args.lora_rank > 0 else model
     trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    print(
+    logger.info(
         f"training {trainable / 1e6:.2f} M of {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters "
         f"on {len(dataset)} frames{' + vision-language samples' if data_args.vl_dataset else ''} "
         f"({model_args.recipe} recipe, robot type {model_args.robot_type!r})"
@@ -266,7 +271,9 @@ def finetune(
     final.save_pretrained(output)
     processor.save_pretrained(output)
     write_fine_tune_card(output, model_args, data_args, training_args, trainer, processor, dataset)
-    print(f"saved {output} (load with AutoModel/AutoProcessor.from_pretrained(..., trust_remote_code=True))")
+    logger.info(
+        "saved %s (load with AutoModel/AutoProcessor.from_pretrained(..., trust_remote_code=True))", output
+    )
     return trainer
 
 
@@ -291,6 +298,9 @@ class CompleteCheckpoints(TrainerCallback):
 def main(argv=None) -> Trainer:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    # TrainingArguments' own --log_level sets this package's messages too; its default ("passive") means info here.
+    passive = training_args.log_level == "passive" and training_args.should_log
+    configure_logging(logging.INFO if passive else training_args.get_process_log_level())
     torch.manual_seed(training_args.seed)
     return finetune(model_args, data_args, training_args)
 

@@ -138,6 +138,24 @@ def euler_xyz_to_axis_angle(roll: float, pitch: float, yaw: float) -> np.ndarray
     return xyz / norm * 2.0 * math.atan2(norm, w)
 
 
+# ---- instructions -------------------------------------------------------------------------------------------------
+
+SIMPLERENV_ROBOT_TYPES = ("bridge_delta", "fractal_delta")
+
+
+def official_task_text(robot_type: str, task: str) -> str:
+    """A task description as the official client of `robot_type` writes it, before it appends ".": SimplerEnv
+    upper-cases the first letter; LIBERO and CALVIN use str.capitalize (first letter upper, the rest lowered)."""
+    task = str(task)
+    return task[:1].upper() + task[1:] if robot_type in SIMPLERENV_ROBOT_TYPES else task.capitalize()
+
+
+def official_instruction(robot_type: str, task: str) -> str:
+    """The instruction the checkpoints were trained on: `official_task_text` + "." (appended unconditionally, as
+    the official clients do)."""
+    return official_task_text(robot_type, task) + "."
+
+
 # ---- clients ------------------------------------------------------------------------------------------------------
 
 
@@ -205,7 +223,7 @@ class LiberoClient(BenchmarkClient):
             "state": state,
             "base": view("agentview_image"),
             "wrist_left": view("robot0_eye_in_hand_image"),
-            "language": str(instruction).capitalize(),
+            "language": official_task_text(self.robot_type, instruction),
         }
         return request, _two_view_observation(request)
 
@@ -235,7 +253,7 @@ class CalvinClient(BenchmarkClient):
             "state": np.concatenate([np.asarray(env_obs["robot_obs"])[:7], np.zeros(25)]),
             "base": center_crop_resize(_as_pil(rgb["rgb_static"])),
             "wrist_left": center_crop_resize(_as_pil(rgb["rgb_gripper"])),
-            "language": str(annotation).capitalize(),
+            "language": official_task_text(self.robot_type, annotation),
         }
         return request, _two_view_observation(request)
 
@@ -283,7 +301,7 @@ class SimplerEnvClient(BenchmarkClient):
         state = np.zeros((1, 1, 32))
         robot_state = self.robot_state(env_obs["eef_pos"])
         state[0, 0, : robot_state.shape[0]] = robot_state
-        text = instruction[:1].upper() + instruction[1:] + "."
+        text = official_instruction(self.robot_type, instruction)
         request = {
             "task_id": self.robot_type,
             "state": state,
@@ -323,7 +341,7 @@ def single_view_prompt(title: str, instruction: str) -> str:
 def _two_view_observation(request: dict) -> dict:
     return {
         "images": {"base": np.asarray(request["base"]), "wrist_left": np.asarray(request["wrist_left"])},
-        "instruction": request["language"] + ".",
+        "instruction": request["language"] + ".",  # official_instruction: the hashed text + "."
         "state": np.asarray(request["state"], dtype=np.float32),
         "robot_type": request["task_id"],
     }

@@ -189,6 +189,14 @@ class ExecutionMetrics:
             "stopped": self.stopped,
         }
 
+    def line(self) -> str:
+        """One line for logs and shutdown: chunks executed, ticks, idle ticks, failures, median latency."""
+        latency = f"{1e3 * float(np.median(self.latencies_s)):.0f} ms" if self.latencies_s else "n/a"
+        return (
+            f"executed {self.chunks} chunks in {self.ticks} ticks ({self.idle_ticks} idle, "
+            f"{self.late_switches} late switches, {self.failures} failed inferences; median latency {latency})"
+        )
+
 
 class InferenceFailure(RuntimeError):
     """An inference that raised, timed out or returned a chunk that must not reach the robot."""
@@ -293,7 +301,16 @@ class RealtimeExecutor:
 
     def run(self, num_ticks: int, until: Optional[Callable[[], bool]] = None) -> ExecutionMetrics:
         """Runs `num_ticks` control ticks after the first chunk arrived, or until `until()` (checked after each
-        tick's action; e.g. the task succeeded) returns True."""
+        tick's action; e.g. the task succeeded) returns True. Ctrl-C stops it between two actions: `metrics`
+        then says "interrupted" and KeyboardInterrupt goes on to the caller (`xr0_client.cli.exit_on_interrupt`
+        turns it into a summary line and exit status 130)."""
+        try:
+            return self._run(num_ticks, until)
+        except KeyboardInterrupt:
+            self.metrics.stopped = "interrupted"
+            raise
+
+    def _run(self, num_ticks: int, until: Optional[Callable[[], bool]]) -> ExecutionMetrics:
         metrics = self.metrics
         start_time = self.clock.now()
         tick = 0
