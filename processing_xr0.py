@@ -19,8 +19,9 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BatchFeature
+from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, Qwen3VLConfig
 from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import cached_file
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -304,6 +305,20 @@ def _statistic_array(name: str, key: str, value, width: int) -> Optional[np.ndar
     return array.astype(np.float32)
 
 
+# transformers 4.x / 5.x differences in how a processor and its parts load.
+# 4.x finds a processor's parts through `attributes` and `<part>_class`; 5.x through `__init__`'s signature, and
+# warns on every load that `image_processor_class` is deprecated.
+_NAMES_SUB_PROCESSOR_CLASSES = hasattr(ProcessorMixin, "attributes")
+# 4.x warns that `use_fast` is unset when the saved image processor is the slow one (ours, as published: the fast
+# one needs torchvision); 5.x deprecates `use_fast`.
+_IMAGE_PROCESSOR_LOAD_KWARGS = {"use_fast": False} if _NAMES_SUB_PROCESSOR_CLASSES else {}
+# 4.57.3+ warns that any local tokenizer whose config.json is not from <= 4.57.2 or >= 5.0 may have Mistral's
+# broken pre-tokenizer regex; Qwen's regex is right as it is, which `fix_mistral_regex=False` says.
+_TOKENIZER_LOAD_KWARGS = (
+    {"fix_mistral_regex": False} if hasattr(PreTrainedTokenizerBase, "_patch_mistral_regex") else {}
+)
+
+
 class XR0Processor(ProcessorMixin):
     r"""
     Args:
@@ -320,9 +335,11 @@ class XR0Processor(ProcessorMixin):
             statistics. action_dim, state_dim (`int`): the padded widths of the model.
     """
 
-    attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    # transformers 4.x only: 5.x reads the parts from `__init__` and calls these deprecated.
+    if _NAMES_SUB_PROCESSOR_CLASSES:
+        attributes = ["image_processor", "tokenizer"]
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
 
     def __init__(
         self,
@@ -709,6 +726,26 @@ class XR0Processor(ProcessorMixin):
             image_processor_dict.get("max_pixels") or DEFAULT_MAX_PIXELS,
         )
         return processor
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """[image processor, tokenizer], loaded without the warnings each transformers line would print for an
+        XR0 directory; the caller's keyword arguments win (both lines call this hook; 5.x passes
+        `processor_dict`, unused here)."""
+        image_processor = AutoImageProcessor.from_pretrained(
+            pretrained_model_name_or_path, **{**_IMAGE_PROCESSOR_LOAD_KWARGS, **kwargs}
+        )
+        # The tokenizer is the Qwen3-VL backbone's. Given that config, 5.x's AutoTokenizer does not read config.json,
+        # whose class (ours or the official one) it cannot import without remote code: it would fall back to a
+        # bare PretrainedConfig and warn "a model of type `xr0` to instantiate a model of type ``".
+        tokenizer = AutoTokenizer.from_pretrained(
+            pretrained_model_name_or_path,
+            **{"config": Qwen3VLConfig(), **_TOKENIZER_LOAD_KWARGS, **kwargs},
+        )
+        # Our load-time switches are not tokenizer settings: keep them out of what save_pretrained writes.
+        for key in set(_TOKENIZER_LOAD_KWARGS) - set(kwargs):
+            tokenizer.init_kwargs.pop(key, None)
+        return [image_processor, tokenizer]
 
     @property
     def model_input_names(self) -> list:

@@ -103,7 +103,8 @@ def processor():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(REPO_ROOT)
+    # trust_remote_code: the root's config is remote code; without it 5.x's AutoTokenizer asks whether to run it.
+    return AutoTokenizer.from_pretrained(REPO_ROOT, trust_remote_code=True)
 
 
 def image(seed=0, size=(224, 224)):
