@@ -1,5 +1,6 @@
 """The demo (xr0-demo): its figure of the inputs and the chunk, its timings, its command line."""
 
+import logging
 import re
 import statistics
 
@@ -13,6 +14,17 @@ from xr0 import REPO_ROOT
 from xr0.scripts import demo
 
 TINY_CHECKPOINT = REPO_ROOT / "fixtures" / "tiny-xr0"
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """demo.main configures the root logger as a command line does (basicConfig(force=True)), onto this test's
+    captured stderr, which closes after the test: later tests' log records must not go there."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
