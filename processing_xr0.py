@@ -19,8 +19,9 @@ from typing import Optional
 import numpy as np
 import torch
 from PIL import Image
-from transformers import BatchFeature
+from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, Qwen3VLConfig
 from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import cached_file
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -38,16 +39,46 @@ PROMPT_TASK = (
 # Dims whose std is at most this are padding (the published rule for the action mask).
 ACTIVE_STD_THRESHOLD = 1e-5
 
-# The published robot types: camera views as the official clients send them (request key, prompt title) and
-# chunk lengths. Their statistics come with each checkpoint (`action_config`), and their (T, 32) shape is what
-# sets T. The pre-training robot types have no fixed camera contract: register their views before use.
+# The published robot types: camera views as the official clients send them (request key, prompt title), chunk
+# lengths, and what each action dim means. Their statistics come with each checkpoint (`action_config`), and their
+# (T, 32) shape is what sets T. The pre-training robot types have no fixed camera contract (register their views
+# before use), and nothing published says what their action dims are.
 _TWO_VIEWS = [["base", "Base"], ["wrist_left", "Left-Wrist"]]
+_END_EFFECTOR_DELTAS = ["Δx", "Δy", "Δz", "Δroll", "Δpitch", "Δyaw", "gripper"]
+# LIBERO: robosuite's OSC_POSE controller input (position, axis-angle rotation), which scales [-1, 1] to ±0.05 m and
+# ±0.5 rad, then the Panda gripper (-1 open, +1 close).
+_LIBERO_ACTIONS = {
+    "action_names": ["Δx", "Δy", "Δz", "Δrot x", "Δrot y", "Δrot z", "gripper"],
+    "action_units": ["1 = 5 cm"] * 3 + ["1 = 0.5 rad"] * 3 + ["-1 open, +1 close"],
+}
+# CALVIN: its relative actions (`rel_actions`, what its env takes as a 7-vector): position ×50 and Euler angles ×20,
+# clipped to [-1, 1]; gripper -1 close, +1 open.
+_CALVIN_ACTIONS = {
+    "action_names": _END_EFFECTOR_DELTAS,
+    "action_units": ["1 = 2 cm"] * 3 + ["1 = 0.05 rad"] * 3 + ["-1 close, +1 open"],
+}
+# SimplerEnv (Bridge, Fractal): end-effector deltas in metres and roll-pitch-yaw radians (the client turns them into
+# axis-angle), gripper openness 0 closed .. 1 open (each robot's own gripper command is derived from it).
+_SIMPLERENV_ACTIONS = {
+    "action_names": _END_EFFECTOR_DELTAS,
+    "action_units": ["m"] * 3 + ["rad"] * 3 + ["0 closed, 1 open"],
+}
 PUBLISHED_ROBOT_TYPES = {
-    "libero_all": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10},
-    "calvin_abcd_orig": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10},
-    "calvin_abc_orig": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10},
-    "bridge_delta": {"views": [["base", "Base"]], "active_action_dims": 7, "chunk_length": 4},
-    "fractal_delta": {"views": [["base", "Ego"]], "active_action_dims": 7, "chunk_length": 4},
+    "libero_all": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10, **_LIBERO_ACTIONS},
+    "calvin_abcd_orig": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10, **_CALVIN_ACTIONS},
+    "calvin_abc_orig": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10, **_CALVIN_ACTIONS},
+    "bridge_delta": {
+        "views": [["base", "Base"]],
+        "active_action_dims": 7,
+        "chunk_length": 4,
+        **_SIMPLERENV_ACTIONS,
+    },
+    "fractal_delta": {
+        "views": [["base", "Ego"]],
+        "active_action_dims": 7,
+        "chunk_length": 4,
+        **_SIMPLERENV_ACTIONS,
+    },
     "agibot_pt_v3": {"chunk_length": 30},
     "midata_mix_ann_pt_v1": {"chunk_length": 30},
     "droid_pt": {"chunk_length": 15},
@@ -87,6 +118,8 @@ class RobotSpec:
         chunk_length: T, or None (the processor's `action_length`).
         action_mean, action_std: (T, A) or (A,), or None.
         state_mean, state_std: (state_dim,), or None: the published checkpoints feed the state raw.
+        action_names: (name, ...) of the leading action dims, e.g. ("Δx", ..., "gripper"), or None (unknown).
+        action_units: (unit, ...), one per name, e.g. ("m", ...), or None (unknown).
     """
 
     name: str
@@ -97,6 +130,8 @@ class RobotSpec:
     action_std: Optional[np.ndarray] = None
     state_mean: Optional[np.ndarray] = None
     state_std: Optional[np.ndarray] = None
+    action_names: Optional[tuple] = None
+    action_units: Optional[tuple] = None
 
     FIELDS = (
         "views",
@@ -106,6 +141,8 @@ class RobotSpec:
         "action_std",
         "state_mean",
         "state_std",
+        "action_names",
+        "action_units",
     )
 
     @classmethod
@@ -138,6 +175,14 @@ class RobotSpec:
         length = fields.get("chunk_length")
         if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
             raise ValueError(f"robot type {name!r}: `chunk_length` must be an int >= 1, got {length!r}.")
+        names, units = (
+            _label_tuple(name, key, fields.get(key), action_dim) for key in ("action_names", "action_units")
+        )
+        if units is not None and (names is None or len(units) != len(names)):
+            raise ValueError(
+                f"robot type {name!r}: `action_units` needs `action_names` and one unit per name, got "
+                f"{0 if names is None else len(names)} names and {len(units)} units."
+            )
         stats = {
             key: _statistic_array(
                 name, key, fields.get(key), action_dim if key.startswith("action") else state_dim
@@ -165,11 +210,12 @@ class RobotSpec:
                     f"robot type {name!r}: `chunk_length` {length} disagrees with its (T, A) statistics, T = {lengths[0]}."
                 )
             length = lengths[0]
-        return cls(name, views, active, length, **stats)
+        return cls(name, views, active, length, **stats, action_names=names, action_units=units)
 
     def updated(self, action_dim: int, state_dim: int, **changes) -> "RobotSpec":
         """This spec with the non-None fields of `changes` replaced, validated again. New (T, A) statistics set
-        T; a new `chunk_length` drops per-step statistics of another length."""
+        T; a new `chunk_length` drops per-step statistics of another length, new `action_names` units of another
+        count."""
         fields = {key: getattr(self, key) for key in self.FIELDS}
         changes = {key: value for key, value in changes.items() if value is not None}
         new_table = (
@@ -186,6 +232,10 @@ class RobotSpec:
                     and len(fields[key]) != changes["chunk_length"]
                 ):
                     fields[key] = None
+        if "action_names" in changes and "action_units" not in changes:
+            units = fields["action_units"]
+            if units is not None and len(units) != len(changes["action_names"]):
+                fields["action_units"] = None
         fields.update(changes)
         return RobotSpec.create(self.name, action_dim, state_dim, **fields)
 
@@ -230,6 +280,15 @@ class RobotSpec:
             return self.active_action_dims
         return int(np.nonzero(self.action_mask(length, action_dim).max(axis=0))[0].max()) + 1
 
+    def action_labels(self, count: int) -> list:
+        """[(name, unit), ...] of the first `count` action dims: the registered ones, ("dim i", None) past them and
+        None where no unit is registered."""
+        names, units = self.action_names or (), self.action_units or ()
+        return [
+            (names[i] if i < len(names) else f"dim {i}", units[i] if i < len(units) else None)
+            for i in range(count)
+        ]
+
     def normalize_actions(self, actions: np.ndarray, length: int) -> np.ndarray:
         """(..., n, A) robot actions, the first n <= T steps of a chunk -> normalized; inactive dims become 0."""
         mean, std = self.action_statistics(length)
@@ -266,6 +325,8 @@ class RobotSpec:
                 value = value.tolist()
             elif key == "views":
                 value = [list(view) for view in value]
+            elif isinstance(value, tuple):
+                value = list(value)
             output[key] = value
         return output
 
@@ -273,6 +334,22 @@ class RobotSpec:
         return isinstance(other, RobotSpec) and self.name == other.name and self.to_dict() == other.to_dict()
 
     __hash__ = None
+
+
+def _label_tuple(name: str, key: str, value, width: int) -> Optional[tuple]:
+    """`action_names` / `action_units`: a list of at most `width` strings (names non-empty), as a tuple."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, (list, tuple))
+        or not 1 <= len(value) <= width
+        or not all(isinstance(v, str) and (v or key == "action_units") for v in value)
+    ):
+        raise ValueError(
+            f"robot type {name!r}: `{key}` must be a list of 1 to {width} strings"
+            f"{' (non-empty)' if key == 'action_names' else ''}, got {value!r}."
+        )
+    return tuple(value)
 
 
 def _statistic_array(name: str, key: str, value, width: int) -> Optional[np.ndarray]:
@@ -304,6 +381,20 @@ def _statistic_array(name: str, key: str, value, width: int) -> Optional[np.ndar
     return array.astype(np.float32)
 
 
+# transformers 4.x / 5.x differences in how a processor and its parts load.
+# 4.x finds a processor's parts through `attributes` and `<part>_class`; 5.x through `__init__`'s signature, and
+# warns on every load that `image_processor_class` is deprecated.
+_NAMES_SUB_PROCESSOR_CLASSES = hasattr(ProcessorMixin, "attributes")
+# 4.x warns that `use_fast` is unset when the saved image processor is the slow one (ours, as published: the fast
+# one needs torchvision); 5.x deprecates `use_fast`.
+_IMAGE_PROCESSOR_LOAD_KWARGS = {"use_fast": False} if _NAMES_SUB_PROCESSOR_CLASSES else {}
+# 4.57.3+ warns that any local tokenizer whose config.json is not from <= 4.57.2 or >= 5.0 may have Mistral's
+# broken pre-tokenizer regex; Qwen's regex is right as it is, which `fix_mistral_regex=False` says.
+_TOKENIZER_LOAD_KWARGS = (
+    {"fix_mistral_regex": False} if hasattr(PreTrainedTokenizerBase, "_patch_mistral_regex") else {}
+)
+
+
 class XR0Processor(ProcessorMixin):
     r"""
     Args:
@@ -312,17 +403,19 @@ class XR0Processor(ProcessorMixin):
         robot_types (`dict`, *optional*): registry `{robot_type: spec}`, each spec a `RobotSpec` or its dict form
             (`views` as `[view_key, title]` pairs in prompt order, `active_action_dims`, `chunk_length`,
             `action_mean`/`action_std` ((T, action_dim), which sets T, or a vector of at most action_dim values),
-            optional `state_mean`/`state_std`). The published robot types are always known with their view
-            layouts and chunk lengths.
+            optional `state_mean`/`state_std`, `action_names`/`action_units` of the leading action dims). The
+            published robot types are always known with their view layouts, chunk lengths and action names.
         action_config (`dict`, *optional*): the published `{robot_type: {"mean", "std"}}` statistics, merged
             into the registry.
         action_length (`int`): the chunk length of robot types that state neither `chunk_length` nor (T, A)
             statistics. action_dim, state_dim (`int`): the padded widths of the model.
     """
 
-    attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    # transformers 4.x only: 5.x reads the parts from `__init__` and calls these deprecated.
+    if _NAMES_SUB_PROCESSOR_CLASSES:
+        attributes = ["image_processor", "tokenizer"]
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
 
     def __init__(
         self,
@@ -373,6 +466,8 @@ class XR0Processor(ProcessorMixin):
         action_std=None,
         state_mean=None,
         state_std=None,
+        action_names: Optional[list] = None,
+        action_units: Optional[list] = None,
     ) -> RobotSpec:
         """Add or update a robot type (see `RobotSpec`). Fields left as None keep their current value."""
         changes = dict(
@@ -383,6 +478,8 @@ class XR0Processor(ProcessorMixin):
             action_std=action_std,
             state_mean=state_mean,
             state_std=state_std,
+            action_names=action_names,
+            action_units=action_units,
         )
         current = self.robot_types.get(name)
         if current is None:
@@ -709,6 +806,26 @@ class XR0Processor(ProcessorMixin):
             image_processor_dict.get("max_pixels") or DEFAULT_MAX_PIXELS,
         )
         return processor
+
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """[image processor, tokenizer], loaded without the warnings each transformers line would print for an
+        XR0 directory; the caller's keyword arguments win (both lines call this hook; 5.x passes
+        `processor_dict`, unused here)."""
+        image_processor = AutoImageProcessor.from_pretrained(
+            pretrained_model_name_or_path, **{**_IMAGE_PROCESSOR_LOAD_KWARGS, **kwargs}
+        )
+        # The tokenizer is the Qwen3-VL backbone's. Given that config, 5.x's AutoTokenizer does not read config.json,
+        # whose class (ours or the official one) it cannot import without remote code: it would fall back to a
+        # bare PretrainedConfig and warn "a model of type `xr0` to instantiate a model of type ``".
+        tokenizer = AutoTokenizer.from_pretrained(
+            pretrained_model_name_or_path,
+            **{"config": Qwen3VLConfig(), **_TOKENIZER_LOAD_KWARGS, **kwargs},
+        )
+        # Our load-time switches are not tokenizer settings: keep them out of what save_pretrained writes.
+        for key in set(_TOKENIZER_LOAD_KWARGS) - set(kwargs):
+            tokenizer.init_kwargs.pop(key, None)
+        return [image_processor, tokenizer]
 
     @property
     def model_input_names(self) -> list:

@@ -3,7 +3,7 @@
     python tests/cross_line.py save DIR    # on line A: save a tiny model, a processor and the actions they give
     python tests/cross_line.py check DIR   # on line B: load both with the Auto classes, compare the actions
 
-scripts/test.sh runs it in both directions after the test suites.
+scripts/test.sh runs it in both directions after the test suites; the loads must not warn.
 """
 
 import sys
@@ -11,6 +11,7 @@ import sys
 import conftest  # noqa: F401  (offline, `xr0` package)
 import numpy as np
 import torch
+from quiet_loads import captured_warnings
 from tiny import tiny_model
 from transformers import AutoModel, AutoProcessor, __version__
 
@@ -59,8 +60,11 @@ def save(directory: str) -> None:
 
 
 def check(directory: str) -> None:
-    model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
+    with captured_warnings() as messages:
+        model = AutoModel.from_pretrained(directory, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(directory, trust_remote_code=True)
+    if messages:
+        sys.exit("cross-line check failed: the loads warned:\n" + "\n".join(messages))
     actions = act(model, processor)
     if actions.shape != (15, 6) and actions.shape != (1, 15, 6):
         sys.exit(

@@ -103,7 +103,8 @@ def processor():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(REPO_ROOT)
+    # trust_remote_code: the root's config is remote code; without it 5.x's AutoTokenizer asks whether to run it.
+    return AutoTokenizer.from_pretrained(REPO_ROOT, trust_remote_code=True)
 
 
 def image(seed=0, size=(224, 224)):
@@ -322,6 +323,37 @@ def test_registry_round_trip_with_state_statistics(tmp_path, processor):
     )
     assert inputs["state"][0, 0, :5].tolist() == [2.0, 0.0, -2.0, 0.0, 0.0]  # (s - 1) / 0.5, padding stays 0
     assert "# Front View" in loaded.tokenizer.decode(inputs["input_ids"][0])
+
+
+def test_action_names_and_units_are_registered_saved_and_checked(tmp_path, processor):
+    assert processor.robot_spec("libero_all").action_labels(7)[0] == ("Δx", "1 = 5 cm")
+    assert processor.robot_spec("bridge_delta").action_labels(7)[6] == ("gripper", "0 closed, 1 open")
+    # Nothing published says what the pre-training robot types' dims are.
+    assert processor.robot_spec("agibot_pt_v3").action_labels(2) == [("dim 0", None), ("dim 1", None)]
+    p = XR0Processor(processor.image_processor, processor.tokenizer)
+    p.register_robot_type(
+        "my_arm", views=[["front", "Front"]], active_action_dims=3, action_names=["shoulder", "elbow"]
+    )
+    assert p.robot_spec("my_arm").action_labels(3) == [("shoulder", None), ("elbow", None), ("dim 2", None)]
+    p.register_robot_type("my_arm", action_names=["shoulder", "elbow", "wrist"], action_units=["rad"] * 3)
+    p.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert loaded.robot_spec("my_arm").action_labels(3) == [
+        ("shoulder", "rad"),
+        ("elbow", "rad"),
+        ("wrist", "rad"),
+    ]
+    # New names of another count drop the old units rather than mislabel them.
+    renamed = p.register_robot_type("my_arm", action_names=["a", "b"])
+    assert renamed.action_units is None
+    with pytest.raises(
+        ValueError, match=r"robot type 'my_arm': `action_units` needs `action_names` and one unit"
+    ):
+        p.register_robot_type("my_arm", action_units=["m"] * 5)
+    with pytest.raises(
+        ValueError, match=r"robot type 'arm': `action_names` must be a list of 1 to 32 strings"
+    ):
+        p.register_robot_type("arm", views=[["front", "Front"]], action_names=["x", ""])
 
 
 def test_registry_entries_are_checked(processor):
