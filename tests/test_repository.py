@@ -268,8 +268,6 @@ COMMANDS = [[name] for name in console_scripts()] + [
     for module in runnable_modules()
     if module not in {target.split(":")[0] for target in console_scripts().values()}
 ]
-# Entry points whose flags another change converts (issue 15: the demo).
-OTHER_FLAG_STYLE = {"xr0-demo"}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command[-1])
@@ -296,8 +294,6 @@ def test_every_entry_point_prints_help_from_any_directory_and_changes_nothing(tm
         ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
     ).stdout
     assert after == before
-    if command[-1] in OTHER_FLAG_STYLE:
-        return
     # One flag style: snake_case long options (HfArgumentParser's), each with its dashed alias, and --log_level.
     assert "--log_level" in result.stdout
     options = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", result.stdout))
