@@ -1,6 +1,7 @@
 """Loads XR0 directories as users do (AutoConfig, AutoModel, AutoProcessor with trust_remote_code=True) and reports
 every warning the loads raise: Python warnings, and log records of level WARNING and above from transformers (whose
-library logger does not propagate to the root logger, so it gets a handler of its own) and from the root logger.
+library logger gets a handler of its own: it propagates to the root logger only where CI is set) and from the root
+logger.
 
     python tests/quiet_loads.py DIR [DIR ...]    # one JSON line per directory: the classes loaded, the warnings
 
@@ -20,8 +21,12 @@ class _Collect(logging.Handler):
     def __init__(self, messages: list):
         super().__init__(logging.WARNING)
         self.messages = messages
+        self.seen = []  # a propagating record reaches this handler twice: count it once
 
     def emit(self, record: logging.LogRecord) -> None:
+        if any(record is seen for seen in self.seen):
+            return
+        self.seen.append(record)
         self.messages.append(f"{record.levelname} {record.name}: {record.getMessage()}")
 
 
