@@ -137,7 +137,7 @@ class PolicyServer:
             },
             "observation_keys": sorted(OBSERVATION_KEYS),
             "openpi_keys": {
-                name: openpi_keys(processor, name) for name in servable if openpi_keys(processor, name)
+                name: keys for name in servable if (keys := openpi_keys(processor, name)) is not None
             },
             "max_message_bytes": self.max_message_bytes,
         }
