@@ -1008,7 +1008,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         mm_token_type_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Next-token loss of the VLM (through its tied LM head) on vision-language samples: co-training keeps
-        the backbone's language ability while the action expert trains (report: 1 VL sample per 6 robot)."""
+        the backbone's language ability while the action expert trains (report: 1 VL sample per 6 robot).
+        The mean cross-entropy over the answer tokens, as transformers' causal-LM loss computes it, but the LM
+        head runs at those positions only: full logits would be (B, L, 151936), most of a small model's step."""
         if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
             raise ValueError(
                 f"`language_batch['labels']` must have the shape of its `input_ids` {tuple(input_ids.shape)}."
@@ -1017,7 +1019,13 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         vlm_inputs = self._vlm_inputs(
             input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids
         )
-        return self.vlm(**vlm_inputs, labels=labels, use_cache=False).loss
+        hidden = self.vlm.model(**vlm_inputs, use_cache=False).last_hidden_state  # (B, L, H)
+        targets = labels[:, 1:].to(hidden.device)  # token k + 1 is predicted at position k
+        answered = targets != -100
+        if not answered.any():
+            raise ValueError("`language_batch['labels']` holds no target token (all -100).")
+        logits = self.vlm.lm_head(hidden[:, :-1][answered])  # (N_answer_tokens, vocab)
+        return F.cross_entropy(logits.float(), targets[answered])
 
     # ---- the one entry point ---------------------------------------------------------------------------------
 

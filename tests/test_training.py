@@ -320,6 +320,10 @@ def test_language_loss_trains_the_vlm_and_adds_to_the_action_loss(tmp_path):
     language_only = model(language_batch=language_batch)
     language_only.loss.backward()
     assert language_only.loss == 0.5 * language_only.language_loss
+    # The LM head runs at the answer positions only; the loss is transformers' own causal-LM loss all the same.
+    vlm_inputs = model._vlm_inputs(**{k: v for k, v in language_batch.items() if k != "labels"})
+    reference = model.vlm(**vlm_inputs, labels=language_batch["labels"], use_cache=False).loss
+    assert torch.allclose(language_only.language_loss, reference, atol=1e-5)
     assert model.vlm.model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
     robot = dict(
         observation(num_text_tokens=(2, 5)),
@@ -355,6 +359,19 @@ def test_cotraining_run_mixes_one_vl_sample_per_six(tiny_checkpoint, lerobot_dir
     )
     assert len(losses(trainer)) == 6 and all(np.isfinite(losses(trainer)))
     assert predict(tmp_path / "out")[2].shape == (1, 6, 5)
+    # The loss's parts are logged beside it, and add up to it on a step that had all of them.
+    config = trainer.model.config
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all("flow_loss" in entry and "frequency_loss" in entry for entry in logged)
+    complete = [entry for entry in logged if "language_loss" in entry]
+    assert complete, "some batch of 7 out of 48 + 8 samples holds a VL sample"
+    for entry in complete:
+        total = (
+            0.5 * entry["flow_loss"]
+            + config.frequency_loss_weight * entry["frequency_loss"]
+            + config.language_loss_weight * entry["language_loss"]
+        )
+        assert abs(entry["loss"] - total) < 2e-3 * max(1.0, entry["loss"])
 
 
 # ---- hostile or broken datasets fail at load, naming the file, episode and frame ----------------------------
