@@ -257,7 +257,7 @@ def finetune(
         f"({model_args.recipe} recipe, robot type {model_args.robot_type!r})"
     )
 
-    trainer = Trainer(
+    trainer = XR0Trainer(
         model=trained,
         args=training_args,
         train_dataset=train_dataset,
@@ -275,6 +275,34 @@ def finetune(
         "saved %s (load with AutoModel/AutoProcessor.from_pretrained(..., trust_remote_code=True))", output
     )
     return trainer
+
+
+class XR0Trainer(Trainer):
+    """The Trainer, logging the loss's parts too: `flow_loss`, `frequency_loss` and `language_loss` (when present),
+    each averaged over the training steps since the last log as `loss` is (this process's batches)."""
+
+    LOSS_PARTS = ("flow_loss", "frequency_loss", "language_loss")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._loss_parts = {}  # name -> (sum tensor, count): no device sync until a log
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, **kwargs)
+        if model.training:
+            for name in self.LOSS_PARTS:
+                value = getattr(outputs, name, None)
+                if value is not None:
+                    total, count = self._loss_parts.get(name, (0.0, 0))
+                    self._loss_parts[name] = (total + value.detach().float(), count + 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        if "loss" in logs:
+            for name, (total, count) in self._loss_parts.items():
+                logs[name] = round(float(total) / count, 4)
+            self._loss_parts = {}
+        super().log(logs, *args, **kwargs)
 
 
 class CompleteCheckpoints(TrainerCallback):
