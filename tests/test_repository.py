@@ -270,30 +270,48 @@ COMMANDS = [[name] for name in console_scripts()] + [
 ]
 
 
+@pytest.fixture(scope="module")
+def help_runs(tmp_path_factory):
+    """Every command's `--help`, each from an empty directory of its own, run side by side (one per core: each is
+    a fresh interpreter that imports torch and transformers, ~6 s alone). Returns ({command id: (result,
+    directory)}, git status before, git status after)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def git_status():
+        return subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout
+
+    def run(command, directory):
+        program = (
+            [sys.executable, *command]
+            if command[0] == "-m"
+            else [str(Path(sys.executable).with_name(command[0]))]
+        )
+        result = subprocess.run(
+            [*program, "--help"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="1000"),  # no wrapped option names
+        )
+        return command[-1], (result, directory)
+
+    before = git_status()
+    directories = [tmp_path_factory.mktemp("help") for _ in COMMANDS]  # here: mktemp is not thread-safe
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = dict(pool.map(run, COMMANDS, directories))
+    return results, before, git_status()
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command[-1])
-def test_every_entry_point_prints_help_from_any_directory_and_changes_nothing(tmp_path, command):
-    before = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
-    ).stdout
-    program = (
-        [sys.executable, *command]
-        if command[0] == "-m"
-        else [str(Path(sys.executable).with_name(command[0]))]
-    )
-    result = subprocess.run(
-        [*program, "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="1000"),  # no wrapped option names
-    )
+def test_every_entry_point_prints_help_from_any_directory_and_changes_nothing(help_runs, command):
+    results, before, after = help_runs
+    result, directory = results[command[-1]]
     assert result.returncode == 0, result.stderr[-3000:]
     assert "usage:" in result.stdout
-    assert not any(tmp_path.iterdir()), "--help writes nothing"
-    after = subprocess.run(
-        ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
-    ).stdout
-    assert after == before
+    assert not any(directory.iterdir()), "--help writes nothing"
+    assert after == before, "some command's --help changed the repository"
     # One flag style: snake_case long options (HfArgumentParser's), each with its dashed alias, and --log_level.
     assert "--log_level" in result.stdout
     options = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*", result.stdout))
