@@ -13,6 +13,11 @@ evaluation layouts, the committed prefix is replaced by a random direction at fu
 mean of the next 10 actions and that direction is prefix-following (1 = the chunk goes on where the prefix went),
 the cosine with the expert's direction toward the target is reactivity.
 
+And where each checkpoint aims: at the first tick of static evaluation layouts, the cosine between the mean of the
+first 10 actions and the direction to the named target, to the other targets and to the targets' centroid, and
+how often the named target is the best aligned (chance: 1 in 3). A policy that reads the instruction aims at the
+named target; one that heads for the centroid has learned to see targets but not which one the colour names.
+
 Writes `--output`/results.json, table.md, success_vs_latency.png and one GIF per mode.
 """
 
@@ -86,6 +91,29 @@ def prefix_following(policy, samples: int, seed: int, target_speed: float, prefi
         "reactivity": float(np.mean(reactivity)),
         "samples": samples,
         "prefix_length": prefix_length,
+    }
+
+
+def aiming(policy, samples: int, seed: int) -> dict:
+    """Cosines of the first 10 actions' mean with the named target, the other targets and their centroid."""
+    env = PlanarReachEnv(ReachSettings())
+    named, others, centroid, best = [], [], [], 0
+    for index in range(samples):
+        env.reset(layout_seed(seed, index))
+        aim = policy.infer(dict(env.observation(), seed=index))["actions"][:10].mean(0)
+        directions = env.targets - env.effector  # (num_targets, 2)
+        cosines = directions @ aim / (np.linalg.norm(directions, axis=1) * np.linalg.norm(aim) + 1e-9)
+        named.append(cosines[env.goal])
+        others.extend(np.delete(cosines, env.goal))
+        to_centroid = directions.mean(0)
+        centroid.append(to_centroid @ aim / (np.linalg.norm(to_centroid) * np.linalg.norm(aim) + 1e-9))
+        best += int(np.argmax(cosines) == env.goal)
+    return {
+        "named_target": float(np.mean(named)),
+        "other_targets": float(np.mean(others)),
+        "centroid": float(np.mean(centroid)),
+        "named_is_best": best / samples,
+        "samples": samples,
     }
 
 
@@ -170,6 +198,9 @@ def main(argv=None) -> None:
         )
         for variant in ("async-rtc", "async-lambda")
     }
+    aims = {
+        variant: aiming(load(str(fixtures / variant)), args.prefix_samples, args.seed) for variant in MODES
+    }
     args.output.mkdir(parents=True, exist_ok=True)
     for variant, mode in MODES.items():  # one episode per mode, moving targets, 200 ms
         evaluate(
@@ -190,6 +221,7 @@ def main(argv=None) -> None:
             {
                 "rows": results,
                 "prefix_following": copying,
+                "aiming": aims,
                 "settings": vars(args)
                 | {"fixtures": str(fixtures), "output": str(args.output), "work_dir": str(args.work_dir)},
             },
@@ -202,6 +234,12 @@ def main(argv=None) -> None:
         print(
             f"{LABELS[variant]}: prefix-following {numbers['prefix_following']:+.2f}, "
             f"reactivity {numbers['reactivity']:+.2f} (cosines, {numbers['samples']} misleading prefixes)"
+        )
+    for variant, numbers in aims.items():
+        print(
+            f"{LABELS[variant]} aims (cosines at the first tick, {numbers['samples']} static layouts): named "
+            f"target {numbers['named_target']:+.2f}, other targets {numbers['other_targets']:+.2f}, centroid "
+            f"{numbers['centroid']:+.2f}; the named target is the best aligned in {100 * numbers['named_is_best']:.0f}%"
         )
     logger.info("wrote %s in %.1f min", args.output, (time.perf_counter() - start) / 60)
 

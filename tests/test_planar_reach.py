@@ -198,3 +198,29 @@ def test_the_evaluation_command_runs_the_shipped_checkpoints(variant, mode, late
 def test_evaluating_on_the_training_layouts_is_refused():
     completed = evaluate_cli("--model", FIXTURES / "sync", "--episodes", 1, "--seed", 0)
     assert completed.returncode == 2 and "recorded this checkpoint's demonstrations" in completed.stderr
+
+
+class AimingPolicy:
+    """Aims every action of its chunk at a point of the layout it is shown (what `aiming` should measure)."""
+
+    def __init__(self, env, where):
+        self.env, self.where = env, where
+
+    def infer(self, request):
+        state = request["state"]
+        assert np.allclose(state[:2], self.env.effector)  # the request is the episode's first observation
+        direction = self.where(self.env) - state[:2]
+        return {"actions": np.tile(direction, (30, 1))}
+
+
+def test_aiming_tells_a_policy_that_reads_the_colour_from_one_that_heads_for_the_centroid(monkeypatch):
+    from xr0.planar_reach import report
+
+    env = PlanarReachEnv()
+    monkeypatch.setattr(report, "PlanarReachEnv", lambda settings: env)
+    named = report.aiming(AimingPolicy(env, lambda e: e.goal_position), samples=20, seed=3)
+    assert named["named_target"] > 0.999 and named["named_is_best"] == 1.0
+    assert named["other_targets"] < 0.9 and named["centroid"] < 0.99
+    centroid = report.aiming(AimingPolicy(env, lambda e: e.targets.mean(0)), samples=20, seed=3)
+    assert centroid["centroid"] > 0.999 and centroid["named_target"] < 0.99
+    assert 0 < centroid["named_is_best"] < 1  # the best-aligned target is then any of the three
