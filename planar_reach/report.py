@@ -168,7 +168,12 @@ def main(argv=None) -> None:
     parser.add_argument("--latencies", type=float, nargs="+", default=[0, 100, 200, 300])
     parser.add_argument("--target_speed", type=float, default=0.2)
     parser.add_argument("--execute_steps", type=int, default=10)
-    parser.add_argument("--prefix_samples", type=int, default=100)
+    parser.add_argument(
+        "--prefix_samples",
+        type=int,
+        default=100,
+        help="observations of the prefix-following and the aiming analyses",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--output", type=Path, default=Path("runs/planar-reach/report"))
     args = parser.parse_args(argv)
