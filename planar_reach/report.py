@@ -102,12 +102,13 @@ def aiming(policy, samples: int, seed: int) -> dict:
         env.reset(layout_seed(seed, index))
         aim = policy.infer(dict(env.observation(), seed=index))["actions"][:10].mean(0)
         directions = env.targets - env.effector  # (num_targets, 2)
+        directions = np.vstack([directions, directions.mean(0)])  # the targets, then their centroid
         cosines = directions @ aim / (np.linalg.norm(directions, axis=1) * np.linalg.norm(aim) + 1e-9)
-        named.append(cosines[env.goal])
-        others.extend(np.delete(cosines, env.goal))
-        to_centroid = directions.mean(0)
-        centroid.append(to_centroid @ aim / (np.linalg.norm(to_centroid) * np.linalg.norm(aim) + 1e-9))
-        best += int(np.argmax(cosines) == env.goal)
+        targets, to_centroid = cosines[:-1], cosines[-1]
+        named.append(targets[env.goal])
+        others.extend(np.delete(targets, env.goal))
+        centroid.append(to_centroid)
+        best += int(np.argmax(targets) == env.goal)
     return {
         "named_target": float(np.mean(named)),
         "other_targets": float(np.mean(others)),
