@@ -122,6 +122,27 @@ def test_ctrl_c_stops_the_server_with_a_summary(tmp_path):
     )
 
 
+def test_a_refused_token_is_one_line_not_a_traceback():
+    from xr0.deploy.policy import load_policy
+    from xr0.deploy.server import PolicyServer
+
+    server = PolicyServer(
+        load_policy(str(TINY), "cpu", torch.float32), port=0, token="s3cret"
+    ).start_in_thread()
+    try:
+        dry_run = subprocess.run(
+            [sys.executable, "-m", "xr0_client.dry_run", "--port", str(server.port), "--token", "wrong"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        server.stop()
+    assert dry_run.returncode == 1 and "Traceback" not in dry_run.stderr, dry_run.stderr[-3000:]
+    assert f"cannot reach the policy server at 127.0.0.1:{server.port}" in dry_run.stderr
+    assert "rejected the connection with HTTP 401: the token was not accepted" in dry_run.stderr
+
+
 def test_ctrl_c_stops_the_executor_with_a_summary():
     from xr0.deploy.policy import load_policy
     from xr0.deploy.server import PolicyServer

@@ -18,6 +18,7 @@ from xr0.deploy.benchmark import register_one_second_arm
 from xr0.deploy.policy import RequestError, checkpoint_identity, load_policy, parse_request
 from xr0.deploy.server import PolicyServer
 from xr0_client import (
+    ConnectionRejected,
     FakeClock,
     LocalChunkSource,
     ProtocolError,
@@ -285,10 +286,11 @@ def test_concurrent_clients_get_their_own_replies(server, policy):
 def test_token_authentication_and_health_check(policy):
     server = PolicyServer(policy, port=0, token="s3cret").start_in_thread()
     try:
-        with pytest.raises(InvalidStatus) as refused:
+        # A refused handshake is an OSError that says what to do, not websockets' InvalidStatus traceback.
+        with pytest.raises(ConnectionRejected, match="HTTP 401: the server wants a token") as refused:
             XR0Client("127.0.0.1", server.port)
-        assert refused.value.response.status_code == 401
-        with pytest.raises(InvalidStatus):
+        assert refused.value.status == 401 and isinstance(refused.value, OSError)
+        with pytest.raises(ConnectionRejected, match="HTTP 401: the token was not accepted"):
             XR0Client("127.0.0.1", server.port, token="wrong")
         with XR0Client("127.0.0.1", server.port, token="s3cret") as client:
             assert client.infer(observation())["actions"].shape == (10, 7)
@@ -320,6 +322,16 @@ def test_no_idle_tick_when_latency_fits_the_committed_steps(policy30, latency_ti
     assert metrics.idle_ticks == 0 and metrics.late_switches == 0
     assert metrics.chunks >= 14 and len(sent) == 150
     assert metrics.summary()["latency_ms_p99"] == pytest.approx(latency_ticks / 30 * 1e3)
+
+
+def test_metrics_of_a_run_that_finished_nothing_are_standard_json():
+    """Statistics of nothing (no inference finished, no seam) are null, not NaN: json.dumps would write NaN,
+    which JSON parsers other than Python's refuse."""
+    from xr0_client.realtime import ExecutionMetrics
+
+    summary = ExecutionMetrics(ticks=3, idle_ticks=3).summary()
+    assert json.loads(json.dumps(summary, allow_nan=False))["latency_ms_p50"] is None
+    assert summary["seam_delta_mean"] is None and summary["latency_ms_max"] is None
 
 
 def test_late_inference_keeps_executing_then_adapts(policy30):

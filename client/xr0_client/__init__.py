@@ -6,7 +6,7 @@
 """
 
 from .benchmarks import CalvinClient, LiberoClient, SimplerEnvClient, official_request_seed
-from .client import ServerError, XR0Client
+from .client import ConnectionRejected, ServerError, XR0Client
 from .protocol import ProtocolError, pack, unpack
 from .realtime import (
     FakeClock,
@@ -20,6 +20,7 @@ from .realtime import (
 
 __all__ = [
     "CalvinClient",
+    "ConnectionRejected",
     "FakeClock",
     "LiberoClient",
     "LocalChunkSource",

@@ -10,7 +10,7 @@ structured errors, a timeout and reconnection.
 import json
 from typing import Optional
 
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from .protocol import pack, unpack
@@ -22,6 +22,22 @@ class ServerError(RuntimeError):
     def __init__(self, field: Optional[str], message: str):
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+
+
+class ConnectionRejected(ConnectionError):
+    """The server answered the websocket handshake with an HTTP error instead of a connection (401: the token is
+    missing or wrong). An OSError, like every other reason a client cannot connect."""
+
+    def __init__(self, uri: str, status: int, token_given: bool):
+        hint = ""
+        if status == 401:
+            hint = (
+                ": the token was not accepted"
+                if token_given
+                else ": the server wants a token (--token, or XR0_SERVER_TOKEN in the environment)"
+            )
+        super().__init__(f"{uri} rejected the connection with HTTP {status}{hint}")
+        self.status = status
 
 
 class XR0Client:
@@ -45,13 +61,16 @@ class XR0Client:
 
     def connect(self) -> None:
         headers = {"Authorization": f"Api-Key {self.token}"} if self.token else None
-        connection = connect(
-            self.uri,
-            additional_headers=headers,
-            compression=None,
-            max_size=self.max_message_bytes,
-            open_timeout=self.timeout,
-        )
+        try:
+            connection = connect(
+                self.uri,
+                additional_headers=headers,
+                compression=None,
+                max_size=self.max_message_bytes,
+                open_timeout=self.timeout,
+            )
+        except InvalidStatus as error:
+            raise ConnectionRejected(self.uri, error.response.status_code, self.token is not None) from None
         # Entering the context is how websockets >= 17 wants a long-lived connection held; older ones return self.
         self._connection = connection.__enter__()
         self.metadata = unpack(self._connection.recv(timeout=self.timeout))

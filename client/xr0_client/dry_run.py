@@ -13,6 +13,7 @@ ticks) and exit status 130.
 import json
 import logging
 import os
+import sys
 
 import numpy as np
 
@@ -50,7 +51,11 @@ def main(argv=None) -> None:
     parser.add_argument("--instruction", default="Pick up the object.")
     args = parser.parse_args(argv)
 
-    with XR0Client(args.host, args.port, token=args.token) as client:
+    try:
+        client = XR0Client(args.host, args.port, token=args.token)
+    except OSError as error:
+        sys.exit(f"xr0_client.dry_run: cannot reach the policy server at {args.host}:{args.port}: {error}")
+    with client:
         served = client.metadata.get("robot_types", {})
         robot_type = args.robot_type or (next(iter(served)) if len(served) == 1 else None)
         if robot_type not in served:

@@ -168,8 +168,14 @@ class ExecutionMetrics:
     stopped: Optional[str] = None  # why the loop stopped early (the failure policy), else None
 
     def summary(self) -> dict:
+        """The metrics as JSON-safe numbers: a statistic of nothing (no inference finished, no seam yet) is None,
+        not NaN, so that `json.dumps` writes standard JSON (null)."""
+
         def percentile(values, q):
-            return float(np.percentile(values, q)) if values else float("nan")
+            return float(np.percentile(values, q)) if values else None
+
+        def mean(values):
+            return float(np.mean(values)) if values else None
 
         latencies_ms = [1e3 * s for s in self.latencies_s]
         return {
@@ -180,9 +186,9 @@ class ExecutionMetrics:
             "latency_ms_p50": percentile(latencies_ms, 50),
             "latency_ms_p90": percentile(latencies_ms, 90),
             "latency_ms_p99": percentile(latencies_ms, 99),
-            "latency_ms_max": max(latencies_ms, default=float("nan")),
-            "seam_delta_mean": float(np.mean(self.seam_deltas)) if self.seam_deltas else float("nan"),
-            "inner_delta_mean": float(np.mean(self.inner_deltas)) if self.inner_deltas else float("nan"),
+            "latency_ms_max": max(latencies_ms, default=None),
+            "seam_delta_mean": mean(self.seam_deltas),
+            "inner_delta_mean": mean(self.inner_deltas),
             "commit_steps_last": self.commit_steps_used[-1] if self.commit_steps_used else None,
             "failures": self.failures,
             "safe_ticks": self.safe_ticks,
