@@ -38,6 +38,7 @@ from .train import DEFAULT_FIXTURES
 logger = logging.getLogger(__name__)
 MODES = {"sync": "sync", "async-rtc": "async", "async-lambda": "async"}  # checkpoint -> executor mode
 LABELS = {"sync": "sync", "async-rtc": "async, training-time RTC (causal)", "async-lambda": "async, Λ-mask"}
+STATE_ONLY = "state-only reference"  # the aiming of `HeadForTheCentre`, which never looks at an image
 
 
 def rows(latencies: list, target_speed: float) -> list:
@@ -92,6 +93,16 @@ def prefix_following(policy, samples: int, seed: int, target_speed: float, prefi
         "samples": samples,
         "prefix_length": prefix_length,
     }
+
+
+class HeadForTheCentre:
+    """Reads the state only: every action points from the end-effector to the workspace centre. The reference
+    for `aiming`: end-effectors start anywhere in the workspace and targets lie closer to its centre, so this
+    blind policy already scores a high cosine with the named target; a checkpoint that aims no better has not
+    used its images."""
+
+    def infer(self, request: dict) -> dict:
+        return {"actions": np.tile(-np.asarray(request["state"][:2]), (30, 1))}
 
 
 def aiming(policy, samples: int, seed: int) -> dict:
@@ -207,6 +218,7 @@ def main(argv=None) -> None:
     aims = {
         variant: aiming(load(str(fixtures / variant)), args.prefix_samples, args.seed) for variant in MODES
     }
+    aims[STATE_ONLY] = aiming(HeadForTheCentre(), args.prefix_samples, args.seed)
     args.output.mkdir(parents=True, exist_ok=True)
     for variant, mode in MODES.items():  # one episode per mode, moving targets, 200 ms
         evaluate(
@@ -243,7 +255,7 @@ def main(argv=None) -> None:
         )
     for variant, numbers in aims.items():
         print(
-            f"{LABELS[variant]} aims (cosines at the first tick, {numbers['samples']} static layouts): named "
+            f"{LABELS.get(variant, variant)} aims (cosines at the first tick, {numbers['samples']} static layouts): named "
             f"target {numbers['named_target']:+.2f}, other targets {numbers['other_targets']:+.2f}, centroid "
             f"{numbers['centroid']:+.2f}; the named target is the best aligned in {100 * numbers['named_is_best']:.0f}%"
         )

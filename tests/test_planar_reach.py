@@ -224,3 +224,16 @@ def test_aiming_tells_a_policy_that_reads_the_colour_from_one_that_heads_for_the
     centroid = report.aiming(AimingPolicy(env, lambda e: e.targets.mean(0)), samples=20, seed=3)
     assert centroid["centroid"] > 0.999 and centroid["named_target"] < 0.99
     assert 0 < centroid["named_is_best"] < 1  # the best-aligned target is then any of the three
+
+
+def test_the_state_only_reference_heads_for_the_workspace_centre(monkeypatch):
+    """The blind reference scores what the start positions give away, well above zero, and no better than
+    chance at telling the named target from the others."""
+    from xr0.planar_reach import report
+
+    env = PlanarReachEnv()
+    monkeypatch.setattr(report, "PlanarReachEnv", lambda settings: env)
+    blind = report.aiming(report.HeadForTheCentre(), samples=60, seed=3)
+    towards_centre = report.aiming(AimingPolicy(env, lambda e: np.zeros(2)), samples=60, seed=3)
+    assert blind == pytest.approx(towards_centre)
+    assert blind["named_target"] > 0.5 and blind["named_is_best"] < 0.6
