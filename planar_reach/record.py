@@ -6,6 +6,12 @@ Each episode: a layout from `layout_seed(seed, i)`, a target speed (static for h
 in [0.05, --max_target_speed]), the expert acting until it reaches the target and then `hold_steps` (15) ticks more
 (it keeps tracking, so chunks near the goal show how to stay on a moving target). Frame t holds the two views and
 the state before action t, and action t (the expert's velocity command).
+
+`--action_noise` σ > 0 makes the arm execute the command plus N(0, σ²) per axis while the dataset keeps the
+command (DART, Laskey et al. 2017). Without it the state's velocity is the last command, executed exactly, and the
+expert flies straight, so a policy can fit almost every frame by repeating the state's velocity and never learn to
+look (planar_reach/README.md, "What has been tried"); with it the velocity is the perturbed one and the
+demonstrations show how to come back on course.
 """
 
 import json
@@ -37,9 +43,12 @@ def record(
     max_target_speed: float = 0.3,
     moving_fraction: float = 0.5,
     hold_steps: int = 15,
+    action_noise: float = 0.0,
     settings: ReachSettings = DEFAULT_SETTINGS,
 ) -> dict:
     """Writes the dataset; returns a summary (also written to `<output>/meta/planar_reach.json`)."""
+    if not (np.isfinite(action_noise) and action_noise >= 0):
+        raise ValueError(f"action_noise must be a finite standard deviation >= 0, got {action_noise!r}")
     start = time.perf_counter()
     writer = LeRobotWriter(
         output,
@@ -59,6 +68,7 @@ def record(
         env = PlanarReachEnv(replace(settings, target_speed=speed))
         env.reset(layout)
         expert = ScriptedExpert(env)
+        perturbation = np.random.default_rng([layout, 2])  # the executed command's noise, its own stream
         states, actions, tops, wrists = [], [], [], []
         while not env.done or (env.success and env.steps < env.succeeded_at + hold_steps):
             if env.steps >= settings.max_steps:
@@ -69,7 +79,7 @@ def record(
             actions.append(action)
             tops.append(observation["images"]["top"])
             wrists.append(observation["images"]["wrist"])
-            env.step(action)
+            env.step(action + action_noise * perturbation.standard_normal(2) if action_noise else action)
         failures += not env.success
         writer.add_episode(states, actions, {"top": tops, "wrist": wrists}, task=env.instruction)
         speeds.append(speed)
@@ -84,6 +94,7 @@ def record(
         "moving_fraction": moving_fraction,
         "max_target_speed": max_target_speed,
         "hold_steps": hold_steps,
+        "action_noise": action_noise,
         "settings": settings.__dict__,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -97,8 +108,17 @@ def main(argv=None) -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0, help="layout seed of the demonstrations")
     parser.add_argument("--max_target_speed", type=float, default=0.3)
+    parser.add_argument(
+        "--action_noise",
+        type=float,
+        default=0.0,
+        help="σ of the Gaussian noise added to each executed command (the dataset keeps the command)",
+    )
     args = parser.parse_args(argv)
-    print(json.dumps(record(args.output, args.episodes, args.seed, args.max_target_speed)))
+    summary = record(
+        args.output, args.episodes, args.seed, args.max_target_speed, action_noise=args.action_noise
+    )
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -141,6 +141,12 @@ def main(argv=None) -> None:
     parser.add_argument("--work_dir", type=Path, default=Path("runs/planar-reach"))
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0, help="demonstration layouts, initialization, training")
+    parser.add_argument(
+        "--action_noise",
+        type=float,
+        default=0.0,
+        help="σ of the noise on the executed commands while recording (xr0.planar_reach.record; fixtures: 0)",
+    )
     parser.add_argument("--pretrain_steps", type=int, default=1600, help="shared pre-training steps")
     parser.add_argument("--steps", type=int, default=800, help="post-training steps per recipe")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -153,8 +159,17 @@ def main(argv=None) -> None:
     work = args.work_dir
     dataset = work / "data"
     if not (dataset / "meta" / "info.json").is_file():
-        print(json.dumps({"recorded": record(dataset, args.episodes, args.seed)}))
+        print(
+            json.dumps(
+                {"recorded": record(dataset, args.episodes, args.seed, action_noise=args.action_noise)}
+            )
+        )
     data_summary = json.loads((dataset / "meta" / "planar_reach.json").read_text())
+    if data_summary.get("action_noise", 0.0) != args.action_noise:
+        parser.error(
+            f"{dataset} was recorded with --action_noise {data_summary.get('action_noise', 0.0)}, not "
+            f"{args.action_noise}: use another --work_dir (or remove it) to record anew"
+        )
     base, pretrained = work / "base", work / "pretrained"
     if not (base / "config.json").is_file():
         write_base_checkpoint(base, args.seed)

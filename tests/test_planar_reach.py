@@ -80,6 +80,42 @@ def test_recorded_demonstrations_read_back_through_the_training_reader(tmp_path)
     assert np.allclose(stats["action"]["mean"], dataset.actions.mean(0), atol=1e-5)
 
 
+def test_action_noise_perturbs_what_is_executed_and_records_the_command(tmp_path):
+    """Without noise the state's velocity is the previous action (the shortcut a policy can copy); with it the
+    velocity is the perturbed command, and every recorded action is still the expert's command at its state."""
+    from xr0.planar_reach.record import record
+    from xr0.training.data import open_dataset
+
+    env = PlanarReachEnv()
+    env.reset(layout_seed(4, 0))
+    expert, goal, limit = ScriptedExpert(env), env.goal_position, env.settings.max_speed
+    for noise in (0.0, 0.3):
+        folder = tmp_path / f"data-{noise}"
+        summary = record(folder, episodes=1, seed=4, moving_fraction=0.0, hold_steps=2, action_noise=noise)
+        assert summary["action_noise"] == noise and summary["expert_failures"] == 0
+        dataset = open_dataset(folder, 30)
+        positions, velocities, actions = dataset.states[:, :2], dataset.states[:, 2:], dataset.actions
+        commands = expert.gain * (goal - positions)  # a static target: the expert's latency does not matter
+        speeds = np.linalg.norm(commands, axis=1, keepdims=True)
+        assert np.allclose(actions, commands * np.minimum(1.0, limit / speeds), atol=1e-5)
+        gap = np.abs(velocities[1:] - actions[:-1]).max()  # executed velocity at t+1 vs command at t
+        assert gap < 1e-6 if noise == 0 else 0.1 < gap < 5 * noise
+    with pytest.raises(ValueError, match="action_noise"):
+        record(tmp_path / "bad", episodes=1, action_noise=float("nan"))
+
+
+def test_training_refuses_a_dataset_recorded_with_other_noise(tmp_path, capsys):
+    from xr0.planar_reach import train
+    from xr0.planar_reach.record import record
+
+    record(tmp_path / "data", episodes=1, seed=4, hold_steps=2)
+    with pytest.raises(SystemExit) as refused:
+        train.main(["--work_dir", str(tmp_path), "--action_noise", "0.3"])
+    assert refused.value.code == 2
+    assert "was recorded with --action_noise 0.0, not 0.3" in capsys.readouterr().err
+    assert not (tmp_path / "base").exists()  # refused before anything was written
+
+
 def test_the_writer_refuses_what_it_cannot_store(tmp_path):
     from xr0.training.lerobot_writer import LeRobotWriter
 
