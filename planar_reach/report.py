@@ -16,7 +16,9 @@ the cosine with the expert's direction toward the target is reactivity.
 And where each checkpoint aims: at the first tick of static evaluation layouts, the cosine between the mean of the
 first 10 actions and the direction to the named target, to the other targets and to the targets' centroid, and
 how often the named target is the best aligned (chance: 1 in 3). A policy that reads the instruction aims at the
-named target; one that heads for the centroid has learned to see targets but not which one the colour names.
+named target. Heading for the centroid proves nothing: targets lie nearer the workspace centre than start positions,
+so the blind `HeadForTheCentre`, which reads the state alone, does it too; it is printed beside the checkpoints as
+the reference to beat.
 
 Writes `--output`/results.json, table.md, success_vs_latency.png and one GIF per mode.
 """
@@ -255,9 +257,10 @@ def main(argv=None) -> None:
         )
     for variant, numbers in aims.items():
         print(
-            f"{LABELS.get(variant, variant)} aims (cosines at the first tick, {numbers['samples']} static layouts): named "
-            f"target {numbers['named_target']:+.2f}, other targets {numbers['other_targets']:+.2f}, centroid "
-            f"{numbers['centroid']:+.2f}; the named target is the best aligned in {100 * numbers['named_is_best']:.0f}%"
+            f"{LABELS.get(variant, variant)} aims (cosines of the first 10 actions, {numbers['samples']} static "
+            f"layouts): named target {numbers['named_target']:+.2f}, other targets {numbers['other_targets']:+.2f}, "
+            f"centroid {numbers['centroid']:+.2f}; the named target is the best aligned in "
+            f"{100 * numbers['named_is_best']:.0f}%"
         )
     logger.info("wrote %s in %.1f min", args.output, (time.perf_counter() - start) / 60)
 
