@@ -263,8 +263,8 @@ def test_aiming_tells_a_policy_that_reads_the_colour_from_one_that_heads_for_the
 
 
 def test_the_state_only_reference_heads_for_the_workspace_centre(monkeypatch):
-    """The blind reference scores what the start positions give away, well above zero, and no better than
-    chance at telling the named target from the others."""
+    """The blind reference scores what the start positions give away: well above zero with the named target,
+    though it cannot tell the named target from the others."""
     from xr0.planar_reach import report
 
     env = PlanarReachEnv()
