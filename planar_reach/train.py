@@ -165,9 +165,10 @@ def main(argv=None) -> None:
             )
         )
     data_summary = json.loads((dataset / "meta" / "planar_reach.json").read_text())
-    if data_summary.get("action_noise", 0.0) != args.action_noise:
+    recorded_noise = data_summary.get("action_noise", 0.0)  # datasets from before the option had none
+    if recorded_noise != args.action_noise:
         parser.error(
-            f"{dataset} was recorded with --action_noise {data_summary.get('action_noise', 0.0)}, not "
+            f"{dataset} was recorded with --action_noise {recorded_noise}, not "
             f"{args.action_noise}: use another --work_dir (or remove it) to record anew"
         )
     base, pretrained = work / "base", work / "pretrained"
