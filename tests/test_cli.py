@@ -86,10 +86,18 @@ def wait_for(lines: queue.Queue, pattern: str, seen: list, timeout: float = 120.
 
 def interrupt(process, reader, seen: list, lines: queue.Queue) -> str:
     process.send_signal(signal.SIGINT)
-    process.wait(timeout=60)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        hung = True
+    else:
+        hung = False
     reader.join(timeout=10)
     while not lines.empty():
         seen.append(lines.get())
+    assert not hung, f"still running 60 s after Ctrl-C; its stderr:\n{''.join(seen)[-3000:]}"
     return "".join(seen)
 
 
