@@ -3,6 +3,7 @@ this folder (pytest puts it on the path) are imported directly."""
 
 import logging
 import os
+import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -11,6 +12,12 @@ import pytest  # noqa: E402
 
 from xr0 import REPO_ROOT  # noqa: E402,F401
 from xr0_client.cli import _StderrHandler  # noqa: E402  (the handler configure_logging installs)
+
+# A suite started in the background by a non-interactive shell (`pytest &` in a script, as scripts/test.sh runs
+# the two transformers lines) inherits SIGINT ignored, and every command a test starts would inherit it too: the
+# Ctrl-C tests would then hang. Give children what a command started from a terminal gets, the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
