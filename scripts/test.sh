@@ -21,8 +21,8 @@ for line in "${LINES[@]}"; do
 done
 
 # The two lines run side by side: the suite is mostly single-threaded Python (tiny models, subprocesses), so two
-# suites on two cores take little longer than one (measured on 2 cores: 7.2 min for both against 13 min one after
-# the other). Each suite gets half the cores for torch's intra-op threads, so that they do not oversubscribe the
+# suites on two cores take little longer than one (on 2 cores: 7.2 min for both, against ~13 min one after the
+# other). Each suite gets half the cores for torch's intra-op threads, so that they do not oversubscribe the
 # machine (with torch's default of every core each, 8.6 min). Each line's output is printed whole when it ends.
 threads=$(($(nproc) / 2))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}
