@@ -28,7 +28,7 @@ threads=$(($(nproc) / 2))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}
 logs=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$logs"' INT TERM
+trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$logs"; exit 130' INT TERM  # Ctrl-C or a kill: stop both suites
 for line in "${LINES[@]}"; do
   name=${line%%:*}
   venv=$(venv_of "$name")
