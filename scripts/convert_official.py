@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
+from ..checkpoint_layout import REMOTE_CODE_FILES
 from ..configuration_xr0 import OFFICIAL_MODEL_TYPE, XR0Config, from_official_config_dict
 from ..modeling_xr0 import checkpoint_wrapper_prefix
 from ..processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, XR0Processor, set_image_bounds
 from .write_root_files import (
     MAX_SHARD_BYTES,
-    REMOTE_CODE_FILES,
     config_dict,
     index_dict,
     shard_plan,

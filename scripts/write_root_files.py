@@ -13,7 +13,6 @@ The functions here also serve the converter and the tiny checkpoint, so every di
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -27,8 +26,6 @@ from ..processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PUBLISHED_R
 
 logger = logging.getLogger("xr0.write_root_files")
 
-REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 MAX_SHARD_BYTES = 5 * 10**9  # "5GB" as transformers counts it
 AUTO_MAP = {
     "AutoConfig": "configuration_xr0.XR0Config",
@@ -136,15 +133,6 @@ def shard_plan(tensor_bytes: dict, max_shard_bytes: int = MAX_SHARD_BYTES) -> di
 
 def index_dict(tensor_bytes: dict, weight_map: dict) -> dict:
     return {"metadata": {"total_size": sum(tensor_bytes.values())}, "weight_map": weight_map}
-
-
-def link_to_repository_root(directory: Path) -> None:
-    """Replace the remote-code and tokenizer files of a checkpoint directory inside the repository with relative
-    links to the root's, so the repository holds one copy of each."""
-    for name in REMOTE_CODE_FILES + TOKENIZER_FILES:
-        link = directory / name
-        link.unlink(missing_ok=True)
-        link.symlink_to(os.path.relpath(REPO_ROOT / name, directory))
 
 
 def write_json(path: Path, data: dict) -> None:

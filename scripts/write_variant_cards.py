@@ -10,23 +10,11 @@ import logging
 from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
+from ..training.report import FRONT_MATTER
 
 logger = logging.getLogger("xr0.write_variant_cards")
 
 VARIANTS_DIR = REPO_ROOT / "variants"
-
-FRONT_MATTER = """---
-license: apache-2.0
-library_name: transformers
-pipeline_tag: robotics
-base_model: {base_model}
-tags:
-  - robotics
-  - vision-language-action
-  - flow-matching
-  - xiaomi-robotics-0
-{extra_tags}---
-"""
 
 
 def render(variant: dict) -> str:

@@ -8,7 +8,19 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..scripts.write_variant_cards import FRONT_MATTER
+# The Hub metadata every model card of this repository starts with (fine-tunes here, the variants' cards too).
+FRONT_MATTER = """---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: robotics
+base_model: {base_model}
+tags:
+  - robotics
+  - vision-language-action
+  - flow-matching
+  - xiaomi-robotics-0
+{extra_tags}---
+"""
 
 CARD = """# XR0 fine-tuned for `{robot_type}`
 
