@@ -298,9 +298,12 @@ class XR0Config(PretrainedConfig):
         self.language_loss_weight = language_loss_weight
         kwargs.setdefault("tie_word_embeddings", self.vlm_config.tie_word_embeddings)
         super().__init__(**kwargs)
-        self._validate()
+        self.validate_fields()
 
-    def _validate(self) -> None:
+    def validate_fields(self) -> None:
+        """Checks every XR0 field (ranges, types, the DiT's fit to the VLM); raises ValueError naming the field.
+        Called on construction, and by whoever changes fields afterwards (e.g. `xr0-finetune`'s recipes)."""
+
         def positive_int(name: str, value: Any) -> None:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")

@@ -524,6 +524,8 @@ class XR0PreTrainedModel(PreTrainedModel):
     _no_split_modules = ["XR0DiTLayer", "Qwen3VLTextDecoderLayer", "Qwen3VLVisionBlock"]
     _supports_sdpa = True
     _supports_flash_attn = True
+    # The VLM (stock Qwen3-VL) runs any registered attention backend; the DiT's mask is neither causal nor padding,
+    # so for a backend other than eager/sdpa it runs SDPA and says so once (`dit_attention_function`).
     _supports_attention_backend = True
     # Trainer must not rescale our loss by the number of items in the batch.
     accepts_loss_kwargs = False

@@ -34,6 +34,7 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 from xr0_client.cli import configure_logging
 
 from .. import REPO_ROOT
+from ..checkpoint_layout import REMOTE_CODE_FILES
 from ..modeling_xr0 import ACTION_EXPERT_MODULES, XR0ForActionGeneration
 from ..processing_xr0 import XR0Processor
 from .data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset, register_dataset_robot
@@ -41,15 +42,14 @@ from .report import write_fine_tune_card
 
 logger = logging.getLogger("xr0.finetune")
 
-REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py")
-
 # The post-training recipes. The released post-training code trains every model with the Λ-shaped band
 # (window 4) and the +10 position offset of noisy actions, with or without the asynchronous clean prefix; the
 # window and offset are saved in the config, so inference uses the layout the model was trained with.
 # `published` keeps the layout the published checkpoints are served with (causal, offset 0).
+LAMBDA_WINDOW = 4  # the released band: action i attends to actions i - 4 .. i (--action_attention_window)
 RECIPES = {
     "async": {  # the released default: band + offset + clean prefixes, reweighting, frequency term
-        "action_attention_window": 4,
+        "action_attention_window": LAMBDA_WINDOW,
         "noisy_action_position_offset": 10,
         "action_prefix_probability": 0.5,
         "max_action_prefix_length": 6,
@@ -57,7 +57,7 @@ RECIPES = {
         "frequency_loss_weight": 1.0,
     },
     "sync": {  # band + offset without prefixes
-        "action_attention_window": 4,
+        "action_attention_window": LAMBDA_WINDOW,
         "noisy_action_position_offset": 10,
         "action_prefix_probability": 0.0,
         "loss_reweighting": False,
@@ -96,6 +96,13 @@ class ModelArguments:
         },
     )
     training_repeat: Optional[int] = field(default=None, metadata={"help": "copies per sample (report: 4)"})
+    action_attention_window: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": f"width w of the Λ band of the 'async' and 'sync' recipes (released: {LAMBDA_WINDOW}); saved in "
+            "the config, so inference uses it"
+        },
+    )
     max_action_prefix_length: Optional[int] = field(
         default=None,
         metadata={
@@ -182,6 +189,12 @@ def apply_recipe(model, args: ModelArguments) -> None:
     if args.recipe not in RECIPES:
         raise ValueError(f"--recipe must be one of {sorted(RECIPES)}, got {args.recipe!r}")
     changes = dict(RECIPES[args.recipe])
+    if args.action_attention_window is not None:
+        if changes["action_attention_window"] is None:
+            raise ValueError(
+                f"--action_attention_window: the {args.recipe!r} recipe trains with a causal mask, not a band"
+            )
+        changes["action_attention_window"] = args.action_attention_window
     if args.training_repeat is not None:
         changes["training_repeat"] = args.training_repeat
     for name in ("frequency_loss_weight", "language_loss_weight", "max_action_prefix_length"):
@@ -189,7 +202,7 @@ def apply_recipe(model, args: ModelArguments) -> None:
             changes[name] = getattr(args, name)
     for name, value in changes.items():
         setattr(model.config, name, value)
-    model.config._validate()
+    model.config.validate_fields()
 
 
 def freeze(model, args: ModelArguments) -> None:
@@ -323,7 +336,8 @@ class CompleteCheckpoints(TrainerCallback):
         return control
 
 
-def main(argv=None) -> Trainer:
+def run(argv=None) -> Trainer:
+    """xr0-finetune's work for a command line; returns the Trainer (its state holds the log history)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     # TrainingArguments' own --log_level sets this package's messages too; its default ("passive") means info here.
@@ -331,6 +345,12 @@ def main(argv=None) -> Trainer:
     configure_logging(logging.INFO if passive else training_args.get_process_log_level())
     torch.manual_seed(training_args.seed)
     return finetune(model_args, data_args, training_args)
+
+
+def main(argv=None) -> None:
+    """The console script: returns None, so that a finished run exits with status 0 (a console-script wrapper
+    passes what `main` returns to `sys.exit`, which would turn the Trainer into status 1)."""
+    run(argv)
 
 
 if __name__ == "__main__":
