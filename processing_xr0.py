@@ -120,6 +120,7 @@ class RobotSpec:
         state_mean, state_std: (state_dim,), or None: the published checkpoints feed the state raw.
         action_names: (name, ...) of the leading action dims, e.g. ("Δx", ..., "gripper"), or None (unknown).
         action_units: (unit, ...), one per name, e.g. ("m", ...), or None (unknown).
+        state_names: (name, ...) of the leading state dims, e.g. ("hand_x", ...), or None (unknown).
     """
 
     name: str
@@ -132,6 +133,7 @@ class RobotSpec:
     state_std: Optional[np.ndarray] = None
     action_names: Optional[tuple] = None
     action_units: Optional[tuple] = None
+    state_names: Optional[tuple] = None
 
     FIELDS = (
         "views",
@@ -143,6 +145,7 @@ class RobotSpec:
         "state_std",
         "action_names",
         "action_units",
+        "state_names",
     )
 
     @classmethod
@@ -178,6 +181,7 @@ class RobotSpec:
         names, units = (
             _label_tuple(name, key, fields.get(key), action_dim) for key in ("action_names", "action_units")
         )
+        state_names = _label_tuple(name, "state_names", fields.get("state_names"), state_dim)
         if units is not None and (names is None or len(units) != len(names)):
             raise ValueError(
                 f"robot type {name!r}: `action_units` needs `action_names` and one unit per name, got "
@@ -210,7 +214,16 @@ class RobotSpec:
                     f"robot type {name!r}: `chunk_length` {length} disagrees with its (T, A) statistics, T = {lengths[0]}."
                 )
             length = lengths[0]
-        return cls(name, views, active, length, **stats, action_names=names, action_units=units)
+        return cls(
+            name,
+            views,
+            active,
+            length,
+            **stats,
+            action_names=names,
+            action_units=units,
+            state_names=state_names,
+        )
 
     def updated(self, action_dim: int, state_dim: int, **changes) -> "RobotSpec":
         """This spec with the non-None fields of `changes` replaced, validated again. New (T, A) statistics set
@@ -337,7 +350,8 @@ class RobotSpec:
 
 
 def _label_tuple(name: str, key: str, value, width: int) -> Optional[tuple]:
-    """`action_names` / `action_units`: a list of at most `width` strings (names non-empty), as a tuple."""
+    """`action_names` / `action_units` / `state_names`: a list of at most `width` strings (names non-empty), as a
+    tuple."""
     if value is None:
         return None
     if (
@@ -347,7 +361,7 @@ def _label_tuple(name: str, key: str, value, width: int) -> Optional[tuple]:
     ):
         raise ValueError(
             f"robot type {name!r}: `{key}` must be a list of 1 to {width} strings"
-            f"{' (non-empty)' if key == 'action_names' else ''}, got {value!r}."
+            f"{' (non-empty)' if key != 'action_units' else ''}, got {value!r}."
         )
     return tuple(value)
 
@@ -403,7 +417,8 @@ class XR0Processor(ProcessorMixin):
         robot_types (`dict`, *optional*): registry `{robot_type: spec}`, each spec a `RobotSpec` or its dict form
             (`views` as `[view_key, title]` pairs in prompt order, `active_action_dims`, `chunk_length`,
             `action_mean`/`action_std` ((T, action_dim), which sets T, or a vector of at most action_dim values),
-            optional `state_mean`/`state_std`, `action_names`/`action_units` of the leading action dims). The
+            optional `state_mean`/`state_std`, `action_names`/`action_units` of the leading action dims,
+            `state_names` of the leading state dims). The
             published robot types are always known with their view layouts, chunk lengths and action names.
         action_config (`dict`, *optional*): the published `{robot_type: {"mean", "std"}}` statistics, merged
             into the registry.
@@ -468,6 +483,7 @@ class XR0Processor(ProcessorMixin):
         state_std=None,
         action_names: Optional[list] = None,
         action_units: Optional[list] = None,
+        state_names: Optional[list] = None,
     ) -> RobotSpec:
         """Add or update a robot type (see `RobotSpec`). Fields left as None keep their current value."""
         changes = dict(
@@ -480,6 +496,7 @@ class XR0Processor(ProcessorMixin):
             state_std=state_std,
             action_names=action_names,
             action_units=action_units,
+            state_names=state_names,
         )
         current = self.robot_types.get(name)
         if current is None:

@@ -128,10 +128,6 @@ class RobotDataset(Dataset):
         """Precompute where each frame's episode ends, after the subclass filled the arrays."""
         if len(self.actions) == 0:
             raise ValueError(f"{getattr(self, 'root', 'the dataset')}: holds no frames")
-        if self.actions.shape[1] > 32 or self.states.shape[1] > 32:
-            raise ValueError(
-                f"actions ({self.actions.shape[1]}) and states ({self.states.shape[1]}) must be at most 32 wide"
-            )
         boundaries = np.flatnonzero(np.diff(self.episodes)) + 1
         ends = np.append(boundaries, len(self.episodes))
         starts = np.insert(boundaries, 0, 0)
@@ -617,6 +613,15 @@ def register_dataset_robot(
 ) -> dict:
     """Register (or update) `robot_type` in the processor from a dataset: its action statistics, active dims and,
     for a new robot type, camera views named after the dataset's cameras. Returns {view_key: dataset camera}."""
+    for kind, width, limit in (
+        ("actions", dataset.actions.shape[1], processor.action_dim),
+        ("states", dataset.states.shape[1], processor.state_dim),
+    ):
+        if width > limit:
+            raise ValueError(
+                f"{getattr(dataset, 'root', 'the dataset')}: its {kind} are {width} wide, the model's "
+                f"{kind[:-1]}_dim is {limit}: train a model whose config has {kind[:-1]}_dim >= {width}"
+            )
     stats = compute_statistics(dataset)
     known = processor.robot_types.get(robot_type)
     known_views = [list(view) for view in known.views] if known is not None and known.views else None
