@@ -221,8 +221,9 @@ class RealtimeExecutor:
         adapt_commit: after a late chunk, grow Δt_c to the observed latency (bounded by T - T_e).
         action_dim: D, the width every chunk must have (default: the first chunk's).
         safe_action: what to send when the current chunk has run out and no new chunk is usable: "hold" (the
-            last action sent: position-controlled robots stay put) or "zero" (zeros: velocity-controlled robots
-            stop).
+            last action sent: position-controlled robots stay put), "zero" (zeros: velocity-controlled robots
+            stop) or a function of the last action sent (D,) -> (D,) (e.g. stop moving, keep the gripper's
+            command).
         max_consecutive_failures: stop the loop (`metrics.stopped`) after this many failed inferences in a row;
             None = never stop, keep retrying.
         inference_timeout: seconds after which a pending inference counts as failed and is retried (None = wait).
@@ -248,8 +249,8 @@ class RealtimeExecutor:
     ):
         if execute_steps < 1 or commit_steps < 1:
             raise ValueError("execute_steps and commit_steps must be >= 1")
-        if safe_action not in ("hold", "zero"):
-            raise ValueError(f"safe_action must be 'hold' or 'zero', got {safe_action!r}")
+        if not (callable(safe_action) or safe_action in ("hold", "zero")):
+            raise ValueError(f"safe_action must be 'hold', 'zero' or a function, got {safe_action!r}")
         if max_consecutive_failures is not None and max_consecutive_failures < 1:
             raise ValueError("max_consecutive_failures must be >= 1 or None")
         self.runner, self.get_observation, self.send_action = runner, get_observation, send_action
@@ -390,7 +391,7 @@ class RealtimeExecutor:
             if index < len(current.actions):
                 action = current.actions[index]
             else:
-                action = previous_action if self.safe_action == "hold" else np.zeros(self.action_dim)
+                action = self._safe(previous_action)
                 if not holding and not self.synchronous:  # waiting is what a synchronous robot does
                     logger.warning(
                         "tick %d: chunk exhausted and the next one is not ready: %s", tick, self.safe_action
@@ -411,6 +412,16 @@ class RealtimeExecutor:
                 pending = self._start_next(current, tick)
             tick += 1
         return metrics
+
+    def _safe(self, previous_action: np.ndarray) -> np.ndarray:
+        if self.safe_action == "hold":
+            return previous_action
+        if self.safe_action == "zero":
+            return np.zeros(self.action_dim)
+        action = np.asarray(self.safe_action(previous_action), dtype=np.float64)
+        if action.shape != (self.action_dim,) or not np.isfinite(action).all():
+            raise ValueError(f"safe_action returned {action!r}: expected {self.action_dim} finite values")
+        return action
 
     def _start_next(self, current: _Chunk, tick: int):
         """After tick `tick`, infer the chunk starting at tick + 1, conditioned on the committed actions."""
@@ -440,3 +451,62 @@ class RealtimeExecutor:
                 new,
             )
             self.commit_steps = new
+
+
+# A latency of k ticks must arrive on the k-th tick, not one later because k·dt rounds up by an ulp.
+TICK_ROUNDING = 1e-9
+
+
+def simulate_episode(
+    source: ChunkSource,
+    get_observation: Callable[[], dict],
+    step_world: Callable[[np.ndarray], None],
+    *,
+    control_hz: float,
+    latency_s: float,
+    mode: str,
+    execute_steps: int,
+    commit_steps: int,
+    max_ticks: int,
+    until: Callable[[], bool],
+    safe_action="hold",
+    action_dim: Optional[int] = None,
+) -> ExecutionMetrics:
+    """One closed-loop episode of a simulated world through `RealtimeExecutor` on a `FakeClock`: each chunk is
+    computed from the observation of the tick it was requested at and becomes usable `latency_s` later. `mode`
+    "sync": after `execute_steps` actions the robot sends the safe action until the next chunk arrives; "async":
+    it keeps executing its committed actions (`commit_steps`), which are the next chunk's action prefix.
+
+    The action sent at tick t acts over [t, t + 1): `step_world(action)` runs when the next tick begins, so the
+    observation requested at tick t shows the world at t and a latency of k ticks is k ticks of world time. The
+    world waits for the very first chunk (no action is sent before it), which costs the same in both modes.
+    An executor that stops (a failed inference) raises."""
+    if mode not in ("sync", "async"):
+        raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+    clock = FakeClock()
+    sent = []
+
+    def act(action) -> None:
+        if sent:
+            step_world(sent.pop())
+        sent.append(action)
+
+    runner = SimulatedRunner(source, clock, latency=lambda _: max(0.0, latency_s - TICK_ROUNDING))
+    executor = RealtimeExecutor(
+        runner,
+        get_observation,
+        act,
+        clock=clock,
+        control_hz=control_hz,
+        execute_steps=execute_steps,
+        commit_steps=commit_steps,
+        adapt_commit=False,
+        action_dim=action_dim,
+        safe_action=safe_action,
+        max_consecutive_failures=1,
+        synchronous=mode == "sync",
+    )
+    metrics = executor.run(max_ticks, until=until)
+    if metrics.stopped:
+        raise RuntimeError(f"the executor stopped: {metrics.stopped}")
+    return metrics
