@@ -251,10 +251,18 @@ def console_scripts() -> dict:
 
 
 def runnable_modules() -> list:
-    """Every module of scripts/, training/, deploy/, eval/, planar_reach/ and the client package that runs as a program, by the
-    module name `python -m` takes."""
+    """Every module of scripts/, training/, deploy/, eval/, planar_reach/, meta_world/ and the client package that runs
+    as a program, by the module name `python -m` takes."""
     modules = []
-    for folder in ("scripts", "training", "deploy", "eval", "planar_reach", "client/xr0_client"):
+    for folder in (
+        "scripts",
+        "training",
+        "deploy",
+        "eval",
+        "planar_reach",
+        "meta_world",
+        "client/xr0_client",
+    ):
         for path in sorted((REPO_ROOT / folder).glob("*.py")):
             if 'if __name__ == "__main__":' in path.read_text():
                 package = "xr0_client" if folder.startswith("client") else f"xr0.{folder}"
@@ -349,3 +357,18 @@ print(type(model).__module__.startswith("transformers_modules"), tuple(model(**i
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "True (1, 10, 32)"
+
+
+def test_library_modules_never_import_the_developer_scripts():
+    """Tools import the core, never the other way round: no module outside scripts/ and tests/ imports
+    `xr0.scripts` (xr0-convert and xr0-demo still live there: entry points that only their console scripts
+    import)."""
+    pattern = re.compile(r"^\s*(from\s+(\.\.?scripts|xr0\.scripts)\b|import\s+xr0\.scripts\b)", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in REPO_ROOT.rglob("*.py")
+        if not {"scripts", "tests", "fixtures", "runs"} & set(path.relative_to(REPO_ROOT).parts)
+        and not any(part.startswith(".") for part in path.relative_to(REPO_ROOT).parts)
+        and pattern.search(path.read_text())
+    ]
+    assert not offenders, offenders
