@@ -9,13 +9,26 @@ off the walls.
 
 Observations are what a robot would send a policy server: two RGB views, `top` (the whole workspace, fixed) and
 `wrist` (a window of ±`wrist_half_width` around the end-effector, so the view moves with it), the instruction,
-and the state [x, y, vx, vy] (position, and the velocity the last action commanded).
+and the state. What the state holds is the observation tier (`ReachSettings.observation`), each answering its own
+question:
+
+- `goal_state`: [x, y, vx, vy, goal x, goal y] (position, the velocity the last action commanded, and the named
+  target's current position, which moves when the target moves); three targets in the images. The execution
+  tier: does the policy keep up with a moving or jumping goal while it thinks (sync vs async, Λ vs causal)?
+- `images`: [x, y, vx, vy] and ONE target, seen only in the images. The perception tier: does the policy find
+  a target it can only see?
+- `images_named`: [x, y, vx, vy] and three targets of different colours, the instruction names one. Perception
+  and language grounding together.
+
+`jump_at` = (first, last) makes the named target teleport once, at a tick drawn in [first, last] per layout, to a
+random position at least 0.4 from the end-effector; success then counts only after the jump.
 
 Everything is numpy + Pillow and deterministic per layout seed: `reset(seed)` draws the layout (end-effector,
 target colours, positions and velocities) from `numpy.random.default_rng(seed)` alone.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,7 +43,12 @@ BACKGROUND = (235, 235, 235)
 OUTSIDE = (90, 90, 90)  # beyond the workspace (seen by the wrist view near the walls)
 EFFECTOR = (20, 20, 20)
 ROBOT_TYPE = "planar_reach"
-STATE_NAMES = ["x", "y", "vx", "vy"]
+OBSERVATIONS = ("goal_state", "images", "images_named")
+STATE_NAMES = {  # per observation tier
+    "goal_state": ["x", "y", "vx", "vy", "goal_x", "goal_y"],
+    "images": ["x", "y", "vx", "vy"],
+    "images_named": ["x", "y", "vx", "vy"],
+}
 ACTION_NAMES = ["vx", "vy"]
 
 
@@ -38,15 +56,31 @@ ACTION_NAMES = ["vx", "vy"]
 class ReachSettings:
     control_hz: float = 30.0
     max_speed: float = 1.0  # workspace units per second
-    num_targets: int = 3
+    observation: str = "goal_state"  # one of OBSERVATIONS
+    num_targets: Optional[int] = None  # None: the tier's own (1 for `images`, else 3)
     target_radius: float = 0.12  # drawn radius
     success_radius: float = 0.1  # end-effector to target centre
     target_speed: float = 0.0  # workspace units per second; 0 = static targets
     time_limit: float = 5.0  # seconds
     image_size: int = 128  # both views are image_size x image_size (8 x 8 patches of 16 pixels)
     wrist_half_width: float = 0.5  # the wrist view shows ±this around the end-effector
+    jump_at: Optional[tuple] = None  # (first, last) tick of the named target's one teleport, or None
 
     def __post_init__(self):
+        if self.observation not in OBSERVATIONS:
+            raise ValueError(f"observation must be one of {OBSERVATIONS}, got {self.observation!r}")
+        if self.num_targets is None:
+            object.__setattr__(self, "num_targets", 1 if self.observation == "images" else 3)
+        if self.observation == "images" and self.num_targets != 1:
+            raise ValueError(
+                f"the images tier has one target (nothing to bind), got num_targets={self.num_targets}"
+            )
+        if self.jump_at is not None:
+            first, last = self.jump_at
+            if not (isinstance(first, int) and isinstance(last, int) and 1 <= first <= last < self.max_steps):
+                raise ValueError(
+                    f"jump_at must be two ticks 1 <= first <= last < {self.max_steps}, got {self.jump_at!r}"
+                )
         if not 1 <= self.num_targets <= len(COLORS):
             raise ValueError(f"num_targets must be in [1, {len(COLORS)}], got {self.num_targets}")
         if self.target_speed < 0 or not np.isfinite(self.target_speed):
@@ -61,6 +95,10 @@ class ReachSettings:
     @property
     def max_steps(self) -> int:
         return int(round(self.time_limit * self.control_hz))
+
+    @property
+    def state_dim(self) -> int:
+        return len(STATE_NAMES[self.observation])
 
 
 def layout_seed(run_seed: int, episode: int) -> int:
@@ -104,6 +142,11 @@ class PlanarReachEnv:
         self.target_velocities = s.target_speed * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         self.steps = 0
         self.succeeded_at = None
+        self.jump_tick, self.jumped_to = None, None
+        if s.jump_at is not None:  # its own stream: the layout is the same with and without a jump
+            jumps = np.random.default_rng([seed, 3])
+            self.jump_tick = int(jumps.integers(s.jump_at[0], s.jump_at[1] + 1))
+            self._jump_draws = jumps
         return self.observation()
 
     @property
@@ -116,7 +159,15 @@ class PlanarReachEnv:
 
     @property
     def state(self) -> np.ndarray:
-        return np.concatenate([self.effector, self.velocity]).astype(np.float32)  # (4,) x, y, vx, vy
+        """(state_dim,) float32: x, y, vx, vy (+ goal x, goal y in the `goal_state` tier)."""
+        parts = [self.effector, self.velocity]
+        if self.settings.observation == "goal_state":
+            parts.append(self.targets[self.goal])
+        return np.concatenate(parts).astype(np.float32)
+
+    @property
+    def jumped(self) -> bool:
+        return self.jumped_to is not None
 
     @property
     def success(self) -> bool:
@@ -144,8 +195,20 @@ class PlanarReachEnv:
             self.target_velocities[low | high, axis] *= -1
             self.targets[:, axis] = np.clip(self.targets[:, axis], -self.TARGET_BOUND, self.TARGET_BOUND)
         self.steps += 1
-        if self.succeeded_at is None and self.distance_to_goal() <= s.success_radius:
+        if self.jump_tick is not None and self.steps == self.jump_tick:
+            self._jump()
+        waiting_for_jump = self.jump_tick is not None and not self.jumped
+        if self.succeeded_at is None and not waiting_for_jump and self.distance_to_goal() <= s.success_radius:
             self.succeeded_at = self.steps
+
+    def _jump(self) -> None:
+        """Teleports the named target to a random position at least 0.4 from the end-effector."""
+        while True:
+            position = self._jump_draws.uniform(-self.TARGET_BOUND, self.TARGET_BOUND, 2)
+            if np.linalg.norm(position - self.effector) > 0.4:
+                break
+        self.targets[self.goal] = position
+        self.jumped_to = position.copy()
 
     def distance_to_goal(self) -> float:
         return float(np.linalg.norm(self.effector - self.targets[self.goal]))

@@ -2,17 +2,23 @@
 
     xr0-eval-reach --model fixtures/planar-reach/async-lambda --episodes 200 --mode async --latency_ms 100 \\
         --target_speed 0.2
+    xr0-eval-reach --model fixtures/planar-reach/sync --mode sync --latency_ms 200 --jump_at 15 30
 
 prints one JSON line: the success rate with its 95% (Wilson) interval, the mean time to success, idle ticks, the
-mean seam jump (|a_t - a_{t-1}| where a new chunk takes over) and the settings.
+mean seam jump (|a_t - a_{t-1}| where a new chunk takes over) and the settings; with `--jump_at`, the reaction
+time (control ticks from the jump until the executed velocity points within 30° of the new target) and the ticks
+from the jump to success.
 
-Time is simulated (`FakeClock` + `SimulatedRunner`): each chunk is computed from the observation of the tick it
-was requested at and becomes usable `--latency_ms` later. `--mode sync`: after `--execute_steps` actions the arm
+Time is simulated (`xr0_client.realtime.simulate_episode`): each chunk is computed from the observation of the tick
+it was requested at and becomes usable `--latency_ms` later. `--mode sync`: after `--execute_steps` actions the arm
 stops (zero velocity) until the next chunk arrives. `--mode async`: the arm keeps executing its committed actions
 (`--commit_steps`, default: the latency in ticks, at least 1), which are the next chunk's action prefix. The world
 (targets included) advances one tick per action sent, the observation of tick t shows it at t; it waits for the
-very first chunk of an episode, which costs the same in both modes. Episode i uses layout `layout_seed(--seed, i)`; the seed that recorded a checkpoint's
-demonstrations is refused, so evaluation layouts differ from training layouts.
+very first chunk of an episode, which costs the same in both modes.
+
+Episode i uses layout `layout_seed(--seed, i)`; the seed that recorded a checkpoint's demonstrations is refused,
+so evaluation layouts differ from training layouts. The observation tier (`--observation`, env.py) is the
+checkpoint's own by default; another tier is refused, since its state and scene differ from what it learned.
 """
 
 import json
@@ -26,20 +32,23 @@ import numpy as np
 
 from xr0_client.cli import ArgumentParser
 from xr0_client.evaluation import wilson_interval
-from xr0_client.realtime import FakeClock, LocalChunkSource, RealtimeExecutor, SimulatedRunner
+from xr0_client.realtime import LocalChunkSource, simulate_episode
 
-from .env import DEFAULT_SETTINGS, PlanarReachEnv, ReachSettings, layout_seed
+from .env import DEFAULT_SETTINGS, OBSERVATIONS, PlanarReachEnv, ReachSettings, layout_seed
 
-# A latency of k ticks must arrive on the k-th tick, not one later because k·dt rounds up by an ulp.
-TICK_ROUNDING = 1e-9
+REACTION_ANGLE_DEGREES = (
+    30.0  # reaction time: ticks from a jump until the executed velocity points this close
+)
 
 
-def training_seed(model_dir) -> Optional[int]:
-    """The layout seed of the demonstrations a checkpoint was trained on, when it records one."""
+def training_record(model_dir) -> dict:
+    """The demonstrations a checkpoint was trained on, as its `planar_reach.json` records them ({} if it has none):
+    their layout `seed` and `observation` tier (checkpoints from before the tiers: `images_named`)."""
     path = Path(model_dir) / "planar_reach.json"
     if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("dataset", {}).get("seed")
+        return {}
+    dataset = json.loads(path.read_text()).get("dataset", {})
+    return {"seed": dataset.get("seed"), "observation": dataset.get("observation", "images_named")}
 
 
 def default_commit_steps(latency_ms: float, control_hz: float) -> int:
@@ -60,8 +69,8 @@ def run_episode(
     env.reset(layout)
     if frames is not None:
         frames.append((env.render_top(), env.render_wrist()))
-    clock = FakeClock()
     requests = 0
+    aimed_at = None  # the first tick after a jump at which the executed velocity points at the new target
 
     def observe() -> dict:
         nonlocal requests
@@ -69,37 +78,28 @@ def run_episode(
         # An explicit noise seed per request: the evaluation is deterministic per layout.
         return dict(env.observation(), seed=layout * 1000 + requests)
 
-    # The action sent at tick t acts over [t, t + 1): the world takes the step when the next tick begins, so the
-    # observation requested at tick t shows the world at t and a latency of k ticks is k ticks of world time.
-    sent = []
+    def step_world(action) -> None:
+        nonlocal aimed_at
+        if env.jumped and aimed_at is None and aims_at(action, env.goal_position - env.effector):
+            aimed_at = env.steps
+        env.step(action)
+        if frames is not None:
+            frames.append((env.render_top(), env.render_wrist()))
 
-    def act(action) -> None:
-        if sent:
-            env.step(sent.pop())
-            if frames is not None:
-                frames.append((env.render_top(), env.render_wrist()))
-        sent.append(action)
-
-    runner = SimulatedRunner(
-        LocalChunkSource(policy), clock, latency=lambda _: max(0.0, latency_s - TICK_ROUNDING)
-    )
-    executor = RealtimeExecutor(
-        runner,
+    metrics = simulate_episode(
+        LocalChunkSource(policy),
         observe,
-        act,
-        clock=clock,
+        step_world,
         control_hz=env.settings.control_hz,
+        latency_s=latency_s,
+        mode=mode,
         execute_steps=execute_steps,
         commit_steps=commit_steps,
-        adapt_commit=False,
-        action_dim=2,
+        max_ticks=env.settings.max_steps,
+        until=lambda: env.success,
         safe_action="zero",  # velocity control: an arm with nothing to do stops
-        max_consecutive_failures=1,
-        synchronous=mode == "sync",
+        action_dim=2,
     )
-    metrics = executor.run(env.settings.max_steps, until=lambda: env.success)
-    if metrics.stopped:
-        raise RuntimeError(f"layout {layout}: the executor stopped: {metrics.stopped}")
     return {
         "success": env.success,
         "time_to_success_s": env.succeeded_at / env.settings.control_hz if env.success else None,
@@ -107,7 +107,18 @@ def run_episode(
         "seam_deltas": metrics.seam_deltas,
         "inner_deltas": metrics.inner_deltas,
         "chunks": metrics.chunks,
+        "jumped": env.jumped,
+        "reaction_ticks": aimed_at - env.jump_tick if aimed_at is not None else None,
+        "ticks_after_jump": env.succeeded_at - env.jump_tick if env.jumped and env.success else None,
     }
+
+
+def aims_at(velocity, direction, within_degrees: float = REACTION_ANGLE_DEGREES) -> bool:
+    """Whether a (2,) velocity points within `within_degrees` of `direction` (a standing arm aims nowhere)."""
+    speed, distance = np.linalg.norm(velocity), np.linalg.norm(direction)
+    if speed < 1e-6 or distance < 1e-9:
+        return False
+    return float(velocity @ direction) / (speed * distance) >= math.cos(math.radians(within_degrees))
 
 
 def evaluate(
@@ -121,14 +132,21 @@ def evaluate(
     commit_steps: Optional[int] = None,
     settings: ReachSettings = DEFAULT_SETTINGS,
     gif: Optional[Path] = None,
+    observation: Optional[str] = None,
+    jump_at: Optional[tuple] = None,
 ) -> dict:
+    """`episodes` episodes on layouts `layout_seed(seed, i)`; `observation` (the tier) and `jump_at` replace the
+    fields of `settings`. Returns the JSON line's numbers."""
     if mode not in ("sync", "async"):
         raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not (0 <= latency_ms <= 10_000):
         raise ValueError(f"latency_ms must be in [0, 10000], got {latency_ms}")
-    env = PlanarReachEnv(replace(settings, target_speed=target_speed))
+    changes = {"target_speed": target_speed, "jump_at": jump_at}
+    if observation is not None and observation != settings.observation:
+        changes.update(observation=observation, num_targets=None)  # the tier's own count of targets
+    env = PlanarReachEnv(replace(settings, **changes))
     chunk_length = policy.processor.chunk_length("planar_reach")
     if not 1 <= execute_steps < chunk_length:
         raise ValueError(f"execute_steps must be in [1, {chunk_length}), got {execute_steps}")
@@ -163,6 +181,7 @@ def evaluate(
     seams = [d for r in results for d in r["seam_deltas"]]
     inner = [d for r in results for d in r["inner_deltas"]]
     low, high = wilson_interval(successes, episodes)
+    jumps = jump_statistics(results) if jump_at is not None else {}
     return {
         "success_rate": successes / episodes,
         "success_ci95": [round(low, 4), round(high, 4)],
@@ -173,13 +192,31 @@ def evaluate(
         "mean_seam_jump": float(np.mean(seams)) if seams else None,
         "mean_inner_jump": float(np.mean(inner)) if inner else None,
         "chunks_per_episode": float(np.mean([r["chunks"] for r in results])),
+        **jumps,
         "mode": mode,
         "latency_ms": latency_ms,
         "target_speed": target_speed,
+        "observation": env.settings.observation,
+        "jump_at": list(jump_at) if jump_at is not None else None,
         "execute_steps": execute_steps,
         "commit_steps": commit_steps if mode == "async" else 0,
         "seed": seed,
         "episodes_per_minute": round(60 * episodes / elapsed, 1),
+    }
+
+
+def jump_statistics(results: list) -> dict:
+    """Reaction to the jumps: ticks until the executed velocity pointed at the new target (episodes that did, and
+    how many did), ticks from the jump to success."""
+    jumped = [r for r in results if r["jumped"]]
+    reactions = [r["reaction_ticks"] for r in jumped if r["reaction_ticks"] is not None]
+    after = [r["ticks_after_jump"] for r in jumped if r["ticks_after_jump"] is not None]
+    return {
+        "jumped_episodes": len(jumped),
+        "reacted_episodes": len(reactions),
+        "mean_reaction_ticks": float(np.mean(reactions)) if reactions else None,
+        "median_reaction_ticks": float(np.median(reactions)) if reactions else None,
+        "mean_ticks_to_success_after_jump": float(np.mean(after)) if after else None,
     }
 
 
@@ -229,14 +266,40 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--commit_steps", type=int, default=None, help="async prefix length (default: latency in ticks)"
     )
+    parser.add_argument(
+        "--observation",
+        choices=OBSERVATIONS,
+        default=None,
+        help="observation tier (default: the checkpoint's; another one is refused)",
+    )
+    parser.add_argument(
+        "--jump_at",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("FIRST", "LAST"),
+        help="the named target teleports once, at a tick drawn in [FIRST, LAST]",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--gif", type=Path, default=None, help="write the first episode as a GIF")
     args = parser.parse_args(argv)
-    recorded = training_seed(args.model)
-    if recorded is not None and recorded == args.seed:
+    recorded = training_record(args.model)
+    if recorded.get("seed") is not None and recorded["seed"] == args.seed:
         parser.error(
             f"--seed {args.seed} recorded this checkpoint's demonstrations: evaluate on other layouts (another seed)"
         )
+    trained_tier = recorded.get("observation")
+    if args.observation is None:
+        args.observation = trained_tier or DEFAULT_SETTINGS.observation
+    elif trained_tier is not None and args.observation != trained_tier:
+        parser.error(
+            f"--observation {args.observation}: this checkpoint was trained on the {trained_tier} tier (its state "
+            "and scene differ); evaluate it on that tier"
+        )
+    try:
+        ReachSettings(observation=args.observation, jump_at=tuple(args.jump_at) if args.jump_at else None)
+    except ValueError as error:
+        parser.error(str(error))
     policy = load(args.model, args.device)
     result = evaluate(
         policy,
@@ -248,6 +311,8 @@ def main(argv=None) -> None:
         args.execute_steps,
         args.commit_steps,
         gif=args.gif,
+        observation=args.observation,
+        jump_at=tuple(args.jump_at) if args.jump_at else None,
     )
     print(json.dumps({"model": args.model, **result}))
 

@@ -1,11 +1,13 @@
 """Record scripted-expert demonstrations of PlanarReach as a LeRobot v3.0 dataset (robot type `planar_reach`).
 
-    python -m xr0.planar_reach.record --output runs/planar-reach/data --episodes 600 --seed 0
+    python -m xr0.planar_reach.record --output runs/planar-reach/data --episodes 600 --seed 0 --observation goal_state
 
 Each episode: a layout from `layout_seed(seed, i)`, a target speed (static for half of the episodes, else uniform
 in [0.05, --max_target_speed]), the expert acting until it reaches the target and then `hold_steps` (15) ticks more
 (it keeps tracking, so chunks near the goal show how to stay on a moving target). Frame t holds the two views and
-the state before action t, and action t (the expert's velocity command).
+the state before action t, and action t (the expert's velocity command). `--observation` is the tier (env.py): what
+the state holds and how many targets the images show; the summary records it, and training and evaluation refuse
+a checkpoint whose tier disagrees.
 
 `--action_noise` σ > 0 makes the arm execute the command plus N(0, σ²) per axis while the dataset keeps the
 command (DART, Laskey et al. 2017). Without it the state's velocity is the last command, executed exactly, and the
@@ -18,6 +20,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -27,6 +30,7 @@ from ..training.lerobot_writer import LeRobotWriter
 from .env import (
     ACTION_NAMES,
     DEFAULT_SETTINGS,
+    OBSERVATIONS,
     ROBOT_TYPE,
     STATE_NAMES,
     PlanarReachEnv,
@@ -45,19 +49,22 @@ def record(
     hold_steps: int = 15,
     action_noise: float = 0.0,
     settings: ReachSettings = DEFAULT_SETTINGS,
+    observation: Optional[str] = None,
 ) -> dict:
     """Writes the dataset; returns a summary (also written to `<output>/meta/planar_reach.json`)."""
     if not (np.isfinite(action_noise) and action_noise >= 0):
         raise ValueError(f"action_noise must be a finite standard deviation >= 0, got {action_noise!r}")
+    if observation is not None:
+        settings = replace(settings, observation=observation, num_targets=None)  # the tier's own count
     start = time.perf_counter()
     writer = LeRobotWriter(
         output,
         fps=int(settings.control_hz),
         robot_type=ROBOT_TYPE,
-        state_dim=4,
+        state_dim=settings.state_dim,
         action_dim=2,
         cameras={"top": (settings.image_size,) * 2, "wrist": (settings.image_size,) * 2},
-        state_names=STATE_NAMES,
+        state_names=STATE_NAMES[settings.observation],
         action_names=ACTION_NAMES,
     )
     speeds, lengths, failures = [], [], 0
@@ -73,12 +80,12 @@ def record(
         while not env.done or (env.success and env.steps < env.succeeded_at + hold_steps):
             if env.steps >= settings.max_steps:
                 break
-            observation = env.observation()
+            request = env.observation()
             action = expert.act()
-            states.append(observation["state"])
+            states.append(request["state"])
             actions.append(action)
-            tops.append(observation["images"]["top"])
-            wrists.append(observation["images"]["wrist"])
+            tops.append(request["images"]["top"])
+            wrists.append(request["images"]["wrist"])
             env.step(action + action_noise * perturbation.standard_normal(2) if action_noise else action)
         failures += not env.success
         writer.add_episode(states, actions, {"top": tops, "wrist": wrists}, task=env.instruction)
@@ -95,6 +102,7 @@ def record(
         "max_target_speed": max_target_speed,
         "hold_steps": hold_steps,
         "action_noise": action_noise,
+        "observation": settings.observation,
         "settings": settings.__dict__,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -114,9 +122,15 @@ def main(argv=None) -> None:
         default=0.0,
         help="σ of the Gaussian noise added to each executed command (the dataset keeps the command)",
     )
+    parser.add_argument("--observation", choices=OBSERVATIONS, default=DEFAULT_SETTINGS.observation)
     args = parser.parse_args(argv)
     summary = record(
-        args.output, args.episodes, args.seed, args.max_target_speed, action_noise=args.action_noise
+        args.output,
+        args.episodes,
+        args.seed,
+        args.max_target_speed,
+        action_noise=args.action_noise,
+        observation=args.observation,
     )
     print(json.dumps(summary))
 

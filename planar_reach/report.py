@@ -1,24 +1,28 @@
 """The PlanarReach results table, from the shipped checkpoints (or from freshly trained ones):
 
     python -m xr0.planar_reach.report                          # fixtures/planar-reach, 200 episodes per row
-    python -m xr0.planar_reach.report --train                  # reproduce the checkpoints first (~40 min CPU)
+    python -m xr0.planar_reach.report --train                  # reproduce the checkpoints first (~30 min CPU)
 
-Rows: static targets at latency 0 for each checkpoint, then moving targets (`--target_speed`, default 0.2) at each
-`--latencies` value for sync (the `sync` checkpoint, arm stops while it waits), async with training-time RTC
-(`async-rtc`: clean prefixes, causal mask) and async with the Λ-shaped mask (`async-lambda`). Each row is one
-`xr0-eval-reach` run on the same evaluation layouts; rows run `--jobs` at a time, one torch thread each.
+The checkpoints are trained on the `goal_state` tier (env.py): the named target's position is in the state, so
+what is measured is execution, not perception. Rows: static targets at latency 0 for each checkpoint; moving
+targets at each `--target_speeds` value and each `--latencies` value for sync (the `sync` checkpoint, the arm stops
+while it waits), async with training-time RTC (`async-rtc`: clean prefixes, causal mask) and async with the
+Λ-shaped mask (`async-lambda`); then static targets that jump once (`--jump_at`) at each latency per mode, with the
+reaction time. Each row is one `xr0-eval-reach` run on the same evaluation layouts; rows run `--jobs` at a time,
+one torch thread each.
 
-Beside the table: how much each async checkpoint copies its prefix instead of looking. For observations of
-evaluation layouts, the committed prefix is replaced by a random direction at full speed; the cosine between the
-mean of the next 10 actions and that direction is prefix-following (1 = the chunk goes on where the prefix went),
-the cosine with the expert's direction toward the target is reactivity.
+Beside the table, how much each async checkpoint copies its prefix instead of the observation:
+- misleading prefix: for observations of evaluation layouts, the committed prefix is replaced by a random
+  direction at full speed; the cosine between the mean of the next 10 actions and that direction is
+  prefix-following (1 = the chunk goes on where the prefix went), the cosine with the expert's direction toward the
+  target is reactivity;
+- after a jump: the target has just jumped while the prefix still heads for where it was; the angle between the
+  next 10 actions and the direction to the new target (0° = reacted at once) and their cosine with the prefix.
 
-And where each checkpoint aims: at the first tick of static evaluation layouts, the cosine between the mean of the
-first 10 actions and the direction to the named target, to the other targets and to the targets' centroid, and
-how often the named target is the best aligned (chance: 1 in 3). A policy that reads the instruction aims at the
-named target. Heading for the centroid proves nothing: targets lie nearer the workspace centre than start positions,
-so the blind `HeadForTheCentre`, which reads the state alone, does it too; it is printed beside the checkpoints as
-the reference to beat.
+And where each checkpoint aims at the first tick of static layouts (cosines of the first 10 actions with the named
+target, the others and their centroid), beside the blind `HeadForTheCentre`, which reads the state alone and heads
+for the workspace centre: on this tier a checkpoint reads the target from its state, so it should aim at the named
+target far better than the blind reference.
 
 Writes `--output`/results.json, table.md, success_vs_latency.png and one GIF per mode.
 """
@@ -28,6 +32,7 @@ import logging
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -43,14 +48,22 @@ LABELS = {"sync": "sync", "async-rtc": "async, training-time RTC (causal)", "asy
 STATE_ONLY = "state-only reference"  # the aiming of `HeadForTheCentre`, which never looks at an image
 
 
-def rows(latencies: list, target_speed: float) -> list:
-    static = [dict(variant=v, latency_ms=0.0, target_speed=0.0) for v in MODES]
+def rows(latencies: list, target_speeds: list, jump_at: Optional[tuple]) -> list:
+    """Static targets at latency 0 per checkpoint, then moving targets at each speed and latency per mode, then
+    (with `jump_at`) static targets that jump once, at each latency per mode."""
+    static = [dict(variant=v, latency_ms=0.0, target_speed=0.0, jump_at=None) for v in MODES]
     moving = [
-        dict(variant=v, latency_ms=float(latency), target_speed=target_speed)
+        dict(variant=v, latency_ms=float(latency), target_speed=speed, jump_at=None)
+        for speed in target_speeds
         for latency in latencies
         for v in MODES
     ]
-    return static + moving
+    jumps = [
+        dict(variant=v, latency_ms=float(latency), target_speed=0.0, jump_at=jump_at)
+        for latency in latencies
+        for v in MODES
+    ]
+    return static + moving + (jumps if jump_at is not None else [])
 
 
 def _run_row(job: dict) -> dict:
@@ -66,6 +79,7 @@ def _run_row(job: dict) -> dict:
         latency_ms=job["latency_ms"],
         target_speed=job["target_speed"],
         execute_steps=job["execute_steps"],
+        jump_at=job["jump_at"],
     )
     return {"variant": job["variant"], **result}
 
@@ -92,6 +106,42 @@ def prefix_following(policy, samples: int, seed: int, target_speed: float, prefi
     return {
         "prefix_following": float(np.mean(following)),
         "reactivity": float(np.mean(reactivity)),
+        "samples": samples,
+        "prefix_length": prefix_length,
+    }
+
+
+def after_a_jump(policy, samples: int, seed: int, prefix_length: int = 6) -> dict:
+    """Right after the target jumps, with the committed prefix still heading for where it was: the angle between
+    the mean of the next 10 actions after the prefix and the direction to the new target (0° = reacted at once),
+    and their cosine with the prefix's direction (1 = copied the prefix)."""
+    env = PlanarReachEnv(ReachSettings())
+    rng = np.random.default_rng([seed, 4])
+    errors, copying = [], []
+    for index in range(samples):
+        env.reset(layout_seed(seed, index))
+        expert = ScriptedExpert(env)
+        for _ in range(int(rng.integers(3, 10))):  # under way toward the first position
+            env.step(expert.act())
+        heading = env.goal_position - env.effector
+        prefix = np.tile(heading / np.linalg.norm(heading) * env.settings.max_speed, (prefix_length, 1))
+        while True:  # the jump: somewhere else, away from the arm
+            new = rng.uniform(-env.TARGET_BOUND, env.TARGET_BOUND, 2)
+            if np.linalg.norm(new - env.effector) > 0.6:
+                break
+        env.targets[env.goal] = new
+        request = dict(env.observation(), seed=index, action_prefix=prefix.astype(np.float32))
+        after = policy.infer(request)["actions"][prefix_length : prefix_length + 10].mean(0)
+        there = env.effector + prefix.sum(0) * env.settings.dt  # where the arm is when the prefix has run
+        want = new - there
+        cosine = float(after @ want / (np.linalg.norm(after) * np.linalg.norm(want) + 1e-9))
+        errors.append(float(np.degrees(np.arccos(np.clip(cosine, -1, 1)))))
+        copying.append(
+            float(after @ prefix[-1] / (np.linalg.norm(after) * np.linalg.norm(prefix[-1]) + 1e-9))
+        )
+    return {
+        "angle_to_new_target_deg": float(np.mean(errors)),
+        "cosine_with_prefix": float(np.mean(copying)),
         "samples": samples,
         "prefix_length": prefix_length,
     }
@@ -131,39 +181,60 @@ def aiming(policy, samples: int, seed: int) -> dict:
     }
 
 
+def conditions(row: dict) -> str:
+    if row.get("jump_at"):
+        first, last = row["jump_at"]
+        return f"jump at tick {first}–{last}"
+    return "static" if row["target_speed"] == 0 else f"moving {row['target_speed']:g}/s"
+
+
 def table(results: list) -> str:
     lines = [
-        "| targets | latency | mode (checkpoint) | success (95% CI) | time to success | idle ticks / episode | seam jump |",
-        "|---|---|---|---|---|---|---|",
+        "| targets | latency | mode (checkpoint) | success (95% CI) | time to success | idle ticks / episode "
+        "| seam jump | reaction (ticks) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        targets = "static" if r["target_speed"] == 0 else f"moving {r['target_speed']:g}/s"
         low, high = r["success_ci95"]
         seconds = f"{r['mean_time_to_success_s']:.2f} s" if r["mean_time_to_success_s"] is not None else "-"
         seam = f"{r['mean_seam_jump']:.3f}" if r["mean_seam_jump"] is not None else "-"
+        reaction = r.get("mean_reaction_ticks")
+        reaction = (
+            f"{reaction:.1f} ({r['reacted_episodes']}/{r['jumped_episodes']})"
+            if reaction is not None
+            else "-"
+        )
         lines.append(
-            f"| {targets} | {r['latency_ms']:g} ms | {LABELS[r['variant']]} | "
+            f"| {conditions(r)} | {r['latency_ms']:g} ms | {LABELS[r['variant']]} | "
             f"{100 * r['success_rate']:.1f}% ({100 * low:.1f}–{100 * high:.1f}) | {seconds} | "
-            f"{r['idle_ticks_per_episode']:.1f} | {seam} |"
+            f"{r['idle_ticks_per_episode']:.1f} | {seam} | {reaction} |"
         )
     return "\n".join(lines)
 
 
-def plot(results: list, path: Path, target_speed: float) -> None:
-    """Success vs latency on moving targets, one line per mode, with the 95% intervals."""
+def plot(results: list, path: Path) -> None:
+    """Success vs latency on moving targets, one line per mode and speed, with the 95% intervals."""
     from ..training.report import plot_lines
 
-    moving = [r for r in results if r["target_speed"] > 0]
     series, bars = {}, {}
-    for variant in MODES:
-        mine = [r for r in moving if r["variant"] == variant]
-        label = LABELS[variant].replace("Λ", "Lambda")  # Pillow's default font has no Greek
-        series[label] = ([r["latency_ms"] for r in mine], [100 * r["success_rate"] for r in mine])
-        bars[label] = [(100 * r["success_ci95"][0], 100 * r["success_ci95"][1]) for r in mine]
+    for speed in sorted(
+        {r["target_speed"] for r in results if r["target_speed"] > 0 and not r.get("jump_at")}
+    ):
+        for variant in MODES:
+            mine = [
+                r
+                for r in results
+                if r["variant"] == variant and r["target_speed"] == speed and not r.get("jump_at")
+            ]
+            label = (
+                f"{LABELS[variant].replace('Λ', 'Lambda')}, {speed:g}/s"  # Pillow's default font has no Greek
+            )
+            series[label] = ([r["latency_ms"] for r in mine], [100 * r["success_rate"] for r in mine])
+            bars[label] = [(100 * r["success_ci95"][0], 100 * r["success_ci95"][1]) for r in mine]
     plot_lines(
         series,
         path,
-        f"PlanarReach, moving targets ({target_speed:g}/s): success % vs inference latency (95% CI)",
+        "PlanarReach (goal in the state), moving targets: success % vs inference latency (95% CI)",
         x_label="latency ms",
         y_range=(0, 100),
         error_bars=bars,
@@ -180,13 +251,21 @@ def main(argv=None) -> None:
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1, help="evaluation layout seed")
     parser.add_argument("--latencies", type=float, nargs="+", default=[0, 100, 200, 300])
-    parser.add_argument("--target_speed", type=float, default=0.2)
+    parser.add_argument("--target_speeds", type=float, nargs="+", default=[0.2, 0.4])
+    parser.add_argument(
+        "--jump_at",
+        type=int,
+        nargs=2,
+        default=[15, 30],
+        metavar=("FIRST", "LAST"),
+        help="the jump rows: the target teleports once at a tick in [FIRST, LAST]",
+    )
     parser.add_argument("--execute_steps", type=int, default=10)
     parser.add_argument(
         "--prefix_samples",
         type=int,
         default=100,
-        help="observations of the prefix-following and the aiming analyses",
+        help="observations of the prefix-following, after-a-jump and aiming analyses",
     )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--output", type=Path, default=Path("runs/planar-reach/report"))
@@ -207,14 +286,17 @@ def main(argv=None) -> None:
             seed=args.seed,
             execute_steps=args.execute_steps,
         )
-        for row in rows(args.latencies, args.target_speed)
+        for row in rows(args.latencies, args.target_speeds, tuple(args.jump_at))
     ]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(_run_row, jobs))
     copying = {
-        variant: prefix_following(
-            load(str(fixtures / variant)), args.prefix_samples, args.seed, args.target_speed
-        )
+        variant: {
+            "misleading_prefix": prefix_following(
+                load(str(fixtures / variant)), args.prefix_samples, args.seed, args.target_speeds[0]
+            ),
+            "after_a_jump": after_a_jump(load(str(fixtures / variant)), args.prefix_samples, args.seed),
+        }
         for variant in ("async-rtc", "async-lambda")
     }
     aims = {
@@ -229,11 +311,11 @@ def main(argv=None) -> None:
             seed=args.seed,
             mode=mode,
             latency_ms=200.0,
-            target_speed=args.target_speed,
+            target_speed=args.target_speeds[0],
             execute_steps=args.execute_steps,
             gif=args.output / f"episode-{variant}.gif",
         )
-    plot(results, args.output / "success_vs_latency.png", args.target_speed)
+    plot(results, args.output / "success_vs_latency.png")
     markdown = table(results)
     (args.output / "table.md").write_text(markdown + "\n")
     (args.output / "results.json").write_text(
@@ -251,9 +333,12 @@ def main(argv=None) -> None:
     )
     print(markdown)
     for variant, numbers in copying.items():
+        misleading, jump = numbers["misleading_prefix"], numbers["after_a_jump"]
         print(
-            f"{LABELS[variant]}: prefix-following {numbers['prefix_following']:+.2f}, "
-            f"reactivity {numbers['reactivity']:+.2f} (cosines, {numbers['samples']} misleading prefixes)"
+            f"{LABELS[variant]}: after a misleading prefix, prefix-following {misleading['prefix_following']:+.2f} "
+            f"and reactivity {misleading['reactivity']:+.2f} (cosines, {misleading['samples']} prefixes); right "
+            f"after a jump, {jump['angle_to_new_target_deg']:.0f}° off the new target, cosine with the prefix "
+            f"{jump['cosine_with_prefix']:+.2f} ({jump['samples']} jumps)"
         )
     for variant, numbers in aims.items():
         print(

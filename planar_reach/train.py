@@ -16,8 +16,6 @@
 """
 
 import json
-import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -26,10 +24,8 @@ from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..configuration_xr0 import XR0Config
-from ..modeling_xr0 import XR0ForActionGeneration
-from ..processing_xr0 import XR0Processor
-from ..scripts.write_root_files import link_to_repository_root
-from .env import ROBOT_TYPE
+from ..training.fixture import finetune_arguments, pack_fixture, run_finetune, write_random_checkpoint
+from .env import DEFAULT_SETTINGS, OBSERVATIONS, ROBOT_TYPE
 from .record import record
 
 PLANAR_REACH_VLM_CONFIG = {
@@ -70,6 +66,7 @@ PLANAR_REACH_DIT_CONFIG = {
 # fixture name -> xr0-finetune recipe
 VARIANTS = {"sync": "sync", "async-rtc": "async-causal", "async-lambda": "async"}
 DEFAULT_FIXTURES = REPO_ROOT / "fixtures" / "planar-reach"
+SUMMARY_FILE = "planar_reach.json"  # in each fixture: how it was trained, and on which demonstrations
 TRAINING = {  # xr0-finetune arguments shared by every run
     "per_device_train_batch_size": 32,
     "lr_scheduler_type": "cosine",
@@ -83,57 +80,28 @@ POSTTRAIN = {"learning_rate": 1e-3, "warmup_steps": 50}
 
 def write_base_checkpoint(directory: Path, seed: int) -> Path:
     """The untrained starting point: transformers' initialization of the tiny architecture, fp32."""
-    torch.manual_seed(seed)
     config = XR0Config(
         vlm_config=PLANAR_REACH_VLM_CONFIG, dit_config=PLANAR_REACH_DIT_CONFIG, action_length=30
     )
-    XR0ForActionGeneration(config).save_pretrained(directory)
-    return directory
+    return write_random_checkpoint(directory, config, seed)
 
 
-def finetune_arguments(model: Path, dataset: Path, output: Path, max_steps: int, seed: int, **stage) -> list:
-    arguments = {
-        "model": model,
-        "dataset": dataset,
-        "robot_type": ROBOT_TYPE,
-        "output_dir": output,
-        "max_steps": max_steps,
-        "seed": seed,
-        "logging_steps": 50,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-        "dataloader_num_workers": 0,
+def stage_arguments(model: Path, dataset: Path, output: Path, max_steps: int, seed: int, **stage) -> list:
+    return finetune_arguments(
+        model=model,
+        dataset=dataset,
+        robot_type=ROBOT_TYPE,
+        output_dir=output,
+        max_steps=max_steps,
+        seed=seed,
+        logging_steps=50,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
         **TRAINING,
         **stage,
-    }
-    return [item for key, value in arguments.items() for item in (f"--{key}", str(value))]
-
-
-def train_stage(arguments: list) -> tuple:
-    """Runs xr0-finetune; returns (minutes, [(step, loss), ...])."""
-    from ..training.finetune import main as finetune
-
-    start = time.perf_counter()
-    trainer = finetune(arguments)
-    minutes = (time.perf_counter() - start) / 60
-    return minutes, [(e["step"], round(e["loss"], 4)) for e in trainer.state.log_history if "loss" in e]
-
-
-def pack_fixture(trained: Path, fixture: Path, summary: dict) -> int:
-    """trained output -> fixture directory: bf16 weights, config and processor; the tokenizer and the remote code
-    are links to the repository root (one copy of each). Returns the weights' size in bytes."""
-    if fixture.exists():
-        shutil.rmtree(fixture)
-    fixture.mkdir(parents=True)
-    model = XR0ForActionGeneration.from_pretrained(trained, dtype=torch.float32)
-    model.to(torch.bfloat16).save_pretrained(fixture)
-    XR0Processor.from_pretrained(trained).save_pretrained(fixture)
-    link_to_repository_root(fixture)
-    for leftover in ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja"):
-        (fixture / leftover).unlink(missing_ok=True)
-    (fixture / "planar_reach.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return (fixture / "model.safetensors").stat().st_size
+    )
 
 
 def main(argv=None) -> None:
@@ -147,8 +115,14 @@ def main(argv=None) -> None:
         default=0.0,
         help="σ of the noise on the executed commands while recording (xr0.planar_reach.record; fixtures: 0)",
     )
-    parser.add_argument("--pretrain_steps", type=int, default=1600, help="shared pre-training steps")
-    parser.add_argument("--steps", type=int, default=800, help="post-training steps per recipe")
+    parser.add_argument(
+        "--observation",
+        choices=OBSERVATIONS,
+        default=DEFAULT_SETTINGS.observation,
+        help="observation tier of the demonstrations (env.py); the fixtures: goal_state",
+    )
+    parser.add_argument("--pretrain_steps", type=int, default=1100, help="shared pre-training steps")
+    parser.add_argument("--steps", type=int, default=400, help="post-training steps per recipe")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
     parser.add_argument(
@@ -161,23 +135,35 @@ def main(argv=None) -> None:
     if not (dataset / "meta" / "info.json").is_file():
         print(
             json.dumps(
-                {"recorded": record(dataset, args.episodes, args.seed, action_noise=args.action_noise)}
+                {
+                    "recorded": record(
+                        dataset,
+                        args.episodes,
+                        args.seed,
+                        action_noise=args.action_noise,
+                        observation=args.observation,
+                    )
+                }
             )
         )
     data_summary = json.loads((dataset / "meta" / "planar_reach.json").read_text())
-    recorded_noise = data_summary.get("action_noise", 0.0)  # datasets from before the option had none
-    if recorded_noise != args.action_noise:
-        parser.error(
-            f"{dataset} was recorded with --action_noise {recorded_noise}, not "
-            f"{args.action_noise}: use another --work_dir (or remove it) to record anew"
-        )
+    recorded = {  # datasets from before these options had neither
+        "action_noise": data_summary.get("action_noise", 0.0),
+        "observation": data_summary.get("observation", "images_named"),
+    }
+    for option, value in recorded.items():
+        if value != getattr(args, option):
+            parser.error(
+                f"{dataset} was recorded with --{option} {value}, not {getattr(args, option)}: use another "
+                "--work_dir (or remove it) to record anew"
+            )
     base, pretrained = work / "base", work / "pretrained"
     if not (base / "config.json").is_file():
         write_base_checkpoint(base, args.seed)
     pretrain_record = pretrained / "planar_reach.json"
     if not pretrain_record.is_file():
-        minutes, history = train_stage(
-            finetune_arguments(base, dataset, pretrained, args.pretrain_steps, args.seed, **PRETRAIN)
+        minutes, history = run_finetune(
+            stage_arguments(base, dataset, pretrained, args.pretrain_steps, args.seed, **PRETRAIN)
         )
         pretrain_record.write_text(
             json.dumps({"minutes": minutes, "steps": args.pretrain_steps, "loss_history": history}) + "\n"
@@ -186,8 +172,8 @@ def main(argv=None) -> None:
     for variant in args.variants:
         output = work / variant
         stage = {"recipe": VARIANTS[variant], **POSTTRAIN}
-        minutes, history = train_stage(
-            finetune_arguments(pretrained, dataset, output, args.steps, args.seed, **stage)
+        minutes, history = run_finetune(
+            stage_arguments(pretrained, dataset, output, args.steps, args.seed, **stage)
         )
         summary = {
             "variant": variant,
@@ -204,7 +190,7 @@ def main(argv=None) -> None:
         (output / "planar_reach.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({"trained": variant, "minutes": summary["training_minutes"]}))
         if args.install:
-            size = pack_fixture(output, args.fixtures / variant, summary)
+            size = pack_fixture(output, args.fixtures / variant, SUMMARY_FILE, summary)
             print(json.dumps({"installed": str(args.fixtures / variant), "megabytes": round(size / 1e6, 1)}))
 
 

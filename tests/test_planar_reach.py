@@ -27,7 +27,55 @@ def test_layouts_are_deterministic_per_seed_and_differ_between_seeds():
     assert not np.allclose(other.targets, first.targets)
     assert layout_seed(0, 3) != layout_seed(1, 3)
     assert a["images"]["top"].shape == a["images"]["wrist"].shape == (128, 128, 3)
-    assert a["instruction"].startswith("reach the ") and a["state"].shape == (4,)
+    assert a["instruction"].startswith("reach the ") and a["state"].shape == (6,)
+
+
+def test_each_observation_tier_says_what_the_state_holds_and_what_the_images_show():
+    """goal_state: the named target's current position is in the state, and follows it when it moves; images:
+    one target, the state has no goal; images_named: three targets, no goal in the state."""
+    env = PlanarReachEnv(ReachSettings(target_speed=0.5))
+    env.reset(3)
+    for _ in range(10):
+        env.step([0.0, 0.0])
+    assert np.allclose(env.state[4:], env.targets[env.goal]) and len(env.targets) == 3
+    for tier, targets in (("images", 1), ("images_named", 3)):
+        env = PlanarReachEnv(ReachSettings(observation=tier))
+        request = env.reset(3)
+        assert request["state"].shape == (4,) and len(env.targets) == targets, tier
+    with pytest.raises(ValueError, match="observation must be one of"):
+        ReachSettings(observation="depth")
+
+
+def test_a_jump_teleports_the_named_target_once_and_only_success_after_it_counts():
+    env = PlanarReachEnv(ReachSettings(jump_at=(5, 9)))
+    env.reset(11)
+    assert 5 <= env.jump_tick <= 9
+    env.targets[env.goal] = env.effector.copy()  # standing on the target before the jump is no success
+    before = env.goal_position
+    while env.steps < env.jump_tick - 1:
+        env.step([0.0, 0.0])
+        assert not env.success and not env.jumped
+    env.step([0.0, 0.0])
+    assert env.jumped and not env.success and not np.allclose(env.goal_position, before)
+    assert np.linalg.norm(env.goal_position - env.effector) > 0.4
+    assert np.allclose(env.state[4:], env.jumped_to)  # the state shows where the target went
+    expert = ScriptedExpert(env)
+    while not env.done:
+        env.step(expert.act())
+    assert env.success
+    again = PlanarReachEnv(ReachSettings(jump_at=(5, 9)))
+    again.reset(11)
+    assert again.jump_tick == env.jump_tick  # a function of the layout seed
+    with pytest.raises(ValueError, match="jump_at"):
+        ReachSettings(jump_at=(0, 5))
+
+
+def test_reaction_is_the_first_executed_velocity_within_30_degrees_of_the_new_target():
+    from xr0.planar_reach.evaluate import aims_at
+
+    assert aims_at(np.array([1.0, 0.5]), np.array([1.0, 0.0]))  # 26.6°
+    assert not aims_at(np.array([1.0, 0.7]), np.array([1.0, 0.0]))  # 35°
+    assert not aims_at(np.zeros(2), np.array([1.0, 0.0]))  # standing still aims nowhere
 
 
 def test_speed_limit_bounds_and_refused_actions():
@@ -64,6 +112,7 @@ def test_recorded_demonstrations_read_back_through_the_training_reader(tmp_path)
     summary = record(tmp_path / "data", episodes=3, seed=4, hold_steps=2)
     dataset = open_dataset(tmp_path / "data", 30)
     assert len(dataset) == summary["frames"] and summary["expert_failures"] == 0
+    assert summary["observation"] == "goal_state" and dataset.states.shape[1] == 6
     assert sorted(dataset.cameras) == ["top", "wrist"]
     # Frame 0 of episode 0 is the observation of the reset layout, stored losslessly.
     env = PlanarReachEnv()
@@ -94,7 +143,7 @@ def test_action_noise_perturbs_what_is_executed_and_records_the_command(tmp_path
         summary = record(folder, episodes=1, seed=4, moving_fraction=0.0, hold_steps=2, action_noise=noise)
         assert summary["action_noise"] == noise and summary["expert_failures"] == 0
         dataset = open_dataset(folder, 30)
-        positions, velocities, actions = dataset.states[:, :2], dataset.states[:, 2:], dataset.actions
+        positions, velocities, actions = dataset.states[:, :2], dataset.states[:, 2:4], dataset.actions
         commands = expert.gain * (goal - positions)  # a static target: the expert's latency does not matter
         speeds = np.linalg.norm(commands, axis=1, keepdims=True)
         assert np.allclose(actions, commands * np.minimum(1.0, limit / speeds), atol=1e-5)
@@ -114,6 +163,10 @@ def test_training_refuses_a_dataset_recorded_with_other_noise(tmp_path, capsys):
     assert refused.value.code == 2
     assert "was recorded with --action_noise 0.0, not 0.3" in capsys.readouterr().err
     assert not (tmp_path / "base").exists()  # refused before anything was written
+    with pytest.raises(SystemExit) as refused:
+        train.main(["--work_dir", str(tmp_path), "--observation", "images"])
+    assert refused.value.code == 2
+    assert "was recorded with --observation goal_state, not images" in capsys.readouterr().err
 
 
 def test_the_writer_refuses_what_it_cannot_store(tmp_path):
@@ -193,6 +246,7 @@ def test_shipped_checkpoints_are_small_and_say_how_they_were_trained(variant):
     expected = {"sync": (4, 0.0), "async-rtc": (None, 0.5), "async-lambda": (4, 0.5)}[variant]
     assert (config.action_attention_window, config.action_prefix_probability) == expected
     assert recorded["training_minutes"] > 0 and recorded["dataset"]["seed"] == 0
+    assert recorded["dataset"]["observation"] == "goal_state"
     assert (
         recorded["posttraining"]["recipe"]
         == {"sync": "sync", "async-rtc": "async-causal", "async-lambda": "async"}[variant]
@@ -231,9 +285,21 @@ def test_the_evaluation_command_runs_the_shipped_checkpoints(variant, mode, late
     assert (tmp_path / "episode.gif").stat().st_size > 0
 
 
-def test_evaluating_on_the_training_layouts_is_refused():
+def test_evaluating_on_the_training_layouts_or_another_tier_is_refused():
     completed = evaluate_cli("--model", FIXTURES / "sync", "--episodes", 1, "--seed", 0)
     assert completed.returncode == 2 and "recorded this checkpoint's demonstrations" in completed.stderr
+    completed = evaluate_cli("--model", FIXTURES / "sync", "--episodes", 1, "--observation", "images")
+    assert completed.returncode == 2 and "trained on the goal_state tier" in completed.stderr
+
+
+def test_jump_rows_report_the_reaction(tmp_path):
+    completed = evaluate_cli(
+        "--model", FIXTURES / "async-lambda", "--episodes", 2, "--latency_ms", 100, "--jump_at", 10, 20,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert result["jump_at"] == [10, 20] and result["jumped_episodes"] == 2
+    assert result["reacted_episodes"] == 2 and result["mean_reaction_ticks"] >= 0  # a working policy turns
 
 
 class AimingPolicy:
