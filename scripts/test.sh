@@ -15,7 +15,7 @@ for line in "${LINES[@]}"; do
   venv=$(venv_of "$name")
   [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0
-  "$venv/bin/pip" install -q --disable-pip-version-check -e ".[train,dev]" "${line#*:}"
+  "$venv/bin/pip" install -q --disable-pip-version-check -e ".[train,dev,metaworld]" "${line#*:}"
   # openpi-client pins numpy<2 but works with numpy 2: install it without its pins, for the protocol test.
   "$venv/bin/pip" install -q --disable-pip-version-check --no-deps openpi-client==0.1.2
 done

@@ -1,0 +1,185 @@
+"""Meta-World as the robot type `metaworld`: the observation and its names, seeded configurations, the experts'
+demonstrations through the training reader, goal jumps, sync execution holding still, and `xr0-eval-metaworld`
+on the shipped checkpoint from a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld", reason="Meta-World is installed by scripts/test.sh (pip install metaworld)")
+
+from xr0 import REPO_ROOT  # noqa: E402
+from xr0.meta_world import evaluate  # noqa: E402
+from xr0.meta_world.env import (  # noqa: E402
+    ACTION_NAMES,
+    CHUNK_LENGTH,
+    MT10,
+    ROBOT_SPEC,
+    STATE_NAMES,
+    MetaWorldTask,
+    configuration_seed,
+    resolve_tasks,
+)
+
+FIXTURE = REPO_ROOT / "fixtures" / "metaworld" / "mt10"
+
+
+@pytest.fixture(scope="module")
+def reach():
+    world = MetaWorldTask("reach-v3")
+    yield world
+    world.close()
+
+
+def test_the_robot_type_names_every_dim_and_registers():
+    from xr0.processing_xr0 import XR0Processor
+
+    assert len(STATE_NAMES) == len(set(STATE_NAMES)) == 39 and len(ACTION_NAMES) == 4
+    assert STATE_NAMES[:4] == ["hand_x", "hand_y", "hand_z", "gripper_opening"]
+    assert STATE_NAMES[18] == "previous_hand_x" and STATE_NAMES[36:] == ["goal_x", "goal_y", "goal_z"]
+    processor = XR0Processor.from_pretrained(REPO_ROOT, action_length=CHUNK_LENGTH, state_dim=39)
+    spec = processor.register_robot_type("metaworld", **ROBOT_SPEC)
+    assert spec.state_names == tuple(STATE_NAMES) and spec.chunk_length == CHUNK_LENGTH
+    assert [key for key, _ in spec.views] == ["corner", "gripperPOV"]
+    with pytest.raises(ValueError, match="state_names"):
+        processor.register_robot_type("other", state_names=["x"] * 40)  # wider than the state
+
+
+def test_observations_hold_the_39_values_and_two_upright_views(reach):
+    request = reach.reset(configuration_seed(1, "reach-v3", 0))
+    state = request["state"]
+    assert state.shape == (39,) and state.dtype == np.float32
+    assert np.allclose(state[36:39], reach.env._target_pos)  # the goal is visible (not MT1's hidden goal)
+    assert np.allclose(state[0:3], reach.env.tcp_center, atol=1e-6)
+    for key in ("corner", "gripperPOV"):
+        assert request["images"][key].shape == (128, 128, 3) and request["images"][key].dtype == np.uint8
+    reach.renderer.update_scene(reach.env.data, camera="corner")
+    assert np.array_equal(request["images"]["corner"], reach.renderer.render()[::-1])  # flipped upright
+    assert request["instruction"] == MT10["reach-v3"] and request["robot_type"] == "metaworld"
+    with pytest.raises(ValueError, match="4 finite numbers"):
+        reach.step([np.nan, 0, 0, 0])
+
+
+def test_configurations_are_a_function_of_the_seed(reach):
+    first = reach.reset(configuration_seed(3, "reach-v3", 5))["state"]
+    again = reach.reset(configuration_seed(3, "reach-v3", 5))["state"]
+    other = reach.reset(configuration_seed(4, "reach-v3", 5))["state"]
+    assert np.array_equal(first, again) and not np.allclose(first[36:], other[36:])
+    seeds = {configuration_seed(0, task, i) for task in MT10 for i in range(50)}
+    assert not seeds & {configuration_seed(1, task, i) for task in MT10 for i in range(50)}
+    assert resolve_tasks(["mt10"]) == list(MT10) and resolve_tasks(["push", "push-v3"]) == ["push-v3"]
+    with pytest.raises(ValueError, match="unknown Meta-World task"):
+        resolve_tasks(["fly"])
+
+
+def test_demonstrations_read_back_through_the_training_reader(tmp_path):
+    from xr0.meta_world.record import record
+    from xr0.training.data import open_dataset
+
+    summary = record(tmp_path / "data", ["reach-v3"], episodes=1, seed=5, hold_steps=2)
+    dataset = open_dataset(tmp_path / "data", CHUNK_LENGTH)
+    assert summary["tasks"]["reach-v3"]["expert_failures"] == 0 and len(dataset) == summary["frames"]
+    world = MetaWorldTask("reach-v3")
+    try:
+        request = world.reset(configuration_seed(5, "reach-v3", 0))
+        sample = dataset[0]
+        assert np.allclose(sample["state"], request["state"]) and sample["instruction"] == MT10["reach-v3"]
+        assert np.array_equal(sample["images"]["corner"], request["images"]["corner"])
+        assert np.allclose(sample["actions"][0], world.expert_action(), atol=1e-6)
+    finally:
+        world.close()
+    info = json.loads((tmp_path / "data" / "meta" / "info.json").read_text())
+    assert info["features"]["observation.state"]["shape"] == [39] and info["robot_type"] == "metaworld"
+
+
+def test_a_goal_jump_moves_the_goal_and_only_success_after_it_counts(reach):
+    configuration = configuration_seed(1, "reach-v3", 2)
+    straight = evaluate.run_episode(reach, configuration, 250, evaluate.expert_loop(reach))
+    jump = evaluate.GoalJump(10, 10)
+    tick, new_goal = jump.plan(reach, configuration)
+    seen = []
+    jumped = evaluate.run_episode(
+        reach,
+        configuration,
+        250,
+        evaluate.expert_loop(reach),
+        jump,
+        on_step=lambda w: seen.append(w.state[36:]),
+    )
+    assert straight["success"] and jumped["success"] and tick == 10
+    assert np.allclose(seen[tick], new_goal) and not np.allclose(seen[tick - 1], new_goal)
+    assert jumped["steps"] == tick + jumped["steps_after_jump"] and jumped["steps_after_jump"] > 0
+    assert np.linalg.norm(reach.state[:3] - new_goal) < 0.05  # it reached the new goal, not the first one
+
+
+class ConstantPolicy:
+    """Every chunk moves the hand +x and closes the gripper: what holding still must interrupt."""
+
+    class processor:
+        @staticmethod
+        def chunk_length(robot_type):
+            return CHUNK_LENGTH
+
+    def infer(self, observation):
+        return {"actions": np.tile(np.array([1.0, 0.0, 0.0, 1.0], np.float32), (CHUNK_LENGTH, 1))}
+
+
+def test_sync_execution_holds_the_arm_still_and_keeps_the_grip_while_it_waits(reach, monkeypatch):
+    sent = []
+    step = reach.step
+    monkeypatch.setattr(reach, "step", lambda action: sent.append(np.asarray(action)) or step(action))
+    metrics = {}
+    evaluate.run_episode(
+        reach,
+        configuration_seed(1, "reach-v3", 3),
+        40,
+        evaluate.policy_loop(reach, ConstantPolicy(), 0, "sync", 0.1, 8, 8, 40, metrics),
+    )
+    # 8 actions, then 8 idle ticks (100 ms at 80 Hz) of no motion with the gripper still closed, and again.
+    assert [round(a[0]) for a in sent[:24]] == [1] * 8 + [0] * 8 + [1] * 8
+    assert all(a[3] == 1.0 for a in sent) and metrics["idle_ticks"] >= 16
+
+
+def eval_cli(*arguments):
+    return subprocess.run(
+        [sys.executable, "-m", "xr0.meta_world.evaluate", *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_the_shipped_checkpoint_is_small_and_says_how_it_was_trained():
+    from xr0.configuration_xr0 import XR0Config
+
+    assert (FIXTURE / "model.safetensors").stat().st_size <= 25e6
+    recorded = json.loads((FIXTURE / "metaworld.json").read_text())
+    assert recorded["training"]["recipe"] == "async" and recorded["training_minutes"] <= 60
+    assert sorted(recorded["dataset"]["tasks"]) == sorted(MT10) and recorded["dataset"]["seed"] == 0
+    config = XR0Config.from_pretrained(FIXTURE)
+    assert config.state_dim == 39 and config.action_attention_window == 4
+
+
+def test_the_evaluation_command_scores_policy_and_expert_and_resumes(tmp_path):
+    results = tmp_path / "results.json"
+    arguments = ["--model", FIXTURE, "--tasks", "reach", "--episodes", 1, "--results_file", results]
+    completed = eval_cli(*arguments, "--video", "all", "--video_dir", tmp_path / "videos")
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    lines = [json.loads(line) for line in completed.stdout.strip().splitlines()]
+    assert [line["task"] for line in lines] == ["reach-v3", "all"]
+    overall = lines[-1]
+    assert overall["episodes"] == 1 and overall["expert_success_rate"] == 1.0
+    assert 0 <= overall["success_ci95"][0] <= overall["success_rate"] <= overall["success_ci95"][1] <= 1
+    assert (tmp_path / "videos" / "reach-v3-000.mp4").stat().st_size > 0
+    again = eval_cli(*arguments)  # everything is in the results file already: nothing is run again
+    assert (
+        again.returncode == 0
+        and json.loads(again.stdout.strip().splitlines()[-1])["episodes_per_minute"] == 0
+    )
+    refused = eval_cli(*arguments[:-1], tmp_path / "other.json", "--seed", 0)
+    assert refused.returncode == 2 and "recorded this checkpoint's demonstrations" in refused.stderr
+    mismatch = eval_cli(*arguments, "--mode", "sync")
+    assert mismatch.returncode == 2 and "recorded by another run" in mismatch.stderr
