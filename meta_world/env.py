@@ -16,6 +16,7 @@ second; the 24 actions after the executed 8 cover commits of up to 300 ms of lat
 """
 
 import os
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -136,14 +137,17 @@ class MetaWorldTask:
 
     def expert_action(self) -> np.ndarray:
         """(4,) the scripted expert's command for the current state, clipped to the action box."""
-        return np.clip(self.expert.get_action(self.state.astype(np.float64)), -1.0, 1.0).astype(np.float32)
+        with warnings.catch_warnings():  # "Constant(s) may be too high ... clip response to [-1, 1]": we clip
+            warnings.filterwarnings("ignore", message="Constant", category=UserWarning)
+            action = self.expert.get_action(self.state.astype(np.float64))
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     def move_goal(self, position) -> None:
         """Moves the goal (e.g. mid-episode); the observation's goal slot follows from the next step on."""
         position = np.asarray(position, dtype=np.float64)
         self.env._target_pos = position.copy()
         self.env.model.site("goal").pos = position
-        self.state[36:39] = position
+        self.state = np.concatenate([self.state[:36], position.astype(np.float32)])  # a new array: views stay
 
     def random_goal(self, rng: np.random.Generator) -> np.ndarray:
         """A goal position from the task's own goal space."""

@@ -9,11 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("metaworld", reason="Meta-World is installed by scripts/test.sh (pip install metaworld)")
-
-from xr0 import REPO_ROOT  # noqa: E402
-from xr0.meta_world import evaluate  # noqa: E402
-from xr0.meta_world.env import (  # noqa: E402
+from xr0 import REPO_ROOT
+from xr0.meta_world import evaluate
+from xr0.meta_world.env import (  # first: it chooses the headless OpenGL (EGL) before mujoco is imported
     ACTION_NAMES,
     CHUNK_LENGTH,
     MT10,
@@ -23,6 +21,8 @@ from xr0.meta_world.env import (  # noqa: E402
     configuration_seed,
     resolve_tasks,
 )
+
+pytest.importorskip("metaworld", reason="Meta-World is installed by scripts/test.sh (pip install metaworld)")
 
 FIXTURE = REPO_ROOT / "fixtures" / "metaworld" / "mt10"
 
@@ -53,7 +53,7 @@ def test_observations_hold_the_39_values_and_two_upright_views(reach):
     state = request["state"]
     assert state.shape == (39,) and state.dtype == np.float32
     assert np.allclose(state[36:39], reach.env._target_pos)  # the goal is visible (not MT1's hidden goal)
-    assert np.allclose(state[0:3], reach.env.tcp_center, atol=1e-6)
+    assert np.allclose(state[0:3], reach.env.get_endeff_pos(), atol=1e-6)
     for key in ("corner", "gripperPOV"):
         assert request["images"][key].shape == (128, 128, 3) and request["images"][key].dtype == np.uint8
     reach.renderer.update_scene(reach.env.data, camera="corner")
@@ -107,7 +107,7 @@ def test_a_goal_jump_moves_the_goal_and_only_success_after_it_counts(reach):
         250,
         evaluate.expert_loop(reach),
         jump,
-        on_step=lambda w: seen.append(w.state[36:]),
+        on_step=lambda w: seen.append(w.state[36:].copy()),
     )
     assert straight["success"] and jumped["success"] and tick == 10
     assert np.allclose(seen[tick], new_goal) and not np.allclose(seen[tick - 1], new_goal)
@@ -138,9 +138,10 @@ def test_sync_execution_holds_the_arm_still_and_keeps_the_grip_while_it_waits(re
         40,
         evaluate.policy_loop(reach, ConstantPolicy(), 0, "sync", 0.1, 8, 8, 40, metrics),
     )
-    # 8 actions, then 8 idle ticks (100 ms at 80 Hz) of no motion with the gripper still closed, and again.
-    assert [round(a[0]) for a in sent[:24]] == [1] * 8 + [0] * 8 + [1] * 8
-    assert all(a[3] == 1.0 for a in sent) and metrics["idle_ticks"] >= 16
+    # 8 actions, then the rest of the 100 ms (8 ticks at 80 Hz) from the request after the 8th action: 7 ticks of
+    # no motion with the gripper still closed, and again.
+    assert [round(a[0]) for a in sent[:23]] == [1] * 8 + [0] * 7 + [1] * 8
+    assert all(a[3] == 1.0 for a in sent) and metrics["idle_ticks"] >= 14
 
 
 def eval_cli(*arguments):
