@@ -47,7 +47,10 @@ actions = processor.decode_action(model(**inputs, seed=0).actions, "{robot_type}
 """
 
 
-SERIES_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+SERIES_COLORS = [
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+    (127, 127, 127),
+]  # fmt: skip
 
 
 def plot_lines(
