@@ -26,25 +26,19 @@ from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..configuration_xr0 import XR0Config
-from ..training.fixture import finetune_arguments, pack_fixture, run_finetune, write_random_checkpoint
+from ..training.fixture import (
+    FIXTURE_TEXT_CONFIG,
+    finetune_arguments,
+    pack_fixture,
+    run_finetune,
+    write_random_checkpoint,
+)
 from .env import CHUNK_LENGTH, ROBOT_SPEC, ROBOT_TYPE, STATE_DIM
 from .record import SUMMARY_FILE as DATASET_SUMMARY_FILE
 from .record import record, resolve_tasks
 
 METAWORLD_VLM_CONFIG = {
-    "text_config": {
-        "vocab_size": 151936,  # the real vocabulary (frozen embeddings are most of the file)
-        "hidden_size": 48,
-        "intermediate_size": 192,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-        "max_position_embeddings": 4096,
-        "rope_theta": 10000.0,
-        "rope_scaling": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
-        "tie_word_embeddings": True,
-    },
+    "text_config": dict(FIXTURE_TEXT_CONFIG),  # a copy: configs may be edited in place
     "vision_config": {
         "depth": 2,
         "hidden_size": 64,

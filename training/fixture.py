@@ -19,6 +19,21 @@ from ..configuration_xr0 import XR0Config
 from ..modeling_xr0 import XR0ForActionGeneration
 from ..processing_xr0 import XR0Processor
 
+# The language model of every closed-loop fixture: the real tokenizer and vocabulary (frozen embeddings are most of
+# the file), 4 layers of 48; its head_dim 16 and 2 KV heads are what each fixture's DiT must match.
+FIXTURE_TEXT_CONFIG = {
+    "vocab_size": 151936,
+    "hidden_size": 48,
+    "intermediate_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 4096,
+    "rope_theta": 10000.0,
+    "rope_scaling": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+    "tie_word_embeddings": True,
+}
 # Written by the Trainer or the processor, not needed by a fixture (the tokenizer is linked to the root's).
 LEFTOVER_FILES = ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 
