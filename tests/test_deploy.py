@@ -300,6 +300,40 @@ def test_token_authentication_and_health_check(policy):
         server.stop()
 
 
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "Api-Key s3cret-and-more",  # contains the token
+        "Api-Key xs3cret",
+        "Bearer s3cret",
+        "s3cret",
+        "Api-Key s3cre",  # a prefix of the token
+        "Api-Key s",
+        "Api-Key ",  # an empty token
+        "",
+    ],
+)
+def test_only_the_exact_token_is_accepted(policy, presented):
+    """The Authorization header must equal `Api-Key <token>`: a header that merely contains the token, a
+    prefix of it, or an empty token gets 401, while the exact header on the same raw connection is served (so
+    the refusal is the token check's, not the test's plumbing)."""
+    server = PolicyServer(policy, port=0, token="s3cret").start_in_thread()
+    try:
+        uri = f"ws://127.0.0.1:{server.port}"
+        with pytest.raises(InvalidStatus) as refused:
+            connect(uri, additional_headers={"Authorization": presented}, open_timeout=10)
+        assert refused.value.response.status_code == 401
+        with connect(
+            uri, additional_headers={"Authorization": "Api-Key s3cret"}, open_timeout=10
+        ) as accepted:
+            assert unpack(accepted.recv(timeout=10))["server"] == "xr0"
+        if presented.startswith("Api-Key ") and presented != "Api-Key ":
+            with pytest.raises(ConnectionRejected, match="HTTP 401: the token was not accepted"):
+                XR0Client("127.0.0.1", server.port, token=presented[len("Api-Key ") :])
+    finally:
+        server.stop()
+
+
 # ---- real-time executor --------------------------------------------------------------------------------------
 
 
@@ -342,20 +376,28 @@ def test_late_inference_keeps_executing_then_adapts(policy30):
     assert slow.idle_ticks > 0, "a chunk of 30 cannot cover 40 ticks of inference"
 
 
-def trained_phase_model():
+def trained_phase_model(seed=0):
     """A tiny model fitted (async recipe) to sine chunks of random phase that the observation does not reveal:
-    only the committed prefix tells the phase, so only prefix-conditioned chunks can continue smoothly."""
-    from tiny import action_mask, tiny_model
+    only the committed prefix tells the phase, so only prefix-conditioned chunks can continue smoothly. It
+    starts from the model's own initialization (not tiny_model's all-random one, from which some seeds fit the
+    sines poorly: chunks jittery inside, seams no smoother than that), so the fit and the verdict below do not
+    hang on the seed."""
+    from tiny import action_mask, tiny_config
     from tiny import observation as tiny_observation
 
-    model = tiny_model(
-        action_length=12,
-        action_prefix_probability=0.8,
-        action_attention_window=4,
-        noisy_action_position_offset=10,
-        max_action_prefix_length=6,
+    from xr0.modeling_xr0 import XR0ForActionGeneration
+
+    torch.manual_seed(seed)
+    model = XR0ForActionGeneration(
+        tiny_config(
+            action_length=12,
+            action_prefix_probability=0.8,
+            action_attention_window=4,
+            noisy_action_position_offset=10,
+            max_action_prefix_length=6,
+        )
     )
-    batch = tiny_observation()
+    batch = tiny_observation(seed=seed)
     with torch.no_grad():
         encoded = model.encode_observation(
             batch["input_ids"],
@@ -369,7 +411,7 @@ def trained_phase_model():
     model.vlm.requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 600)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     steps = torch.arange(12, dtype=torch.float32)
     for _ in range(600):
         phase = torch.rand(32, 1, generator=generator) * 2 * np.pi
@@ -387,9 +429,12 @@ def trained_phase_model():
     return model, encoded, mask
 
 
-def test_prefix_makes_seams_smoother_on_a_trained_tiny_model():
-    model, encoded, mask = trained_phase_model()
-    calls = iter(range(10_000))
+def seam_summaries(seed=0, ticks=480):
+    """The executor's summaries with and without the committed prefix, driving the model of
+    `trained_phase_model(seed)` (each chunk sampled with its own seed), over `ticks` ticks: 480 ticks give
+    ~120 seams per run, so the seam means below are averages of many random phases, not of a few."""
+    model, encoded, mask = trained_phase_model(seed)
+    calls = iter(range(seed * 100_000, (seed + 1) * 100_000))
 
     def source(_observation, prefix):  # chunks of the 2 active dims, as a processor would decode them
         prefix_tensor = None
@@ -405,11 +450,19 @@ def test_prefix_makes_seams_smoother_on_a_trained_tiny_model():
             )
         return chunk[0, :, :2].numpy()
 
-    with_prefix, sent = simulate(source, 2 / 30, ticks=120, execute_steps=4, commit_steps=3)
-    without, _ = simulate(source, 2 / 30, ticks=120, execute_steps=4, commit_steps=3, use_prefix=False)
+    with_prefix, _ = simulate(source, 2 / 30, ticks=ticks, execute_steps=4, commit_steps=3)
+    without, _ = simulate(source, 2 / 30, ticks=ticks, execute_steps=4, commit_steps=3, use_prefix=False)
     assert with_prefix.idle_ticks == without.idle_ticks == 0
-    smooth, jumpy = with_prefix.summary(), without.summary()
-    # Seen: 0.47 with the prefix (as smooth as inside a chunk, 0.49) vs 1.03 without (a random phase each chunk).
+    return with_prefix.summary(), without.summary()
+
+
+def test_prefix_makes_seams_smoother_on_a_trained_tiny_model():
+    """Conditioned on the committed prefix, a new chunk continues the executed motion: its seam is as smooth
+    as a step inside a chunk and far smoother than the seam of a chunk inferred without the prefix (a random
+    phase)."""
+    smooth, jumpy = seam_summaries(seed=0)
+    # Seen with seeds 0-8: seams 0.33-0.37 with the prefix (inside a chunk 0.40-0.42; the true step is
+    # 2 sin 0.2 = 0.40) vs 0.99-1.23 without; ratio 0.27-0.37 (seed 0: 0.36 / 1.06 = 0.34).
     assert smooth["seam_delta_mean"] < 0.6 * jumpy["seam_delta_mean"], (smooth, jumpy)
     assert smooth["seam_delta_mean"] < 1.5 * smooth["inner_delta_mean"], smooth
 

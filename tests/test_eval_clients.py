@@ -8,12 +8,13 @@ import torch
 from PIL import Image
 
 from xr0 import REPO_ROOT
-from xr0.processing_xr0 import format_prompt
+from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES, format_prompt
 from xr0_client.benchmarks import (
     CalvinClient,
     LiberoClient,
     SimplerEnvClient,
     center_crop_resize,
+    official_instruction,
     official_request_seed,
     quaternion_to_axis_angle,
     single_view_prompt,
@@ -157,6 +158,47 @@ def test_calvin_conventions():
     )
     with pytest.raises(ValueError, match="CALVIN robot_type"):
         CalvinClient(policy, robot_type="libero_all")
+
+
+# Tasks as a caller may give them -> the instruction the official clients send (str.capitalize for
+# LIBERO/CALVIN: first letter upper, the rest lowered; SimplerEnv: only the first letter upper), "." appended
+# unconditionally.
+CAPITALIZED = {
+    "put the bowl on the plate.": "Put the bowl on the plate..",
+    "open the drawer  ": "Open the drawer  .",
+    "pick up the RED Cube": "Pick up the red cube.",
+}
+FIRST_LETTER_UPPER = {
+    "put the bowl on the plate.": "Put the bowl on the plate..",
+    "open the drawer  ": "Open the drawer  .",
+    "pick up the RED Cube": "Pick up the RED Cube.",
+}
+
+
+@pytest.mark.parametrize(
+    "robot_type, make_client, obs, expected",
+    [
+        ("libero_all", LiberoClient, libero_obs, CAPITALIZED),
+        ("calvin_abcd_orig", lambda p: CalvinClient(p, "calvin_abcd_orig"), calvin_obs, CAPITALIZED),
+        ("calvin_abc_orig", lambda p: CalvinClient(p, "calvin_abc_orig"), calvin_obs, CAPITALIZED),
+        ("bridge_delta", lambda p: SimplerEnvClient(p, "bridge_delta"), simpler_obs, FIRST_LETTER_UPPER),
+        ("fractal_delta", lambda p: SimplerEnvClient(p, "fractal_delta"), simpler_obs, FIRST_LETTER_UPPER),
+    ],
+    ids=["libero_all", "calvin_abcd_orig", "calvin_abc_orig", "bridge_delta", "fractal_delta"],
+)
+def test_instructions_are_written_as_the_official_clients_write_them(robot_type, make_client, obs, expected):
+    """`official_instruction` (also what the server makes of an openpi prompt) and each benchmark client send
+    the official text: a final "." is kept and another appended (".."), trailing spaces stay before the ".",
+    and capitals inside are lowered for LIBERO/CALVIN only. The text the two-view clients hash into the seed
+    is the same without the appended "."."""
+    for task, instruction in expected.items():
+        assert official_instruction(robot_type, task) == instruction, task
+        policy = RecordingPolicy(length=PUBLISHED_ROBOT_TYPES[robot_type]["chunk_length"])
+        client = make_client(policy)
+        client.act(obs(), task)
+        assert policy.observations[-1]["instruction"] == instruction, task
+        if robot_type not in ("bridge_delta", "fractal_delta"):
+            assert client.requests(obs(), task)[0]["language"] == instruction[:-1], task
 
 
 def test_center_crop_keeps_int_of_the_scaled_side():

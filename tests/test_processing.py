@@ -251,6 +251,31 @@ def test_low_level_call_as_published(processor):
         assert torch.equal(low[key], high[key]), key
 
 
+def test_views_follow_the_registered_order_not_the_callers_dict_order(processor):
+    """The prompt's view blocks and the images follow libero_all's registered order (base, then wrist_left),
+    whatever the order of the caller's dict: {wrist_left, base} gives the same input_ids, pixel_values and
+    image_grid_thw as {base, wrist_left} and as the low-level call with [base, wrist]. The two views differ in
+    size (49 vs 16 image tokens) and content, so a swap shows in all three."""
+    base = np.full((224, 224, 3), 230, dtype=np.uint8)
+    base[:, :112] = 20  # dark left half, bright right half
+    wrist = image(5, (128, 128))
+    swapped = processor(**libero_observation(images={"wrist_left": wrist, "base": base}))
+    ordered = processor(**libero_observation(images={"base": base, "wrist_left": wrist}))
+    low = processor(
+        text=[format_prompt(LIBERO_INSTRUCTION, ["Base", "Left-Wrist"])],
+        images=[base, wrist],
+        return_tensors="pt",
+    )
+    assert swapped["image_grid_thw"].tolist() == [[1, 14, 14], [1, 8, 8]]
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"):
+        assert torch.equal(swapped[key], ordered[key]), key
+        assert torch.equal(swapped[key], low[key]), key
+    # The first vision block (after "# Base View") holds the 49 tokens of the 224² base view.
+    text = processor.tokenizer.decode(swapped["input_ids"][0])
+    assert "# Base View\n<|vision_start|>" + "<|image_pad|>" * 49 + "<|vision_end|>" in text
+    assert "# Left-Wrist View\n<|vision_start|>" + "<|image_pad|>" * 16 + "<|vision_end|>" in text
+
+
 # ---- robot registry, mask, decode ----------------------------------------------------------------------------
 
 
@@ -513,10 +538,16 @@ QWEN3_VL_SIZE = {"shortest_edge": 65536, "longest_edge": 16777216}
     [
         # Qwen3-VL's released file states only `size`, which the official runtime (4.57 slow processor) discards:
         # 200² -> 192² (12 x 12 patches of 16 -> 36 tokens after the 2 x 2 merge), 84² -> 96² (9 tokens).
-        ({"size": QWEN3_VL_SIZE}, {200: 36, 84: 9, 256: 64}),
-        ({}, {200: 36, 84: 9, 256: 64}),
-        # A checkpoint that states min_pixels = 256² gets every smaller view upscaled to 256² (64 tokens).
-        ({"size": QWEN3_VL_SIZE, "min_pixels": 65536, "max_pixels": 16777216}, {200: 64, 84: 64, 256: 64}),
+        # A 1024² view exceeds the default max_pixels 1003520: 992² (31 x 31 = 961 tokens), not 1024 as the
+        # discarded size's longest_edge (4096²) would allow.
+        ({"size": QWEN3_VL_SIZE}, {200: 36, 84: 9, 256: 64, 1024: 961}),
+        ({}, {200: 36, 84: 9, 256: 64, 1024: 961}),
+        # A checkpoint that states min_pixels = 256² gets every smaller view upscaled to 256² (64 tokens); its
+        # stated max_pixels (4096²) keeps a 1024² view whole (32 x 32 = 1024 tokens).
+        (
+            {"size": QWEN3_VL_SIZE, "min_pixels": 65536, "max_pixels": 16777216},
+            {200: 64, 84: 64, 256: 64, 1024: 1024},
+        ),
     ],
 )
 def test_image_bounds_come_from_the_checkpoint(tmp_path, bounds, tokens):

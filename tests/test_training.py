@@ -538,6 +538,68 @@ def test_checkpoints_are_complete_and_resume_exactly(tiny_checkpoint, lerobot_di
     assert changed > 1e-4, "steps 4-6 changed the weights (the comparison is not vacuous)"
 
 
+def test_resuming_continues_from_the_checkpoint_not_from_the_base_model(
+    tiny_checkpoint, lerobot_dir, tmp_path, monkeypatch
+):
+    """`--resume_from_checkpoint checkpoint-2` of a 4-step run runs steps 3-4 from that checkpoint's weights
+    and trainer state. A run from scratch would end in the same weights (training is deterministic), so the
+    checkpoint is also edited: its weights (the final weights and the step-3 loss must move) and its logged
+    losses (the resumed log history must keep them for steps 1-2: those steps are not run again). And the
+    resumed run computes the loss of 2 batches, not 4."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    common = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
+    straight = run_finetune(tiny_checkpoint, lerobot_dir, tmp_path / "straight", *common)
+    straight_weights = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    straight_losses = losses(straight)
+    assert len(straight_losses) == 4
+
+    batches = []
+    compute_loss = finetune.XR0Trainer.compute_loss
+
+    def counted(self, model, inputs, *args, **kwargs):
+        batches.append(self.state.global_step)
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    def resume(checkpoint, output):
+        batches.clear()
+        trainer = run_finetune(
+            tiny_checkpoint,
+            lerobot_dir,
+            tmp_path / output,
+            *common,
+            "--resume_from_checkpoint",
+            str(checkpoint),
+        )
+        logged = {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+        return trainer, load_file(str(tmp_path / output / "model.safetensors")), logged
+
+    monkeypatch.setattr(finetune.XR0Trainer, "compute_loss", counted)
+    # Unedited: the weights and losses of the uninterrupted run, from the training of steps 3 and 4 alone.
+    trainer, weights, logged = resume(tmp_path / "straight" / "checkpoint-2", "resumed")
+    assert trainer.state.global_step == 4 and batches == [2, 3], batches
+    assert max(float((straight_weights[k] - weights[k]).abs().max()) for k in straight_weights) < 1e-6
+    assert [logged[step] for step in (1, 2, 3, 4)] == pytest.approx(straight_losses, abs=1e-6)
+
+    edited = tmp_path / "edited-checkpoint-2"
+    shutil.copytree(tmp_path / "straight" / "checkpoint-2", edited)
+    checkpoint_weights = load_file(str(edited / "model.safetensors"))
+    checkpoint_weights["action_output_layer.layers.2.weight"] += 0.05
+    save_file(checkpoint_weights, str(edited / "model.safetensors"), metadata={"format": "pt"})
+    state = json.loads((edited / "trainer_state.json").read_text())
+    for entry in state["log_history"]:
+        entry["loss"] = 100.0 + entry["step"]  # markers: a rerun of steps 1-2 would overwrite them
+    (edited / "trainer_state.json").write_text(json.dumps(state))
+
+    _, weights, logged = resume(edited, "resumed-edited")
+    assert sorted(logged) == [1, 2, 3, 4] and (logged[1], logged[2]) == (101.0, 102.0)
+    assert abs(logged[3] - straight_losses[2]) > 1e-3, "step 3 starts from the edited weights"
+    key = "action_output_layer.layers.2.weight"
+    assert float((weights[key] - straight_weights[key]).abs().max()) > 0.02
+
+
 def test_publish_uploads_the_final_model_of_a_fine_tune(tmp_path, capsys):
     from xr0.scripts import publish
 

@@ -3,7 +3,7 @@ reweighting, loss masking, and that the loss trains."""
 
 import pytest
 import torch
-from tiny import action_mask, encode, observation, tiny_model
+from tiny import action_mask, encode, observation, row, tiny_model
 
 from xr0.modeling_xr0 import build_dit_attention_mask, frequency_loss
 
@@ -158,6 +158,47 @@ def test_reweighting_formula_and_clamps():
     assert torch.allclose(weight, expected)
     assert weight.max() == 5.0 and weight.min() == 0.5
     assert torch.equal(generated[:, :2], actions[:, :2]), "the prefix stays as given through the Euler steps"
+
+
+def test_reweighting_regenerates_from_the_samples_own_training_noise():
+    """compute_loss's reweighting pass generates each prefixed sample's chunk from the noise that sample was
+    trained with (compute_loss's first draw from `generator`), not from fresh noise: its weight equals the
+    weight built independently from `sample_actions` run on that noise, one row at a time, with the row's
+    prefix."""
+    model = tiny_model(action_prefix_probability=1.0, loss_reweighting=True)
+    batch = observation(num_text_tokens=(2, 5))
+    mask = action_mask(2, model.config)
+    actions = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(7))
+    lengths = torch.tensor([2, 4])
+    model.sample_prefix = lambda batch_size, length, generator=None: (
+        lengths,
+        torch.zeros(2, 6, dtype=torch.bool),
+    )
+    weights = []
+    reweight = model._prefix_loss_weight
+    model._prefix_loss_weight = lambda *args: weights.append(reweight(*args)) or weights[-1]
+    with torch.no_grad():
+        model.compute_loss(encode(model, batch), actions, mask, generator=torch.Generator().manual_seed(3))
+        noise = model.sample_noise(actions, torch.Generator().manual_seed(3))  # the training noise
+        generated = torch.cat(
+            [
+                model.sample_actions(
+                    encode(model, row(batch, i)),
+                    mask[i : i + 1],
+                    noise=noise[i : i + 1],
+                    action_prefix=actions[i : i + 1, : lengths[i]],
+                )
+                for i in range(2)
+            ]
+        )
+    error = (generated - actions).abs()
+    loss_mask = mask * (torch.arange(6)[None, :, None] >= lengths[:, None, None])
+    expected = (error / ((error * loss_mask).sum() / loss_mask.sum())).clamp(0.5, 5.0)
+    assert len(weights) == 1
+    assert torch.allclose(weights[0] * loss_mask, expected * loss_mask, atol=1e-4), (
+        (weights[0] - expected).abs().max()
+    )
+    assert float(((weights[0] - 1) * loss_mask).abs().max()) > 0.1, "the weights are not all 1"
 
 
 def test_frequency_loss_combination():
