@@ -80,7 +80,7 @@ def run_episode(
     jump: Optional[GoalJump] = None,
     on_step=None,
 ) -> dict:
-    """Resets `world` to `configuration` and runs `act(step_world)` (the policy's or the expert's loop) until
+    """Resets `world` to `configuration` and runs `act(step_world, done)` (the policy's or the expert's loop) until
     success or `max_steps`; with `jump`, the goal moves once and only success after it counts."""
     world.reset(configuration)
     jump_tick, new_goal = jump.plan(world, configuration) if jump is not None else (None, None)
