@@ -25,7 +25,6 @@ corner view to `--video_dir`.
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -34,7 +33,7 @@ import numpy as np
 
 from xr0_client.cli import ArgumentParser, exit_on_interrupt
 from xr0_client.evaluation import VIDEO_CHOICES, EpisodeVideo, ResultsError, ResultsFile, wilson_interval
-from xr0_client.realtime import LocalChunkSource, simulate_episode
+from xr0_client.realtime import LocalChunkSource, default_commit_steps, simulate_episode
 
 from .env import CONTROL_HZ, EXECUTE_STEPS, MAX_EPISODE_STEPS, MT10, MetaWorldTask, configuration_seed
 from .env import resolve_tasks as resolve_task_names
@@ -209,7 +208,7 @@ def evaluate(
     """Runs the episodes (skipping those `results` already holds); returns the JSON lines (per task, then all)."""
     chunk_length = policy.processor.chunk_length("metaworld")
     if commit_steps is None:
-        commit_steps = max(1, math.ceil(latency_ms / 1e3 * CONTROL_HZ - 1e-6))
+        commit_steps = default_commit_steps(latency_ms, CONTROL_HZ)
     check_settings(mode, episodes, latency_ms, max_steps, execute_steps, commit_steps, chunk_length)
     jump = GoalJump(*goal_jump) if goal_jump is not None else None
     if jump is not None and set(tasks) - set(GOAL_TASKS):

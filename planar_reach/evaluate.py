@@ -32,7 +32,7 @@ import numpy as np
 
 from xr0_client.cli import ArgumentParser
 from xr0_client.evaluation import wilson_interval
-from xr0_client.realtime import LocalChunkSource, simulate_episode
+from xr0_client.realtime import LocalChunkSource, default_commit_steps, simulate_episode
 
 from .env import DEFAULT_SETTINGS, OBSERVATIONS, PlanarReachEnv, ReachSettings, layout_seed
 
@@ -49,10 +49,6 @@ def training_record(model_dir) -> dict:
         return {}
     dataset = json.loads(path.read_text()).get("dataset", {})
     return {"seed": dataset.get("seed"), "observation": dataset.get("observation", "images_named")}
-
-
-def default_commit_steps(latency_ms: float, control_hz: float) -> int:
-    return max(1, math.ceil(latency_ms / 1e3 * control_hz - 1e-6))
 
 
 def run_episode(

@@ -457,6 +457,11 @@ class RealtimeExecutor:
 TICK_ROUNDING = 1e-9
 
 
+def default_commit_steps(latency_ms: float, control_hz: float) -> int:
+    """The committed actions that cover an inference latency: the latency in control ticks, rounded up, >= 1."""
+    return max(1, math.ceil(latency_ms / 1e3 * control_hz - 1e-6))
+
+
 def simulate_episode(
     source: ChunkSource,
     get_observation: Callable[[], dict],
