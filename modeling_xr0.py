@@ -10,7 +10,9 @@ Inference, as published:
 `forward` composes the two. Actions are normalized; the processor de-normalizes them.
 
 Beyond the published code: `sample_actions(action_prefix=...)` keeps committed actions clean and conditions the
-rest of the chunk on them (the report's asynchronous execution); `forward(actions=...)` returns the
+rest of the chunk on them (the report's asynchronous execution, `prefix_mode="trained"`), or, for any checkpoint,
+steers every Euler step toward the previous chunk by guided inpainting (`prefix_mode="guided"`, real-time
+chunking of Black et al. 2025, arXiv 2506.07339); `forward(actions=...)` returns the
 flow-matching loss of the training recipe (`compute_loss`, asynchronous post-training included) and
 `forward(language_batch=...)` adds vision-language co-training. One Euler loop (`_integrate`) and one velocity
 function serve all of them.
@@ -105,6 +107,17 @@ class XR0Observation:
     def state_length(self) -> int:
         return self.context_tokens.shape[1] - 1
 
+    def clone(self) -> "XR0Observation":
+        """Copies of every tensor. Made outside inference mode, they are ordinary tensors that autograd accepts,
+        even when this observation was computed under `torch.inference_mode()`."""
+        return XR0Observation(
+            cache_keys=tuple(k.clone() for k in self.cache_keys),
+            cache_values=tuple(v.clone() for v in self.cache_values),
+            cache_mask=self.cache_mask.clone(),
+            next_position=self.next_position.clone(),
+            context_tokens=self.context_tokens.clone(),
+        )
+
     def repeat_interleave(self, repeats: int) -> "XR0Observation":
         """Each sample `repeats` times in a row along the batch (training_repeat)."""
         if repeats == 1:
@@ -136,6 +149,52 @@ class XR0ChunkLayout:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
+
+
+PREFIX_MODES = ("trained", "guided")
+MASK_SCHEDULES = ("exp", "linear", "ones", "zeros")
+GUIDANCE_JACOBIANS = ("vjp", "identity")
+
+
+@dataclass
+class PrefixGuidance:
+    """
+    Real-time chunking by guided inpainting (Black et al. 2025, arXiv 2506.07339: ΠGDM guidance of each Euler step
+    with a soft mask over the overlap), for `sample_actions(..., prefix_mode="guided")`. The action prefix is then the previous chunk's p
+    actions that overlap the new chunk (p = T - s for an execution horizon of s steps); each Euler step at flow
+    time τ adds to the velocity v the correction
+
+        min(β, (1 - τ) / (τ · r²)) · (W ⊙ (Y - Â¹))ᵀ ∂Â¹/∂A^τ,   Â¹ = A^τ + (1 - τ) v,   r² = (1-τ)² / (τ² + (1-τ)²),
+
+    Y the prefix, W the soft mask over the chunk's steps: 1 on the d committed steps, decaying over the rest of
+    the overlap, 0 after it. The vector-Jacobian product runs through the DiT's velocity only (the observation's
+    VLM cache is a constant); `jacobian="identity"` replaces ∂Â¹/∂A^τ by the identity (what LeRobot's guided mode
+    computes), one DiT backward cheaper per step.
+
+    Args:
+        inference_delay: d, the committed steps at the prefix's front (weight 1); None = the whole prefix.
+        mask_schedule: the weights on steps d .. p - 1: "exp" (the paper's c·(e^c - 1)/(e - 1) with
+            c = (p - i)/(p - d + 1)), "linear" (c), "ones" (the whole overlap at 1), "zeros" (only the committed).
+        max_weight: β, the clip of the guidance weight (5 in the paper); 0 = plain sampling.
+        jacobian: "vjp" (the paper) or "identity".
+    """
+
+    inference_delay: Optional[int] = None
+    mask_schedule: str = "exp"
+    max_weight: float = 5.0
+    jacobian: str = "vjp"
+
+    def __post_init__(self):
+        delay = self.inference_delay
+        if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int) or delay < 0):
+            raise ValueError(f"`inference_delay` must be an int >= 0 or None, got {delay!r}.")
+        if self.mask_schedule not in MASK_SCHEDULES:
+            raise ValueError(f"`mask_schedule` must be one of {MASK_SCHEDULES}, got {self.mask_schedule!r}.")
+        weight = self.max_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise ValueError(f"`max_weight` must be a finite number >= 0, got {weight!r}.")
+        if self.jacobian not in GUIDANCE_JACOBIANS:
+            raise ValueError(f"`jacobian` must be one of {GUIDANCE_JACOBIANS}, got {self.jacobian!r}.")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -234,6 +293,30 @@ def frequency_loss(
     if sample_weight is not None:
         magnitude = magnitude * sample_weight[:, None, None]
     return (magnitude * active_dims).sum() / (active_dims.sum() * magnitude.shape[1]).clamp(min=1.0)
+
+
+def guidance_mask(
+    inference_delay: int, overlap: int, action_length: int, schedule: str, device=None
+) -> torch.Tensor:
+    """(T,) soft mask W of guided inpainting: 1 on the first d = `inference_delay` steps, the schedule's decay on
+    steps d .. p - 1 (p = `overlap`, the previous chunk's steps that this chunk overlaps), 0 from p on."""
+    steps = torch.arange(action_length, dtype=torch.float32, device=device)
+    c = ((overlap - steps) / (overlap - inference_delay + 1)).clamp(min=0.0)
+    decay = {
+        "exp": c * torch.expm1(c) / math.expm1(1.0),
+        "linear": c,
+        "ones": torch.ones_like(c),
+        "zeros": torch.zeros_like(c),
+    }[schedule]
+    committed, overlapping = steps < inference_delay, steps < overlap
+    return torch.where(committed, 1.0, torch.where(overlapping, decay, 0.0))
+
+
+def guidance_weight(timestep: float, max_weight: float) -> float:
+    """min(β, (1 - τ) / (τ · r²)), r² = (1 - τ)² / (τ² + (1 - τ)²): the ΠGDM weight, infinite at τ = 0 and τ = 1."""
+    if timestep <= 0.0 or timestep >= 1.0:
+        return max_weight
+    return min(max_weight, (timestep**2 + (1.0 - timestep) ** 2) / (timestep * (1.0 - timestep)))
 
 
 def generator_from_seed(seed, device) -> torch.Generator:
@@ -831,6 +914,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         generator: Optional[torch.Generator] = None,
         num_steps: Optional[int] = None,
         action_prefix: Optional[torch.Tensor] = None,
+        prefix_mode: str = "trained",
+        guidance: Optional[PrefixGuidance] = None,
     ) -> torch.Tensor:
         """
         Euler integration of the flow from noise (t=0) to actions (t=1): x <- x + v(x, k/N)·(1/N), k = 0..N-1,
@@ -841,27 +926,60 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             action_mask: (B, T, A); T (the chunk length) is the robot type's, taken from this mask.
             noise: (B, T, A) initial x_0; drawn like `action_mask` from `generator` (or fresh) when None.
             num_steps: N, defaults to `config.num_inference_steps`.
-            action_prefix: (B, p, A) normalized actions already committed for the first p steps of this chunk
-                (real-time execution). They stay clean through every step (zero velocity) and are returned as
-                given; the rest of the chunk is generated conditioned on them.
+            action_prefix: (B, p, A) normalized actions of the previous chunk for the first p steps of this one
+                (real-time execution), p <= T. How they condition the chunk is `prefix_mode`:
+                - "trained" (a checkpoint post-trained with prefixes, `config.action_prefix_probability` > 0): the
+                  p actions are committed; they stay clean through every step (zero velocity), the DiT attends to
+                  them as it learned to, and they are returned as given.
+                - "guided" (any checkpoint): every Euler step's velocity is corrected toward them by guided
+                  inpainting (`PrefixGuidance`): the committed `guidance.inference_delay` steps with weight 1,
+                  the rest of the overlap with the mask's decaying weight. The committed steps are returned as
+                  given, the others as sampled.
+            guidance: the guided mode's settings; `PrefixGuidance()` when None.
         Returns:
             (B, T, A) float32 normalized actions.
         """
         num_steps = self.config.num_inference_steps if num_steps is None else num_steps
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
+        if prefix_mode not in PREFIX_MODES:
+            raise ValueError(f"`prefix_mode` must be one of {PREFIX_MODES}, got {prefix_mode!r}.")
+        if guidance is not None and prefix_mode != "guided":
+            raise ValueError(f"`guidance` applies to prefix_mode='guided', not {prefix_mode!r}.")
         batch_size = observation.batch_size
         action_length = check_action_tensor("action_mask", action_mask, batch_size, self.config.action_dim)
         if noise is None:
             noise = self.sample_noise(action_mask, generator)
         else:
             check_action_tensor("noise", noise, batch_size, self.config.action_dim, action_length)
-        clean_actions, prefix_lengths = None, None
-        if action_prefix is not None:
-            clean_actions, prefix_lengths = prefix_as_chunk(
-                action_prefix, batch_size, action_length, self.config.action_dim
+        if action_prefix is None:
+            return self._integrate(observation, action_mask, noise, num_steps)
+        clean_actions, prefix_lengths = prefix_as_chunk(
+            action_prefix, batch_size, action_length, self.config.action_dim
+        )
+        if prefix_mode == "trained":
+            if not self.config.action_prefix_probability > 0:
+                logger.warning_once(
+                    "This checkpoint was trained without action prefixes (config.action_prefix_probability = 0), "
+                    "so prefix_mode='trained' conditions it on inputs it never saw. Use prefix_mode='guided' "
+                    "(guided inpainting, for any checkpoint) or sample without a prefix."
+                )
+            return self._integrate(observation, action_mask, noise, num_steps, clean_actions, prefix_lengths)
+
+        guidance = PrefixGuidance() if guidance is None else guidance
+        overlap = action_prefix.shape[1]
+        delay = overlap if guidance.inference_delay is None else guidance.inference_delay
+        if delay > overlap:
+            raise ValueError(
+                f"`guidance.inference_delay` d = {delay} is beyond the prefix's p = {overlap} steps: the committed "
+                "steps are the front of the previous chunk's overlap, so d <= p."
             )
-        return self._integrate(observation, action_mask, noise, num_steps, clean_actions, prefix_lengths)
+        weights = guidance_mask(delay, overlap, action_length, guidance.mask_schedule, self.device)
+        actions = self._integrate_guided(
+            observation, action_mask, noise, num_steps, clean_actions, weights, guidance
+        )
+        actions[:, :delay] = clean_actions[:, :delay].to(actions)
+        return actions
 
     def _integrate(self, observation, action_mask, noise, num_steps, clean_actions=None, prefix_lengths=None):
         """The Euler loop shared by inference, prefix-conditioned inference and training's reweighting pass.
@@ -886,6 +1004,73 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 velocity = velocity.masked_fill(is_prefix, 0.0)
             actions = actions + dt * velocity
         return actions
+
+    def _integrate_guided(self, observation, action_mask, noise, num_steps, target, weights, guidance):
+        """The Euler loop of guided inpainting: x <- x + (v + w(τ)·g)·(1/N), g from `guided_velocity`, toward
+        `target` (B, T, A) with the soft mask `weights` (T,). Every DiT token is noisy: no clean prefix."""
+        # Gradients are needed even under a caller's torch.inference_mode(); tensors made there cannot enter
+        # autograd, so the loop works on ordinary copies of them.
+        with torch.inference_mode(False), torch.enable_grad():
+            observation = observation.clone()
+            action_mask = action_mask.to(self.device).clone()
+            target = target.to(device=self.device, dtype=torch.float32).clone()
+            weights = weights.to(self.device).clone()[None, :, None]  # (1, T, 1)
+            actions = noise.to(device=self.device, dtype=torch.float32).clone()
+            layout = self.chunk_layout(observation, actions.shape[1])
+            dt = 1.0 / num_steps
+            for step in range(num_steps):
+                timestep = torch.full(
+                    (observation.batch_size,), step * dt, device=self.device, dtype=torch.float32
+                )
+                weight = guidance_weight(step * dt, guidance.max_weight)
+                if weight == 0.0:
+                    with torch.no_grad():
+                        velocity = self.velocity(actions, timestep, observation, action_mask, layout).float()
+                    actions = actions + dt * velocity
+                    continue
+                velocity, correction = self.guided_velocity(
+                    actions, timestep, observation, action_mask, target, weights, guidance.jacobian, layout
+                )
+                actions = actions + dt * (velocity + weight * correction)
+        return actions
+
+    def guided_velocity(
+        self,
+        noisy_actions: torch.Tensor,
+        timestep: torch.Tensor,
+        observation: XR0Observation,
+        action_mask: torch.Tensor,
+        target: torch.Tensor,
+        weights: torch.Tensor,
+        jacobian: str = "vjp",
+        layout: Optional[XR0ChunkLayout] = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The velocity and guided inpainting's correction at one Euler step (`PrefixGuidance`), before the weight.
+
+        Args:
+            noisy_actions: (B, T, A) A^τ. timestep: (B,) τ.
+            target: (B, T, A) Y, the previous chunk's actions in front. weights: broadcastable to (B, T, A), W.
+            jacobian: "vjp": g = (W ⊙ (Y - Â¹))ᵀ ∂Â¹/∂A^τ through the DiT; "identity": g = W ⊙ (Y - Â¹).
+        Returns:
+            (velocity v, correction g), each (B, T, A) float32 and detached; the model's parameters get no `.grad`.
+        """
+        one_minus_t = (1.0 - timestep.float())[:, None, None]
+        if jacobian == "identity":
+            with torch.no_grad():
+                velocity = self.velocity(noisy_actions, timestep, observation, action_mask, layout).float()
+                denoised = noisy_actions + one_minus_t * velocity  # Â¹
+                return velocity, weights * action_mask * (target - denoised)
+        if jacobian != "vjp":
+            raise ValueError(f"`jacobian` must be one of {GUIDANCE_JACOBIANS}, got {jacobian!r}.")
+        with torch.enable_grad():
+            noisy_actions = noisy_actions.detach().float().requires_grad_(True)
+            velocity = self.velocity(noisy_actions, timestep, observation, action_mask, layout).float()
+            denoised = noisy_actions + one_minus_t * velocity
+            error = (weights * action_mask * (target - denoised)).detach()
+            # Only the actions are differentiated: autograd.grad leaves the parameters' .grad untouched.
+            (correction,) = torch.autograd.grad(denoised, noisy_actions, grad_outputs=error)
+        return velocity.detach(), correction
 
     # ---- training --------------------------------------------------------------------------------------------
 
@@ -1044,6 +1229,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         actions: Optional[torch.Tensor] = None,
         action_is_pad: Optional[torch.Tensor] = None,
         action_prefix: Optional[torch.Tensor] = None,
+        prefix_mode: str = "trained",
+        guidance: Optional[PrefixGuidance] = None,
         language_batch: Optional[dict] = None,
         noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
@@ -1062,7 +1249,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             action_mask: (B, T, A), 1 at the robot's active action dims; T is the robot type's chunk length (10
                 for LIBERO and CALVIN, 4 for SimplerEnv, 15 or 30 for the pre-training robot types).
             actions: (B, T, A) normalized ground truth (training). action_is_pad: (B, T) bool (training).
-            action_prefix: (B, p, A) committed normalized actions for the first p steps (inference).
+            action_prefix: (B, p, A) normalized actions of the previous chunk for the first p steps (inference),
+                used as `prefix_mode` says: "trained" (committed, clean tokens; checkpoints post-trained with
+                prefixes) or "guided" (guided inpainting with `guidance`, any checkpoint); see `sample_actions`.
             language_batch: vision-language co-training samples (training): a dict with `input_ids`,
                 `attention_mask`, `labels` (-100 = ignored) and optionally `pixel_values`, `image_grid_thw`
                 (see the processor's `encode_conversations`); their next-token loss is added with
@@ -1112,8 +1301,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             mm_token_type_ids=mm_token_type_ids,
         )
         if actions is not None:
-            if action_prefix is not None or noise is not None:
-                raise ValueError("`action_prefix` and `noise` are inference inputs; training draws its own.")
+            if action_prefix is not None or noise is not None or guidance is not None:
+                raise ValueError(
+                    "`action_prefix`, `guidance` and `noise` are inference inputs; training draws its own."
+                )
             losses = self.compute_loss(observation, actions, action_mask, action_is_pad, generator=generator)
             if language_loss is not None:
                 losses["loss"] = losses["loss"] + self.config.language_loss_weight * language_loss
@@ -1128,6 +1319,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             generator=generator,
             num_steps=num_steps,
             action_prefix=action_prefix,
+            prefix_mode=prefix_mode,
+            guidance=guidance,
         )
         return XR0ActionOutput(actions=actions)
 
