@@ -5,7 +5,8 @@ users (`xr0_client.LocalChunkSource`) share it.
 An observation is
 
     {"images": {view: uint8 (H, W, 3)}, "instruction": str, "state": float (D,), "robot_type": str,
-     "seed": int (optional), "action_prefix": float (p, active dims) (optional, robot units)}
+     "seed": int (optional), "action_prefix": float (p, active dims) (optional, robot units),
+     "prefix_mode": "trained" | "guided" (optional), "inference_delay": int (optional)}
 
 or openpi's form of it, unchanged (what openpi's LIBERO example sends; `openpi_keys` maps it per robot type):
 
@@ -14,12 +15,19 @@ or openpi's form of it, unchanged (what openpi's LIBERO example sends; `openpi_k
 
 and the reply `{"actions": float32 (T, active dims)}`, T = the robot type's chunk length. `robot_type` may be left
 out when the checkpoint serves exactly one robot type.
+
+`action_prefix` holds the previous chunk's actions for this chunk's first p steps, of which the first
+`inference_delay` d (default: all p) are committed: they run while this chunk is inferred and come back as sent.
+`prefix_mode` says how the chunk is conditioned on them (`XR0ForActionGeneration.sample_actions`): "trained" (the
+committed steps as clean tokens, as checkpoints post-trained with prefixes learned it; steps after them are not
+used) or "guided" (guided inpainting of the whole prefix: any checkpoint). Its default is the checkpoint's own
+(`default_prefix_mode`).
 """
 
 import json
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -29,11 +37,13 @@ import torch
 from xr0_client.benchmarks import official_instruction
 from xr0_client.protocol import field_name, shown
 
+from ..modeling_xr0 import GUIDANCE_JACOBIANS, MASK_SCHEDULES, PREFIX_MODES, PrefixGuidance
 from ..processing_xr0 import MAX_INSTRUCTION_CHARS, MIN_IMAGE_SIDE, PUBLISHED_ROBOT_TYPES
 
-OBSERVATION_KEYS = {"images", "instruction", "state", "robot_type", "seed", "action_prefix"}
+PREFIX_KEYS = {"action_prefix", "prefix_mode", "inference_delay"}
+OBSERVATION_KEYS = {"images", "instruction", "state", "robot_type", "seed", *PREFIX_KEYS}
 REQUIRED_KEYS = {"images", "instruction", "state"}  # and robot_type, unless the server serves only one
-OPTIONAL_KEYS = {"robot_type", "seed", "action_prefix"}
+OPTIONAL_KEYS = {"robot_type", "seed", *PREFIX_KEYS}
 # openpi's observation keys (its LIBERO example, examples/libero/main.py) -> our camera views. Every published
 # robot type with views names them base (+ wrist_left), so one table serves them all:
 # - libero_all: agent view -> base, eye-in-hand -> wrist_left; openpi's 8-D state (eef position, axis-angle of
@@ -64,6 +74,8 @@ class Request:
     robot_type: str
     seed: Optional[int]
     action_prefix: Optional[np.ndarray]
+    prefix_mode: Optional[str] = None  # None: the policy's default
+    inference_delay: Optional[int] = None  # None: the whole prefix is committed
 
 
 def parse_request(message, processor) -> Request:
@@ -226,7 +238,22 @@ def _parse(message: dict, processor) -> Request:
                 "action_prefix",
                 f"normalized by {robot_type!r}'s statistics it exceeds {MAX_ABS_NORMALIZED_ACTION:g} standard deviations",
             )
-    return Request(dict(images), instruction, state, robot_type, seed, prefix)
+    prefix_mode, delay = message.get("prefix_mode"), message.get("inference_delay")
+    if prefix is None and (prefix_mode is not None or delay is not None):
+        named = "prefix_mode" if prefix_mode is not None else "inference_delay"
+        raise RequestError(named, f"{named} describes an action_prefix: send one with it, or leave it out")
+    if prefix_mode is not None and prefix_mode not in PREFIX_MODES:
+        raise RequestError("prefix_mode", f"expected one of {list(PREFIX_MODES)}, got {shown(prefix_mode)}")
+    if delay is not None:
+        if isinstance(delay, np.integer):
+            delay = int(delay)
+        if isinstance(delay, bool) or not isinstance(delay, int) or not 1 <= delay <= prefix.shape[0]:
+            raise RequestError(
+                "inference_delay",
+                f"expected an int in [1, {prefix.shape[0]}] (the committed steps of the {prefix.shape[0]}-step "
+                f"action_prefix), got {shown(delay)}",
+            )
+    return Request(dict(images), instruction, state, robot_type, seed, prefix, prefix_mode, delay)
 
 
 def _float_array(field: str, value, ndim: int, limit: float = float(np.finfo(np.float32).max)) -> np.ndarray:
@@ -255,12 +282,25 @@ def servable_robot_types(processor) -> dict:
     }
 
 
-class XR0Policy:
-    """Model + processor: a validated request -> actions in robot units. Used by the server and in-process."""
+def default_prefix_mode(config) -> str:
+    """How a checkpoint uses an action prefix unless told: as it was trained to ("trained") when its training
+    drew prefixes, else by guided inpainting, which needs no training."""
+    return "trained" if config.action_prefix_probability > 0 else "guided"
 
-    def __init__(self, model, processor):
+
+class XR0Policy:
+    """Model + processor: a validated request -> actions in robot units. Used by the server and in-process.
+
+    Args:
+        guidance: the guided prefix mode's settings (mask schedule, maximum weight, Jacobian); each request's
+            `inference_delay` replaces its delay.
+    """
+
+    def __init__(self, model, processor, guidance: Optional[PrefixGuidance] = None):
         self.model = model.eval()
         self.processor = processor
+        self.guidance = guidance or PrefixGuidance()
+        self.default_prefix_mode = default_prefix_mode(model.config)
 
     def infer(self, observation: dict) -> dict:
         """openpi's policy interface: an observation dict -> {"actions": (T, active dims)}, validated first
@@ -276,13 +316,20 @@ class XR0Policy:
         ).to(self.model.device)
         # As the official server does: the mask in the model's dtype, so that a seed draws the official noise.
         inputs["action_mask"] = inputs["action_mask"].to(self.model.dtype)
-        prefix = None
+        prefix, mode, guidance = None, "trained", None
         if request.action_prefix is not None:
             prefix = torch.from_numpy(
                 self.processor.normalize_action(request.action_prefix, request.robot_type)
             )[None]
+            mode = request.prefix_mode or self.default_prefix_mode
+            if mode == "trained" and request.inference_delay is not None:
+                prefix = prefix[:, : request.inference_delay]  # the committed steps are the trained prefix
+            if mode == "guided":
+                guidance = replace(self.guidance, inference_delay=request.inference_delay)
         with torch.inference_mode():
-            actions = self.model(**inputs, seed=request.seed, action_prefix=prefix).actions
+            actions = self.model(
+                **inputs, seed=request.seed, action_prefix=prefix, prefix_mode=mode, guidance=guidance
+            ).actions
         decoded = self.processor.decode_action(actions, request.robot_type)[0].numpy().astype(np.float32)
         if not np.isfinite(decoded).all():  # nothing non-finite ever reaches a robot
             raise RequestError(
@@ -291,7 +338,60 @@ class XR0Policy:
         return decoded
 
 
-def load_policy(model_dir: str, device: str, dtype: torch.dtype) -> "XR0Policy":
+def executor_prefix_mode(requested: Optional[str], mode: str, config) -> str:
+    """The real-time executor's prefix mode ("none" | "trained" | "guided") for an evaluation in `mode` ("sync" |
+    "async") of a checkpoint with `config`: `requested`, or when None the checkpoint's own ("trained" when its
+    training drew prefixes, else "none": blind chunk switching). A synchronous robot commits nothing."""
+    if mode == "sync":
+        if requested not in (None, "none"):
+            raise ValueError(
+                f"prefix_mode {requested!r} needs --mode async: a synchronous robot commits nothing"
+            )
+        return "none"
+    if requested is None:
+        return "trained" if config.action_prefix_probability > 0 else "none"
+    return requested
+
+
+def add_guidance_arguments(parser) -> None:
+    """The guided prefix mode's settings as command-line options (server and evaluators)."""
+    defaults = PrefixGuidance()
+    parser.add_argument(
+        "--guidance_jacobian",
+        choices=GUIDANCE_JACOBIANS,
+        default=defaults.jacobian,
+        help="guided mode: the vector-Jacobian product through the DiT (the paper) or the identity (cheaper)",
+    )
+    parser.add_argument(
+        "--max_guidance_weight", type=float, default=defaults.max_weight, help="guided mode: the clip β"
+    )
+    parser.add_argument(
+        "--mask_schedule",
+        choices=MASK_SCHEDULES,
+        default=defaults.mask_schedule,
+        help="guided mode: the weights of the overlap after the committed steps",
+    )
+
+
+def guidance_from_arguments(args) -> PrefixGuidance:
+    """`PrefixGuidance` of the options `add_guidance_arguments` added (ValueError names a bad one)."""
+    return PrefixGuidance(
+        mask_schedule=args.mask_schedule, max_weight=args.max_guidance_weight, jacobian=args.guidance_jacobian
+    )
+
+
+def guidance_settings(guidance: PrefixGuidance) -> dict:
+    """The guided mode's settings as metadata and results files record them (the delay is per request)."""
+    return {
+        "jacobian": guidance.jacobian,
+        "max_weight": guidance.max_weight,
+        "mask_schedule": guidance.mask_schedule,
+    }
+
+
+def load_policy(
+    model_dir: str, device: str, dtype: torch.dtype, guidance: Optional[PrefixGuidance] = None
+) -> "XR0Policy":
     """The policy of a checkpoint directory, with this package's classes: a server never runs Python code that
     came with a checkpoint (no trust_remote_code), and reads only its safetensors and JSON files."""
     from ..modeling_xr0 import XR0ForActionGeneration
@@ -299,7 +399,7 @@ def load_policy(model_dir: str, device: str, dtype: torch.dtype) -> "XR0Policy":
 
     model = XR0ForActionGeneration.from_pretrained(model_dir, dtype=dtype).to(device)
     processor = XR0Processor.from_pretrained(model_dir)
-    return XR0Policy(model, processor)
+    return XR0Policy(model, processor, guidance)
 
 
 def checkpoint_identity(model_dir) -> dict:

@@ -34,9 +34,13 @@ from xr0_client.protocol import ProtocolError, error_text, field_name, pack, sho
 
 from .policy import (
     OBSERVATION_KEYS,
+    PREFIX_MODES,
     RequestError,
     XR0Policy,
+    add_guidance_arguments,
     checkpoint_identity,
+    guidance_from_arguments,
+    guidance_settings,
     load_policy,
     openpi_keys,
     parse_request,
@@ -136,6 +140,10 @@ class PolicyServer:
                 for name, spec in servable.items()
             },
             "observation_keys": sorted(OBSERVATION_KEYS),
+            # How an action_prefix is used: per request (`prefix_mode`), else the checkpoint's default.
+            "prefix_modes": list(PREFIX_MODES),
+            "default_prefix_mode": self.policy.default_prefix_mode,
+            "guidance": guidance_settings(self.policy.guidance),
             "openpi_keys": {
                 name: keys for name in servable if (keys := openpi_keys(processor, name)) is not None
             },
@@ -334,7 +342,12 @@ def main(argv=None) -> None:
         "--idle_timeout", type=float, default=120.0, help="seconds to send a complete message"
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    add_guidance_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        guidance = guidance_from_arguments(args)
+    except ValueError as error:
+        parser.error(str(error))
     if args.token:
         logger.warning("--token is visible to other local users (ps, /proc); prefer XR0_SERVER_TOKEN")
     token = args.token or os.environ.get("XR0_SERVER_TOKEN")
@@ -351,7 +364,7 @@ def main(argv=None) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     with exit_on_interrupt(lambda: "before the server started"):
-        policy = load_policy(args.model, device, dtype)
+        policy = load_policy(args.model, device, dtype, guidance)
     server = PolicyServer(
         policy,
         args.host,

@@ -11,8 +11,9 @@ the mean steps to success, and `expert_success_rate`, the scripted expert's succ
 Time is simulated (`xr0_client.realtime.simulate_episode`): each chunk is computed from the observation of the tick
 it was requested at and becomes usable `--latency_ms` later. `--mode sync`: after `--execute_steps` actions the
 arm holds still (no motion, the gripper keeps its last command) until the next chunk arrives. `--mode async`: the
-arm keeps executing its committed actions (`--commit_steps`, default: the latency in ticks), which are the next
-chunk's action prefix. Episodes stop at success or after `--max_steps` (default 250: the experts succeed within
+arm keeps executing its committed actions (`--commit_steps`, default: the latency in ticks), which condition the
+next chunk as `--prefix_mode` says (`trained`, `guided` or `none`; default: `trained` for a checkpoint trained
+with prefixes, else `none`; see `xr0-eval-reach`). Episodes stop at success or after `--max_steps` (default 250: the experts succeed within
 50-190 steps).
 
 Episode i of a task runs on `configuration_seed(--seed, task, i)`; the seed that recorded the checkpoint's
@@ -33,6 +34,7 @@ import numpy as np
 
 from xr0_client.cli import ArgumentParser, exit_on_interrupt
 from xr0_client.evaluation import VIDEO_CHOICES, EpisodeVideo, ResultsError, ResultsFile, wilson_interval
+from xr0_client.realtime import PREFIX_MODES as EXECUTOR_PREFIX_MODES
 from xr0_client.realtime import LocalChunkSource, default_commit_steps, simulate_episode
 
 from .env import CONTROL_HZ, EXECUTE_STEPS, MAX_EPISODE_STEPS, MT10, MetaWorldTask, configuration_seed
@@ -126,6 +128,7 @@ def policy_loop(
     commit_steps: int,
     max_steps: int,
     metrics_out: dict,
+    prefix_mode: str = "trained",
 ):
     requests = 0
 
@@ -149,6 +152,7 @@ def policy_loop(
             until=done,
             safe_action=stop_moving,
             action_dim=4,
+            prefix_mode=prefix_mode,
         )
         metrics_out.update(
             idle_ticks=metrics.idle_ticks,
@@ -204,8 +208,13 @@ def evaluate(
     results: Optional[ResultsFile] = None,
     video: str = "none",
     video_dir: Optional[Path] = None,
+    prefix_mode: Optional[str] = None,
 ) -> list:
-    """Runs the episodes (skipping those `results` already holds); returns the JSON lines (per task, then all)."""
+    """Runs the episodes (skipping those `results` already holds); returns the JSON lines (per task, then all).
+    `prefix_mode` None is the checkpoint's default (`executor_prefix_mode`)."""
+    from ..deploy.policy import executor_prefix_mode
+
+    prefix_mode = executor_prefix_mode(prefix_mode, mode, policy.model.config)
     chunk_length = policy.processor.chunk_length("metaworld")
     if commit_steps is None:
         commit_steps = default_commit_steps(latency_ms, CONTROL_HZ)
@@ -240,6 +249,7 @@ def evaluate(
                         commit_steps,
                         max_steps,
                         metrics,
+                        prefix_mode,
                     ),
                     jump,
                     on_step=recorder.add if recorder.active else None,
@@ -323,15 +333,23 @@ class VideoRecorder:
         return str(path) if path is not None else None
 
 
-def load(model: str, device: str = "cpu"):
+def load(model: str, device: str = "cpu", guidance=None):
     import torch
 
     from ..deploy.policy import load_policy
 
-    return load_policy(model, device, torch.float32)
+    return load_policy(model, device, torch.float32, guidance)
 
 
 def main(argv=None) -> None:
+    from ..configuration_xr0 import XR0Config
+    from ..deploy.policy import (
+        add_guidance_arguments,
+        executor_prefix_mode,
+        guidance_from_arguments,
+        guidance_settings,
+    )
+
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="checkpoint directory, e.g. fixtures/metaworld/mt10")
     parser.add_argument(
@@ -354,6 +372,14 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--results_file", type=Path, default=None, help="JSON of every episode; resumes a run"
     )
+    parser.add_argument(
+        "--prefix_mode",
+        choices=EXECUTOR_PREFIX_MODES,
+        default=None,
+        help="async: how the next chunk uses the committed actions (default: trained for a checkpoint trained "
+        "with prefixes, else none)",
+    )
+    add_guidance_arguments(parser)
     parser.add_argument("--video", choices=VIDEO_CHOICES, default="none")
     parser.add_argument("--video_dir", type=Path, default=Path("runs/metaworld/videos"))
     parser.add_argument("--device", default="cpu")
@@ -370,10 +396,20 @@ def main(argv=None) -> None:
         )
     from ..deploy.policy import checkpoint_identity
 
+    try:
+        guidance = guidance_from_arguments(args)
+        args.prefix_mode = executor_prefix_mode(
+            args.prefix_mode, args.mode, XR0Config.from_pretrained(args.model)
+        )
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
     settings = {
         key: getattr(args, key)
         for key in ("seed", "mode", "latency_ms", "max_steps", "execute_steps", "commit_steps", "goal_jump")
     }
+    settings["prefix_mode"] = args.prefix_mode
+    if args.prefix_mode == "guided":
+        settings["guidance"] = guidance_settings(guidance)
     try:
         results = ResultsFile(
             args.results_file,
@@ -381,7 +417,7 @@ def main(argv=None) -> None:
         )
     except ResultsError as error:
         parser.error(str(error))
-    policy = load(args.model, args.device)
+    policy = load(args.model, args.device, guidance)
     start, resumed = time.perf_counter(), len(results.episodes)
     with exit_on_interrupt(lambda: f"{len(results.episodes)} episodes recorded in {args.results_file}"):
         try:
@@ -399,6 +435,7 @@ def main(argv=None) -> None:
                 results,
                 args.video,
                 args.video_dir,
+                args.prefix_mode,
             )
         except ValueError as error:
             parser.error(str(error))

@@ -12,7 +12,11 @@ from the jump to success.
 Time is simulated (`xr0_client.realtime.simulate_episode`): each chunk is computed from the observation of the tick
 it was requested at and becomes usable `--latency_ms` later. `--mode sync`: after `--execute_steps` actions the arm
 stops (zero velocity) until the next chunk arrives. `--mode async`: the arm keeps executing its committed actions
-(`--commit_steps`, default: the latency in ticks, at least 1), which are the next chunk's action prefix. The world
+(`--commit_steps`, default: the latency in ticks, at least 1), which condition the next chunk as `--prefix_mode`
+says: `trained` (the committed actions as prefix: checkpoints post-trained with prefixes), `guided` (guided
+inpainting of the current chunk's overlap: any checkpoint; `--guidance_jacobian`, `--max_guidance_weight`,
+`--mask_schedule`) or `none` (blind switching); the default is `trained` for a checkpoint trained with prefixes,
+else `none`. The world
 (targets included) advances one tick per action sent, the observation of tick t shows it at t; it waits for the
 very first chunk of an episode, which costs the same in both modes.
 
@@ -32,6 +36,7 @@ import numpy as np
 
 from xr0_client.cli import ArgumentParser
 from xr0_client.evaluation import wilson_interval
+from xr0_client.realtime import PREFIX_MODES as EXECUTOR_PREFIX_MODES
 from xr0_client.realtime import LocalChunkSource, default_commit_steps, simulate_episode
 
 from .env import DEFAULT_SETTINGS, OBSERVATIONS, PlanarReachEnv, ReachSettings, layout_seed
@@ -60,6 +65,7 @@ def run_episode(
     execute_steps: int,
     commit_steps: int,
     frames: Optional[list] = None,
+    prefix_mode: str = "trained",
 ) -> dict:
     """One episode; `frames`, when given, collects (top view, wrist view) per tick for a GIF."""
     env.reset(layout)
@@ -95,6 +101,7 @@ def run_episode(
         until=lambda: env.success,
         safe_action="zero",  # velocity control: an arm with nothing to do stops
         action_dim=2,
+        prefix_mode=prefix_mode,
     )
     return {
         "success": env.success,
@@ -130,11 +137,16 @@ def evaluate(
     gif: Optional[Path] = None,
     observation: Optional[str] = None,
     jump_at: Optional[tuple] = None,
+    prefix_mode: Optional[str] = None,
 ) -> dict:
     """`episodes` episodes on layouts `layout_seed(seed, i)`; `observation` (the tier) and `jump_at` replace the
-    fields of `settings`. Returns the JSON line's numbers."""
+    fields of `settings`; `prefix_mode` None is the checkpoint's default (`executor_prefix_mode`). Returns the
+    JSON line's numbers."""
+    from ..deploy.policy import executor_prefix_mode, guidance_settings
+
     if mode not in ("sync", "async"):
         raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
+    prefix_mode = executor_prefix_mode(prefix_mode, mode, policy.model.config)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not (0 <= latency_ms <= 10_000):
@@ -167,6 +179,7 @@ def evaluate(
                 execute_steps,
                 commit_steps,
                 frames,
+                prefix_mode,
             )
         )
         if frames is not None:
@@ -185,11 +198,13 @@ def evaluate(
         "episodes": episodes,
         "mean_time_to_success_s": float(np.mean(times)) if times else None,
         "idle_ticks_per_episode": float(np.mean([r["idle_ticks"] for r in results])),
-        "mean_seam_jump": float(np.mean(seams)) if seams else None,
+        "seam_jump": float(np.mean(seams)) if seams else None,
         "mean_inner_jump": float(np.mean(inner)) if inner else None,
         "chunks_per_episode": float(np.mean([r["chunks"] for r in results])),
         **jumps,
         "mode": mode,
+        "prefix_mode": prefix_mode,
+        **({"guidance": guidance_settings(policy.guidance)} if prefix_mode == "guided" else {}),
         "latency_ms": latency_ms,
         "target_speed": target_speed,
         "observation": env.settings.observation,
@@ -236,15 +251,17 @@ def write_gif(path: Path, frames: list, title: str, success: bool) -> None:
     images[0].save(path, save_all=True, append_images=images[1:], duration=66, loop=0, optimize=True)
 
 
-def load(model: str, device: str = "cpu"):
+def load(model: str, device: str = "cpu", guidance=None):
     import torch
 
     from ..deploy.policy import load_policy
 
-    return load_policy(model, device, torch.float32)
+    return load_policy(model, device, torch.float32, guidance)
 
 
 def main(argv=None) -> None:
+    from ..deploy.policy import add_guidance_arguments, guidance_from_arguments
+
     parser = ArgumentParser(description=__doc__)
     parser.add_argument(
         "--model", required=True, help="checkpoint directory, e.g. fixtures/planar-reach/async-lambda"
@@ -276,9 +293,25 @@ def main(argv=None) -> None:
         metavar=("FIRST", "LAST"),
         help="the named target teleports once, at a tick drawn in [FIRST, LAST]",
     )
+    parser.add_argument(
+        "--prefix_mode",
+        choices=EXECUTOR_PREFIX_MODES,
+        default=None,
+        help="async: how the next chunk uses the committed actions (default: trained for a checkpoint trained "
+        "with prefixes, else none)",
+    )
+    add_guidance_arguments(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--gif", type=Path, default=None, help="write the first episode as a GIF")
     args = parser.parse_args(argv)
+    try:
+        guidance = guidance_from_arguments(args)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.mode == "sync" and args.prefix_mode not in (None, "none"):
+        parser.error(
+            f"--prefix_mode {args.prefix_mode} needs --mode async: a synchronous robot commits nothing"
+        )
     recorded = training_record(args.model)
     if recorded.get("seed") is not None and recorded["seed"] == args.seed:
         parser.error(
@@ -296,20 +329,24 @@ def main(argv=None) -> None:
         ReachSettings(observation=args.observation, jump_at=tuple(args.jump_at) if args.jump_at else None)
     except ValueError as error:
         parser.error(str(error))
-    policy = load(args.model, args.device)
-    result = evaluate(
-        policy,
-        args.episodes,
-        args.seed,
-        args.mode,
-        args.latency_ms,
-        args.target_speed,
-        args.execute_steps,
-        args.commit_steps,
-        gif=args.gif,
-        observation=args.observation,
-        jump_at=tuple(args.jump_at) if args.jump_at else None,
-    )
+    policy = load(args.model, args.device, guidance)
+    try:
+        result = evaluate(
+            policy,
+            args.episodes,
+            args.seed,
+            args.mode,
+            args.latency_ms,
+            args.target_speed,
+            args.execute_steps,
+            args.commit_steps,
+            gif=args.gif,
+            observation=args.observation,
+            jump_at=tuple(args.jump_at) if args.jump_at else None,
+            prefix_mode=args.prefix_mode,
+        )
+    except ValueError as error:
+        parser.error(str(error))
     print(json.dumps({"model": args.model, **result}))
 
 

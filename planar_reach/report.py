@@ -197,7 +197,7 @@ def table(results: list) -> str:
     for r in results:
         low, high = r["success_ci95"]
         seconds = f"{r['mean_time_to_success_s']:.2f} s" if r["mean_time_to_success_s"] is not None else "-"
-        seam = f"{r['mean_seam_jump']:.3f}" if r["mean_seam_jump"] is not None else "-"
+        seam = f"{r['seam_jump']:.3f}" if r["seam_jump"] is not None else "-"
         reaction = r.get("mean_reaction_ticks")
         reaction = (
             f"{reaction:.1f} ({r['reacted_episodes']}/{r['jumped_episodes']})"

@@ -136,6 +136,30 @@ def test_action_prefix_is_returned_unchanged(server):
     assert not np.allclose(second[4:7], first[7:10])
 
 
+def test_prefix_modes_over_the_server(server):
+    """Per request: guided inpainting of a 6-step overlap with 2 committed steps returns those 2 as sent and
+    equals the in-process policy; "trained" with a delay uses exactly the committed steps as its prefix. The
+    metadata names the modes and this checkpoint's default."""
+    with XR0Client("127.0.0.1", server.port) as client:
+        metadata = client.metadata
+        first = client.infer(observation(seed=1))["actions"]
+        overlap = first[4:10]
+        guided_request = observation(seed=2, action_prefix=overlap, prefix_mode="guided", inference_delay=2)
+        guided = client.infer(guided_request)["actions"]
+        trained = client.infer(
+            observation(seed=2, action_prefix=overlap, prefix_mode="trained", inference_delay=2)
+        )
+        committed_only = client.infer(observation(seed=2, action_prefix=overlap[:2], prefix_mode="trained"))
+    assert metadata["prefix_modes"] == ["trained", "guided"]
+    assert metadata["default_prefix_mode"] == "guided"  # the tiny checkpoint never trained with prefixes
+    assert metadata["guidance"] == {"jacobian": "vjp", "max_weight": 5.0, "mask_schedule": "exp"}
+    assert np.allclose(guided[:2], overlap[:2], atol=1e-6)
+    assert np.allclose(guided, server.policy.infer(guided_request)["actions"], atol=1e-5)
+    plain = server.policy.infer(observation(seed=2))["actions"]
+    assert not np.allclose(guided[2:6], plain[2:6], atol=1e-3)  # steered toward the overlap
+    assert np.array_equal(trained["actions"], committed_only["actions"])
+
+
 @pytest.mark.parametrize(
     "overrides, field, message",
     [
@@ -182,6 +206,19 @@ def test_action_prefix_is_returned_unchanged(server):
             {"action_prefix": np.zeros((10, 7), np.float32)},
             "action_prefix",
             r"p < 10 \(the chunk length of 'libero_all'\)",
+        ),
+        ({"action_prefix": np.zeros((3, 7), np.float32), "prefix_mode": "inpaint"}, "prefix_mode", "one of"),
+        ({"prefix_mode": "guided"}, "prefix_mode", "describes an action_prefix"),
+        ({"inference_delay": 2}, "inference_delay", "describes an action_prefix"),
+        (
+            {"action_prefix": np.zeros((3, 7), np.float32), "inference_delay": 4},
+            "inference_delay",
+            r"int in \[1, 3\]",
+        ),
+        (
+            {"action_prefix": np.zeros((3, 7), np.float32), "inference_delay": True},
+            "inference_delay",
+            "int in",
         ),
         ({"extra": 1}, "extra", "unknown fields"),
         (
@@ -376,9 +413,10 @@ def test_late_inference_keeps_executing_then_adapts(policy30):
     assert slow.idle_ticks > 0, "a chunk of 30 cannot cover 40 ticks of inference"
 
 
-def trained_phase_model(seed=0):
-    """A tiny model fitted (async recipe) to sine chunks of random phase that the observation does not reveal:
-    only the committed prefix tells the phase, so only prefix-conditioned chunks can continue smoothly. It
+def trained_phase_model(seed=0, action_prefix_probability=0.8):
+    """A tiny model fitted (async recipe; sync with `action_prefix_probability` 0) to sine chunks of random phase
+    that the observation does not reveal: only the previous chunk tells the phase, so only prefix-conditioned
+    chunks can continue smoothly. It
     starts from the model's own initialization (not tiny_model's all-random one, from which some seeds fit the
     sines poorly: chunks jittery inside, seams no smoother than that), so the fit and the verdict below do not
     hang on the seed."""
@@ -391,7 +429,7 @@ def trained_phase_model(seed=0):
     model = XR0ForActionGeneration(
         tiny_config(
             action_length=12,
-            action_prefix_probability=0.8,
+            action_prefix_probability=action_prefix_probability,
             action_attention_window=4,
             noisy_action_position_offset=10,
             max_action_prefix_length=6,
@@ -429,42 +467,60 @@ def trained_phase_model(seed=0):
     return model, encoded, mask
 
 
-def seam_summaries(seed=0, ticks=480):
-    """The executor's summaries with and without the committed prefix, driving the model of
-    `trained_phase_model(seed)` (each chunk sampled with its own seed), over `ticks` ticks: 480 ticks give
-    ~120 seams per run, so the seam means below are averages of many random phases, not of a few."""
-    model, encoded, mask = trained_phase_model(seed)
+def seam_summaries(seed=0, ticks=480, modes=("trained", "none"), action_prefix_probability=0.8):
+    """The executor's summaries per prefix mode, driving the model of `trained_phase_model(seed)` (each chunk
+    sampled with its own seed), over `ticks` ticks: 480 ticks give ~120 seams per run, so the seam means below
+    are averages of many random phases, not of a few."""
+    from xr0.modeling_xr0 import PrefixGuidance
+
+    model, encoded, mask = trained_phase_model(seed, action_prefix_probability)
     calls = iter(range(seed * 100_000, (seed + 1) * 100_000))
 
-    def source(_observation, prefix):  # chunks of the 2 active dims, as a processor would decode them
-        prefix_tensor = None
+    def source(observation, prefix):  # chunks of the 2 active dims, as a processor would decode them
+        prefix_tensor, mode, guidance = None, "trained", None
         if prefix is not None:
             prefix_tensor = torch.zeros(1, len(prefix), 32)
             prefix_tensor[0, :, :2] = torch.from_numpy(np.asarray(prefix, np.float32))
-        with torch.no_grad():
+            mode = observation["prefix_mode"]
+            if mode == "guided":
+                guidance = PrefixGuidance(inference_delay=observation["inference_delay"])
+        with torch.inference_mode():
             chunk = model.sample_actions(
                 encoded,
                 mask,
                 generator=torch.Generator().manual_seed(next(calls)),
                 action_prefix=prefix_tensor,
+                prefix_mode=mode,
+                guidance=guidance,
             )
         return chunk[0, :, :2].numpy()
 
-    with_prefix, _ = simulate(source, 2 / 30, ticks=ticks, execute_steps=4, commit_steps=3)
-    without, _ = simulate(source, 2 / 30, ticks=ticks, execute_steps=4, commit_steps=3, use_prefix=False)
-    assert with_prefix.idle_ticks == without.idle_ticks == 0
-    return with_prefix.summary(), without.summary()
+    summaries = {}
+    for mode in modes:
+        metrics, _ = simulate(source, 2 / 30, ticks=ticks, execute_steps=4, commit_steps=3, prefix_mode=mode)
+        assert metrics.idle_ticks == 0
+        summaries[mode] = metrics.summary()
+    return summaries
 
 
 def test_prefix_makes_seams_smoother_on_a_trained_tiny_model():
     """Conditioned on the committed prefix, a new chunk continues the executed motion: its seam is as smooth
     as a step inside a chunk and far smoother than the seam of a chunk inferred without the prefix (a random
     phase)."""
-    smooth, jumpy = seam_summaries(seed=0)
+    summaries = seam_summaries(seed=0)
+    smooth, jumpy = summaries["trained"], summaries["none"]
     # Seen with seeds 0-8: seams 0.33-0.37 with the prefix (inside a chunk 0.40-0.42; the true step is
     # 2 sin 0.2 = 0.40) vs 0.99-1.23 without; ratio 0.27-0.37 (seed 0: 0.36 / 1.06 = 0.34).
     assert smooth["seam_delta_mean"] < 0.6 * jumpy["seam_delta_mean"], (smooth, jumpy)
     assert smooth["seam_delta_mean"] < 1.5 * smooth["inner_delta_mean"], smooth
+
+
+def test_guided_prefix_makes_seams_smoother_on_a_tiny_model_trained_without_prefixes():
+    """The sync recipe never shows a prefix; guided inpainting of the current chunk's overlap (8 actions, 3 of
+    them committed) still makes the next chunk continue its phase, where a chunk inferred blind jumps."""
+    summaries = seam_summaries(seed=0, modes=("guided", "none"), action_prefix_probability=0.0)
+    smooth, jumpy = summaries["guided"], summaries["none"]
+    assert smooth["seam_delta_mean"] < 0.6 * jumpy["seam_delta_mean"], (smooth, jumpy)
 
 
 def test_executor_with_the_remote_server_on_the_wall_clock(server):
@@ -678,16 +734,19 @@ def test_repeated_log_records_are_rate_limited():
 
 class ScriptedSource:
     """Chunks whose every value encodes (inference k, step j) = 1000·k + j; `faults[k]` makes inference k raise,
-    return NaN or the wrong width. Records each call's prefix."""
+    return NaN or the wrong width. Records each call's prefix and the prefix fields of its observation."""
 
     def __init__(self, length=30, width=7, faults=None):
         self.length, self.width, self.faults = length, width, faults or {}
-        self.prefixes, self.calls = [], 0
+        self.prefixes, self.prefix_fields, self.calls = [], [], 0
 
     def __call__(self, observation, prefix):
         k = self.calls
         self.calls += 1
         self.prefixes.append(None if prefix is None else np.array(prefix))
+        self.prefix_fields.append(
+            {key: observation[key] for key in ("prefix_mode", "inference_delay") if key in observation}
+        )
         fault = self.faults.get(k)
         if fault == "raise":
             raise ConnectionError("the server went away")
@@ -762,10 +821,11 @@ def test_a_late_inference_times_out_and_is_retried():
     assert {int(a[0]) // 1000 for a in sent} >= {0, 2}, "the retried inference took over"
 
 
-@pytest.mark.parametrize("use_prefix", [True, False])
-def test_the_timeline_is_pinned(use_prefix):
-    """Chunk N is requested after tick s_N - 1; its prefix is exactly what runs at ticks s_N .. s_N+Δc-1, and the
-    robot switches to N at tick s_N + Δc, with or without a prefix."""
+@pytest.mark.parametrize("prefix_mode", ["trained", "guided", "none"])
+def test_the_timeline_is_pinned(prefix_mode):
+    """Chunk N is requested after tick s_N - 1; the robot switches to N at tick s_N + Δc in every prefix mode. Its
+    trained prefix is exactly what runs at ticks s_N .. s_N+Δc-1; its guided prefix is the rest of the chunk
+    running at s_N, from that tick on, with those Δc actions committed."""
     execute, commit = 10, 5
     source = ScriptedSource()
     metrics, sent = run_scripted(
@@ -773,7 +833,7 @@ def test_the_timeline_is_pinned(use_prefix):
         ticks=100,
         execute_steps=execute,
         commit_steps=commit,
-        use_prefix=use_prefix,
+        prefix_mode=prefix_mode,
         adapt_commit=False,
     )
     assert metrics.late_switches == 0 and metrics.idle_ticks == 0
@@ -786,11 +846,16 @@ def test_the_timeline_is_pinned(use_prefix):
         s_n = start + execute  # requested after tick start + execute - 1
         assert switch == s_n + commit, (n, switch, s_n)
         assert step_of[switch] == commit, "the new chunk starts at its first uncommitted step"
-        prefix = source.prefixes[n]
-        if use_prefix:
+        prefix, fields = source.prefixes[n], source.prefix_fields[n]
+        if prefix_mode == "trained":
             assert np.array_equal(prefix, np.stack(sent[s_n : s_n + commit])), n
+            assert fields == {"prefix_mode": "trained"}
+        elif prefix_mode == "guided":
+            assert np.array_equal(prefix[:commit], np.stack(sent[s_n : s_n + commit])), n
+            assert [int(a) for a in prefix[:, 0]] == [1000 * (n - 1) + j for j in range(execute, 30)], n
+            assert fields == {"prefix_mode": "guided", "inference_delay": commit}
         else:
-            assert prefix is None
+            assert prefix is None and fields == {}
         start = s_n
 
 

@@ -173,6 +173,7 @@ def test_the_evaluation_command_scores_policy_and_expert_and_resumes(tmp_path):
     assert [line["task"] for line in lines] == ["reach-v3", "all"]
     overall = lines[-1]
     assert overall["episodes"] == 1 and overall["expert_success_rate"] == 1.0
+    assert overall["prefix_mode"] == "trained" and overall["seam_jump"] is not None  # trained with prefixes
     assert 0 <= overall["success_ci95"][0] <= overall["success_rate"] <= overall["success_ci95"][1] <= 1
     assert (tmp_path / "videos" / "reach-v3-000.mp4").stat().st_size > 0
     again = eval_cli(*arguments)  # everything is in the results file already: nothing is run again
@@ -184,3 +185,7 @@ def test_the_evaluation_command_scores_policy_and_expert_and_resumes(tmp_path):
     assert refused.returncode == 2 and "recorded this checkpoint's demonstrations" in refused.stderr
     mismatch = eval_cli(*arguments, "--mode", "sync")
     assert mismatch.returncode == 2 and "recorded by another run" in mismatch.stderr
+    mismatch = eval_cli(*arguments, "--prefix_mode", "guided")
+    assert mismatch.returncode == 2 and "recorded by another run" in mismatch.stderr
+    refused = eval_cli(*arguments, "--mode", "sync", "--prefix_mode", "trained")
+    assert refused.returncode == 2 and "needs --mode async" in refused.stderr

@@ -264,17 +264,29 @@ def evaluate_cli(*arguments):
 
 
 @pytest.mark.parametrize(
-    "variant, mode, latency",
-    [("sync", "sync", 200), ("async-lambda", "async", 200), ("async-rtc", "async", 0)],
+    "variant, mode, latency, prefix_mode, expected_prefix_mode",
+    [
+        ("sync", "sync", 200, None, "none"),
+        ("async-lambda", "async", 200, None, "trained"),
+        ("async-rtc", "async", 0, None, "trained"),
+        ("sync", "async", 200, None, "none"),  # trained without prefixes: blind switching unless told
+        ("sync", "async", 100, "guided", "guided"),
+    ],
 )
-def test_the_evaluation_command_runs_the_shipped_checkpoints(variant, mode, latency, tmp_path):
+def test_the_evaluation_command_runs_the_shipped_checkpoints(
+    variant, mode, latency, prefix_mode, expected_prefix_mode, tmp_path
+):
     completed = evaluate_cli(
         "--model", FIXTURES / variant, "--episodes", 3, "--mode", mode, "--latency_ms", latency,
         "--target_speed", 0.2, "--gif", tmp_path / "episode.gif",
+        *(["--prefix_mode", prefix_mode, "--guidance_jacobian", "identity"] if prefix_mode else []),
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["episodes"] == 3 and result["mode"] == mode and result["latency_ms"] == latency
+    assert result["prefix_mode"] == expected_prefix_mode and result["seam_jump"] > 0
+    if expected_prefix_mode == "guided":
+        assert result["guidance"] == {"jacobian": "identity", "max_weight": 5.0, "mask_schedule": "exp"}
     assert 0 <= result["success_ci95"][0] <= result["success_rate"] <= result["success_ci95"][1] <= 1
     if mode == "sync" and latency > 0:
         assert result["idle_ticks_per_episode"] > 0  # the arm waited for every chunk
@@ -283,6 +295,15 @@ def test_the_evaluation_command_runs_the_shipped_checkpoints(variant, mode, late
             1, latency * 30 // 1000
         )
     assert (tmp_path / "episode.gif").stat().st_size > 0
+
+
+def test_a_prefix_mode_without_async_execution_is_refused():
+    completed = evaluate_cli(
+        "--model", FIXTURES / "sync", "--episodes", 1, "--mode", "sync", "--prefix_mode", "guided"
+    )
+    assert completed.returncode == 2 and "needs --mode async" in completed.stderr
+    completed = evaluate_cli("--model", FIXTURES / "sync", "--episodes", 1, "--max_guidance_weight", -1)
+    assert completed.returncode == 2 and "max_weight" in completed.stderr
 
 
 def test_evaluating_on_the_training_layouts_or_another_tier_is_refused():

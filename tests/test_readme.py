@@ -32,6 +32,36 @@ def test_the_readme_starts_with_exactly_two_set_up_commands():
     ]
 
 
+def test_the_guided_prefix_snippet_runs_after_the_usage_snippet(tmp_path):
+    (usage,) = code_blocks(section("Usage"), "python")
+    (guided,) = [
+        block
+        for block in code_blocks(section("Real-time execution and the policy server"), "python")
+        if "PrefixGuidance" in block
+    ]
+    code = (
+        usage.replace(SNIPPET_PATH_LINE, f"path = {str(TINY_CHECKPOINT)!r}")
+        + guided
+        + """
+assert tuple(next_chunk.shape) == (1, 10, 32)
+assert torch.allclose(next_chunk[:, :2], overlap[:, :2])  # the committed steps come back as given
+with torch.inference_mode():
+    blind = model(**inputs, seed=1).actions  # the same noise, no prefix
+active = inputs["action_mask"][:, 2:5].bool()  # guidance acts on the robot's 7 dims only
+steered = (next_chunk[:, 2:5] - overlap[:, 2:5]).abs()[active].mean()  # 0.46 on the tiny checkpoint
+assert steered < 0.7 * (blind[:, 2:5] - overlap[:, 2:5]).abs()[active].mean(), "guidance pulls the overlap"
+print("guided ok")
+"""
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        stdin=subprocess.DEVNULL, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("guided ok")
+
+
 def test_the_usage_snippet_runs_as_written_on_the_available_device(tmp_path):
     (snippet,) = code_blocks(section("Usage"), "python")
     assert snippet.count(SNIPPET_PATH_LINE) == 1

@@ -19,7 +19,7 @@ import numpy as np
 
 from .cli import ArgumentParser, exit_on_interrupt
 from .client import XR0Client
-from .realtime import RealtimeExecutor, RemoteChunkSource, ThreadedRunner
+from .realtime import PREFIX_MODES, RealtimeExecutor, RemoteChunkSource, ThreadedRunner
 
 logger = logging.getLogger("xr0.dry_run")
 
@@ -45,6 +45,12 @@ def main(argv=None) -> None:
     parser.add_argument("--control_hz", type=float, default=30.0)
     parser.add_argument("--execute_steps", type=int, default=None, help="default: half the chunk")
     parser.add_argument("--commit_steps", type=int, default=None, help="default: execute_steps - 1 (>= 1)")
+    parser.add_argument(
+        "--prefix_mode",
+        choices=PREFIX_MODES,
+        default=None,
+        help="how the next chunk uses the current one (default: the server's default_prefix_mode)",
+    )
     parser.add_argument("--inference_timeout", type=float, default=None, help="seconds (default: wait)")
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--state_dim", type=int, default=8)
@@ -63,6 +69,7 @@ def main(argv=None) -> None:
         chunk_length = served[robot_type]["chunk_length"]
         execute_steps = args.execute_steps or max(1, chunk_length // 2)
         commit_steps = args.commit_steps or max(1, execute_steps - 1)
+        prefix_mode = args.prefix_mode or client.metadata.get("default_prefix_mode", "trained")
         rng = np.random.default_rng(0)
         views = served[robot_type]["views"]
         runner = ThreadedRunner(RemoteChunkSource(client))
@@ -75,10 +82,12 @@ def main(argv=None) -> None:
             control_hz=args.control_hz,
             execute_steps=execute_steps,
             commit_steps=commit_steps,
+            prefix_mode=prefix_mode,
             inference_timeout=args.inference_timeout,
         )
         logger.info(
-            "running %d ticks at %g Hz against %s: %s, chunks of %d, execute_steps %d, commit_steps %d",
+            "running %d ticks at %g Hz against %s: %s, chunks of %d, execute_steps %d, commit_steps %d, "
+            "prefix_mode %s",
             args.ticks,
             args.control_hz,
             client.uri,
@@ -86,6 +95,7 @@ def main(argv=None) -> None:
             chunk_length,
             execute_steps,
             commit_steps,
+            prefix_mode,
         )
         try:
             with exit_on_interrupt(executor.metrics.line):

@@ -15,6 +15,11 @@ observed latency (up to T - T_e). Only if C runs out before N arrives does the r
 those are the idle ticks; a chunk that arrives after its whole timeline has passed runs from its first
 uncommitted action (what a synchronous executor does after waiting).
 
+How the next chunk uses the current one (`prefix_mode`): "trained" sends the Δt_c committed actions as its
+`action_prefix` (checkpoints post-trained with prefixes keep them as clean tokens); "guided" sends every action of
+C from s_N on (the overlap) with `inference_delay` = Δt_c, and the policy steers the new chunk toward them by
+guided inpainting (any checkpoint); "none" sends nothing: the new chunk is inferred blind to C (naive async).
+
 `synchronous=True` is the baseline the report compares against: after T_e actions the robot sends the safe action
 until the next chunk arrives (those ticks are idle), and that chunk, inferred without a prefix, runs from its first
 action at the tick it arrives.
@@ -38,9 +43,13 @@ import numpy as np
 logger = logging.getLogger("xr0.realtime")
 
 
+PREFIX_MODES = ("none", "trained", "guided")  # how the executor conditions the next chunk on the current one
+
+
 class ChunkSource(Protocol):
     def __call__(self, observation: dict, action_prefix: Optional[np.ndarray]) -> np.ndarray:
-        """observation (server format, without prefix) + committed actions (p, D) or None -> chunk (T, D)."""
+        """observation (server format, with the prefix's `prefix_mode` and `inference_delay` when there is one)
+        + the current chunk's actions for the next chunk's first p steps (p, D), or None -> chunk (T, D)."""
 
 
 class LocalChunkSource:
@@ -217,7 +226,8 @@ class RealtimeExecutor:
         control_hz: control rate (30 Hz as the report).
         execute_steps: T_e, ticks of a chunk before the next inference starts.
         commit_steps: Δt_c, committed actions sent as the next chunk's prefix (>= expected latency in ticks).
-        use_prefix: send the committed actions as prefix (False: plain chunk switching, for comparison).
+        prefix_mode: "trained" (the committed actions as prefix), "guided" (the whole overlap, the committed
+            actions first, for guided inpainting) or "none" (no prefix: plain chunk switching, for comparison).
         adapt_commit: after a late chunk, grow Δt_c to the observed latency (bounded by T - T_e).
         action_dim: D, the width every chunk must have (default: the first chunk's).
         safe_action: what to send when the current chunk has run out and no new chunk is usable: "hold" (the
@@ -239,7 +249,7 @@ class RealtimeExecutor:
         control_hz: float = 30.0,
         execute_steps: int = 10,
         commit_steps: int = 5,
-        use_prefix: bool = True,
+        prefix_mode: str = "trained",
         adapt_commit: bool = True,
         action_dim: Optional[int] = None,
         safe_action: str = "hold",
@@ -249,6 +259,8 @@ class RealtimeExecutor:
     ):
         if execute_steps < 1 or commit_steps < 1:
             raise ValueError("execute_steps and commit_steps must be >= 1")
+        if prefix_mode not in PREFIX_MODES:
+            raise ValueError(f"prefix_mode must be one of {PREFIX_MODES}, got {prefix_mode!r}")
         if not (callable(safe_action) or safe_action in ("hold", "zero")):
             raise ValueError(f"safe_action must be 'hold', 'zero' or a function, got {safe_action!r}")
         if max_consecutive_failures is not None and max_consecutive_failures < 1:
@@ -257,7 +269,7 @@ class RealtimeExecutor:
         self.clock = clock or getattr(runner, "clock", None) or MonotonicClock()
         self.dt = 1.0 / control_hz
         self.execute_steps, self.commit_steps = execute_steps, commit_steps
-        self.use_prefix, self.adapt_commit = use_prefix, adapt_commit
+        self.prefix_mode, self.adapt_commit = prefix_mode, adapt_commit
         self.action_dim, self.safe_action = action_dim, safe_action
         self.max_consecutive_failures, self.inference_timeout = max_consecutive_failures, inference_timeout
         self.synchronous = synchronous
@@ -433,9 +445,16 @@ class RealtimeExecutor:
             return future, next_start, self.clock.now(), 0
         commit = max(1, min(self.commit_steps, len(current.actions) - first_committed))
         committed = current.actions[first_committed : first_committed + commit]
-        prefix = committed if self.use_prefix and len(committed) == commit else None
         self.metrics.commit_steps_used.append(commit)
-        future = self.runner.submit(self.get_observation(), prefix)
+        observation, prefix = self.get_observation(), None
+        if self.prefix_mode != "none" and len(committed) == commit:
+            if self.prefix_mode == "trained":
+                prefix = committed
+                observation = dict(observation, prefix_mode="trained")
+            else:  # the whole overlap, its first `commit` actions committed
+                prefix = current.actions[first_committed:]
+                observation = dict(observation, prefix_mode="guided", inference_delay=commit)
+        future = self.runner.submit(observation, prefix)
         return future, next_start, self.clock.now(), commit
 
     def _adapt(self, latency_s: float, chunk_length: int) -> None:
@@ -476,11 +495,13 @@ def simulate_episode(
     until: Callable[[], bool],
     safe_action="hold",
     action_dim: Optional[int] = None,
+    prefix_mode: str = "trained",
 ) -> ExecutionMetrics:
     """One closed-loop episode of a simulated world through `RealtimeExecutor` on a `FakeClock`: each chunk is
     computed from the observation of the tick it was requested at and becomes usable `latency_s` later. `mode`
     "sync": after `execute_steps` actions the robot sends the safe action until the next chunk arrives; "async":
-    it keeps executing its committed actions (`commit_steps`), which are the next chunk's action prefix.
+    it keeps executing its committed actions (`commit_steps`), which condition the next chunk as `prefix_mode`
+    says (`RealtimeExecutor`).
 
     The action sent at tick t acts over [t, t + 1): `step_world(action)` runs when the next tick begins, so the
     observation requested at tick t shows the world at t and a latency of k ticks is k ticks of world time. The
@@ -510,6 +531,7 @@ def simulate_episode(
         safe_action=safe_action,
         max_consecutive_failures=1,
         synchronous=mode == "sync",
+        prefix_mode=prefix_mode,
     )
     metrics = executor.run(max_ticks, until=until)
     if metrics.stopped:
