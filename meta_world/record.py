@@ -1,18 +1,20 @@
 """Record Meta-World's scripted experts as one LeRobot v3.0 dataset (robot type `metaworld`, one instruction per
 task):
 
-    python -m xr0.meta_world.record --output runs/metaworld/data --tasks mt10 --episodes 40 --seed 0
+    python -m xr0.meta_world.record --output runs/metaworld/data --tasks mt10 --episodes 50 --seed 0
 
-Episode i of a task runs on the configuration `configuration_seed(seed, task, i)`: the expert acts until the task
+`--episodes` counts successful demonstrations per task. Try i of a task runs on the configuration
+`configuration_seed(seed, task, i)`, for i = 0, 1, ... until the task has that many, at most 2 · episodes + 10 tries
+(every task then trains on as many demonstrations, however often its expert fails). The expert acts until the task
 succeeds and `hold_steps` more (so chunks near the end show how to stay), at most `max_steps`. Frame t holds the two
 views and the 39-D state before action t, and action t (the expert's command). `--action_noise` σ > 0 makes the arm
 execute the command plus N(0, σ²) on the three motion dims while the dataset keeps the command (DART, Laskey et al.
-2017): the demonstrations then show how to come back from the small deviations a learned policy makes. Episodes
-the expert does not finish are left out of the dataset and counted in the summary
-(`<output>/meta/metaworld.json`).
+2017): the demonstrations then show how to come back from the small deviations a learned policy makes. Tries the
+expert does not finish are left out of the dataset and counted in the summary (`<output>/meta/metaworld.json`).
 """
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +39,11 @@ from .env import (
 SUMMARY_FILE = "metaworld.json"
 
 
+def max_tries(episodes: int) -> int:
+    """How many configurations a task may try to get `episodes` successful demonstrations."""
+    return 2 * episodes + 10
+
+
 def record(
     output,
     tasks: list,
@@ -46,7 +53,12 @@ def record(
     hold_steps: int = 8,
     max_steps: int = 250,
 ) -> dict:
-    """Writes the dataset; returns its summary (also written to `<output>/meta/metaworld.json`)."""
+    """Writes the dataset; returns its summary (also written to `<output>/meta/metaworld.json`).
+
+    Each task gets `episodes` successful demonstrations, or fewer (said in the summary) if its expert fails more
+    than `max_tries(episodes) - episodes` times."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1 successful demonstrations per task, got {episodes!r}")
     if not (np.isfinite(action_noise) and action_noise >= 0):
         raise ValueError(f"action_noise must be a finite standard deviation >= 0, got {action_noise!r}")
     start = time.perf_counter()
@@ -63,9 +75,10 @@ def record(
     per_task = {}
     for task in tasks:
         world = MetaWorldTask(task)
-        lengths, failures = [], 0
-        for episode in range(episodes):
-            configuration = configuration_seed(seed, task, episode)
+        lengths, failures, tries = [], 0, 0
+        while len(lengths) < episodes and tries < max_tries(episodes):
+            configuration = configuration_seed(seed, task, tries)
+            tries += 1
             frames = demonstrate(world, configuration, action_noise, hold_steps, max_steps)
             if frames is None:
                 failures += 1
@@ -77,10 +90,17 @@ def record(
         per_task[task] = {
             "instruction": world.instruction,
             "episodes": len(lengths),
+            "tries": tries,
             "expert_failures": failures,
             "mean_length": float(np.mean(lengths)) if lengths else None,
         }
         print(json.dumps({"recorded": task, **per_task[task]}), flush=True)
+        if len(lengths) < episodes:
+            print(
+                f"warning: {task}: {len(lengths)} of {episodes} demonstrations, the expert failed {failures} of "
+                f"{tries} tries",
+                file=sys.stderr,
+            )
     writer.finish()
     summary = {
         "seed": seed,
@@ -121,7 +141,7 @@ def main(argv=None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--tasks", nargs="+", default=["mt10"], help="task names or 'mt10'")
-    parser.add_argument("--episodes", type=int, default=40, help="episodes per task")
+    parser.add_argument("--episodes", type=int, default=50, help="successful demonstrations per task")
     parser.add_argument("--seed", type=int, default=0, help="configuration seed of the demonstrations")
     parser.add_argument("--action_noise", type=float, default=0.0, help="σ of the executed motion's noise")
     args = parser.parse_args(argv)

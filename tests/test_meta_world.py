@@ -95,6 +95,32 @@ def test_demonstrations_read_back_through_the_training_reader(tmp_path):
     assert info["features"]["observation.state"]["shape"] == [39] and info["robot_type"] == "metaworld"
 
 
+def test_failed_tries_are_replaced_until_each_task_has_its_demonstrations(tmp_path, monkeypatch, capsys):
+    """A try the expert does not finish is left out and the next configuration is tried, up to 2·N + 10 tries;
+    a task that never gets N says so in the summary and on stderr."""
+    from xr0.meta_world import record as recorder
+
+    tried = []
+    real = recorder.demonstrate
+
+    def first_fails(world, configuration, *args):
+        tried.append(configuration)
+        return None if len(tried) == 1 else real(world, configuration, *args)
+
+    monkeypatch.setattr(recorder, "demonstrate", first_fails)
+    summary = recorder.record(tmp_path / "data", ["reach-v3"], episodes=1, seed=5, hold_steps=2)
+    assert summary["tasks"]["reach-v3"] | {"mean_length": None} == {
+        "instruction": MT10["reach-v3"], "episodes": 1, "tries": 2, "expert_failures": 1, "mean_length": None,
+    }  # fmt: skip
+    assert tried == [configuration_seed(5, "reach-v3", 0), configuration_seed(5, "reach-v3", 1)]
+
+    monkeypatch.setattr(recorder, "demonstrate", lambda *args: None)
+    with pytest.raises(ValueError, match="no episodes"):  # nothing to train on: no dataset
+        recorder.record(tmp_path / "none", ["reach-v3"], episodes=1, seed=5, hold_steps=2)
+    assert recorder.max_tries(1) == 12
+    assert "reach-v3: 0 of 1 demonstrations, the expert failed 12 of 12 tries" in capsys.readouterr().err
+
+
 def test_a_goal_jump_moves_the_goal_and_only_success_after_it_counts(reach):
     configuration = configuration_seed(1, "reach-v3", 2)
     straight = evaluate.run_episode(reach, configuration, 250, evaluate.expert_loop(reach))
