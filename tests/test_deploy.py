@@ -617,6 +617,7 @@ def test_a_non_finite_chunk_is_an_error_never_actions(policy):
 
     class NaNModel:
         device, dtype = torch.device("cpu"), torch.float32
+        config = policy.model.config  # the policy reads its default prefix mode from it
 
         def eval(self):
             return self
