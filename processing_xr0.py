@@ -832,9 +832,17 @@ class XR0Processor(ProcessorMixin):
         image_processor = AutoImageProcessor.from_pretrained(
             pretrained_model_name_or_path, **{**_IMAGE_PROCESSOR_LOAD_KWARGS, **kwargs}
         )
-        # The tokenizer is the Qwen3-VL backbone's. Given that config, 5.x's AutoTokenizer does not read config.json,
-        # whose class (ours or the official one) it cannot import without remote code: it would fall back to a
-        # bare PretrainedConfig and warn "a model of type `xr0` to instantiate a model of type ``".
+        tokenizer = cls._load_tokenizer_from_pretrained("tokenizer", pretrained_model_name_or_path, **kwargs)
+        return [image_processor, tokenizer]
+
+    @classmethod
+    def _load_tokenizer_from_pretrained(cls, sub_processor_type, pretrained_model_name_or_path, **kwargs):
+        """The Qwen3-VL backbone's tokenizer (our one tokenizer attribute), loaded without a warning; 5.25+ calls
+        this hook itself, older lines through `_get_arguments_from_pretrained`.
+
+        Given the backbone's config, AutoTokenizer does not read config.json, whose class (ours or the official
+        one) it cannot import without remote code: it would fall back to a bare PretrainedConfig and warn "a model
+        of type `xr0` to instantiate a model of type ``"."""
         tokenizer = AutoTokenizer.from_pretrained(
             pretrained_model_name_or_path,
             **{"config": Qwen3VLConfig(), **_TOKENIZER_LOAD_KWARGS, **kwargs},
@@ -842,7 +850,7 @@ class XR0Processor(ProcessorMixin):
         # Our load-time switches are not tokenizer settings: keep them out of what save_pretrained writes.
         for key in set(_TOKENIZER_LOAD_KWARGS) - set(kwargs):
             tokenizer.init_kwargs.pop(key, None)
-        return [image_processor, tokenizer]
+        return tokenizer
 
     @property
     def model_input_names(self) -> list:
