@@ -1009,9 +1009,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         """The Euler loop of guided inpainting: x <- x + (v + w(τ)·g)·(1/N), g from `guided_velocity`, toward
         `target` (B, T, A) with the soft mask `weights` (T,). Every DiT token is noisy: no clean prefix."""
         # Gradients are needed even under a caller's torch.inference_mode(); tensors made there cannot enter
-        # autograd, so the loop works on ordinary copies of them.
+        # autograd, so the loop then works on ordinary copies of them.
         with torch.inference_mode(False), torch.enable_grad():
-            observation = observation.clone()
+            if torch.is_inference(observation.context_tokens):
+                observation = observation.clone()
             action_mask = action_mask.to(self.device).clone()
             target = target.to(device=self.device, dtype=torch.float32).clone()
             weights = weights.to(self.device).clone()[None, :, None]  # (1, T, 1)

@@ -373,6 +373,18 @@ def add_guidance_arguments(parser) -> None:
     )
 
 
+def add_prefix_mode_arguments(parser, executor_prefix_modes) -> None:
+    """The simulated evaluators' `--prefix_mode` (the executor's modes) and the guided mode's options."""
+    parser.add_argument(
+        "--prefix_mode",
+        choices=executor_prefix_modes,
+        default=None,
+        help="async: how the next chunk uses the committed actions (default: trained for a checkpoint trained "
+        "with prefixes, else none)",
+    )
+    add_guidance_arguments(parser)
+
+
 def guidance_from_arguments(args) -> PrefixGuidance:
     """`PrefixGuidance` of the options `add_guidance_arguments` added (ValueError names a bad one)."""
     return PrefixGuidance(

@@ -344,7 +344,7 @@ def load(model: str, device: str = "cpu", guidance=None):
 def main(argv=None) -> None:
     from ..configuration_xr0 import XR0Config
     from ..deploy.policy import (
-        add_guidance_arguments,
+        add_prefix_mode_arguments,
         executor_prefix_mode,
         guidance_from_arguments,
         guidance_settings,
@@ -372,14 +372,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--results_file", type=Path, default=None, help="JSON of every episode; resumes a run"
     )
-    parser.add_argument(
-        "--prefix_mode",
-        choices=EXECUTOR_PREFIX_MODES,
-        default=None,
-        help="async: how the next chunk uses the committed actions (default: trained for a checkpoint trained "
-        "with prefixes, else none)",
-    )
-    add_guidance_arguments(parser)
+    add_prefix_mode_arguments(parser, EXECUTOR_PREFIX_MODES)
     parser.add_argument("--video", choices=VIDEO_CHOICES, default="none")
     parser.add_argument("--video_dir", type=Path, default=Path("runs/metaworld/videos"))
     parser.add_argument("--device", default="cpu")

@@ -260,7 +260,7 @@ def load(model: str, device: str = "cpu", guidance=None):
 
 
 def main(argv=None) -> None:
-    from ..deploy.policy import add_guidance_arguments, guidance_from_arguments
+    from ..deploy.policy import add_prefix_mode_arguments, guidance_from_arguments
 
     parser = ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -293,14 +293,7 @@ def main(argv=None) -> None:
         metavar=("FIRST", "LAST"),
         help="the named target teleports once, at a tick drawn in [FIRST, LAST]",
     )
-    parser.add_argument(
-        "--prefix_mode",
-        choices=EXECUTOR_PREFIX_MODES,
-        default=None,
-        help="async: how the next chunk uses the committed actions (default: trained for a checkpoint trained "
-        "with prefixes, else none)",
-    )
-    add_guidance_arguments(parser)
+    add_prefix_mode_arguments(parser, EXECUTOR_PREFIX_MODES)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--gif", type=Path, default=None, help="write the first episode as a GIF")
     args = parser.parse_args(argv)
@@ -308,10 +301,6 @@ def main(argv=None) -> None:
         guidance = guidance_from_arguments(args)
     except ValueError as error:
         parser.error(str(error))
-    if args.mode == "sync" and args.prefix_mode not in (None, "none"):
-        parser.error(
-            f"--prefix_mode {args.prefix_mode} needs --mode async: a synchronous robot commits nothing"
-        )
     recorded = training_record(args.model)
     if recorded.get("seed") is not None and recorded["seed"] == args.seed:
         parser.error(
