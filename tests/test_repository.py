@@ -372,3 +372,17 @@ def test_library_modules_never_import_the_developer_scripts():
         and pattern.search(path.read_text())
     ]
     assert not offenders, offenders
+
+
+def test_the_core_never_imports_lerobot():
+    """LeRobot is a plugin's dependency (lerobot_plugin/), never the core's: no module of `xr0` or `xr0_client`
+    imports `lerobot` or the plugin package."""
+    pattern = re.compile(r"^\s*(from|import)\s+(lerobot|lerobot_policy_xr0)\b", re.MULTILINE)
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in REPO_ROOT.rglob("*.py")
+        if not {"lerobot_plugin", "fixtures", "runs"} & set(path.relative_to(REPO_ROOT).parts)
+        and not any(part.startswith(".") for part in path.relative_to(REPO_ROOT).parts)
+        and pattern.search(path.read_text())
+    ]
+    assert not offenders, offenders

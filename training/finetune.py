@@ -174,15 +174,19 @@ def load_model_and_processor(args: ModelArguments):
     # fp32 master weights on every transformers line, whatever the checkpoint stores: `--bf16 true` is autocast
     # mixed precision (and ZeRO-2 / FSDP keep fp32 masters), so AdamW's state is fp32 too.
     model = XR0ForActionGeneration.from_pretrained(args.model, dtype=torch.float32, **kwargs)
-    sizes = dict(
-        action_length=model.config.action_length,
-        action_dim=model.config.action_dim,
-        state_dim=model.config.state_dim,
+    return model, load_processor(args.model, model.config)
+
+
+def load_processor(checkpoint, config) -> XR0Processor:
+    """The processor of `checkpoint` sized for its model `config`. A published-layout directory has the tokenizer
+    and image processor; a bare weights directory may not: it gets this repository's (the backbone's)."""
+    has_processor = (Path(checkpoint) / "tokenizer_config.json").is_file()
+    return XR0Processor.from_pretrained(
+        checkpoint if has_processor else REPO_ROOT,
+        action_length=config.action_length,
+        action_dim=config.action_dim,
+        state_dim=config.state_dim,
     )
-    # A published-layout directory has the tokenizer and image processor; a bare weights directory may not.
-    has_processor = (Path(args.model) / "tokenizer_config.json").is_file()
-    processor = XR0Processor.from_pretrained(args.model if has_processor else REPO_ROOT, **sizes)
-    return model, processor
 
 
 def apply_recipe(model, args: ModelArguments) -> None:
