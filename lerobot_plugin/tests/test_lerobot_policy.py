@@ -61,6 +61,13 @@ def observation(dataset, index: int = 5) -> dict:
     }
 
 
+def training_batch(dataset, indices=(0, 30)) -> dict:
+    """Frames of both episodes collated as LeRobot's DataLoader does: tensors stacked, tasks listed."""
+    frames = [dataset[i] for i in indices]
+    keys = ("observation.image", "observation.state", "action", "action_is_pad")
+    return {**{k: torch.stack([f[k] for f in frames]) for k in keys}, "task": [f["task"] for f in frames]}
+
+
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
     """lerobot-train --policy.type=xr0 from the tiny XR0 checkpoint, three steps: the saved policy directory."""
@@ -134,14 +141,8 @@ def test_lerobot_eval_runs_the_policy_in_lerobots_metaworld_env(trained, tmp_pat
 def test_forward_returns_xr0s_loss_and_its_parts(dataset):
     policy = XR0Policy(policy_config(dataset), dataset_stats=dataset.meta.stats)
     pre, _ = make_xr0_pre_post_processors(policy.config, dataset_stats=dataset.meta.stats)
-    frames = [dataset[i] for i in (0, 30)]
-    batch = {
-        key: torch.stack([f[key] for f in frames])
-        for key in ("observation.image", "observation.state", "action", "action_is_pad")
-    }
-    batch["task"] = [f["task"] for f in frames]
     torch.manual_seed(0)
-    loss, parts = policy.forward(pre(batch))
+    loss, parts = policy.forward(pre(training_batch(dataset)))
     assert loss.ndim == 0 and torch.isfinite(loss) and loss.requires_grad
     assert set(parts) == {"flow_loss", "frequency_loss"} and all(np.isfinite(v) for v in parts.values())
 
@@ -278,13 +279,7 @@ def test_lora_trains_adapters_and_saves_them_merged(dataset, tmp_path):
     assert any("lora_" in name for name in trainable)
     assert not any("language_model" in name and "lora_" not in name for name in trainable)
     pre, _ = make_xr0_pre_post_processors(policy.config, dataset_stats=dataset.meta.stats)
-    frames = [dataset[i] for i in (0, 30)]
-    batch = {
-        k: torch.stack([f[k] for f in frames])
-        for k in ("observation.image", "observation.state", "action", "action_is_pad")
-    }
-    batch["task"] = [f["task"] for f in frames]
-    loss, _ = policy.forward(pre(batch))
+    loss, _ = policy.forward(pre(training_batch(dataset)))
     loss.backward()
     with torch.no_grad():  # move the adapters off their zero start, as training would
         for name, p in policy.named_parameters():
