@@ -330,6 +330,28 @@ def generator_from_seed(seed, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def data_parallel_sum(value: torch.Tensor) -> torch.Tensor:
+    """`value` summed over the ranks of data-parallel training (see `data_parallel`), as a detached copy.
+    The loss's batch-wide normalizers (the masked MSE's count, the reweighting's mean error) use these sums, so
+    the ranks' averaged gradient equals the gradient of their whole global batch as one process computes it,
+    however unevenly padding and prefixes spread over the ranks."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    total = value.detach().float().clone()
+    torch.distributed.all_reduce(total)
+    return total
+
+
+def data_parallel(model: torch.nn.Module) -> bool:
+    """Whether `model` trains (training mode) in a process group of several ranks, which all run its loss."""
+    return (
+        model.training
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
 def uniform(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
     """U[0, 1) drawn on the generator's device (so a CPU generator drives a GPU model), returned on `device`."""
     draw_device = generator.device if generator is not None else device
@@ -1097,6 +1119,40 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         coin = uniform((batch_size, action_length), generator, self.device) < config.prefix_hide_probability
         return prefix_lengths, in_prefix & ~kept & coin
 
+    def sample_training_draws(
+        self,
+        actions: torch.Tensor,
+        repeats: int,
+        generator: Optional[torch.Generator] = None,
+        sample_seeds: Optional[torch.Tensor] = None,
+    ) -> tuple:
+        """
+        A training step's random draws for `actions` (B·R, T, A), the R repeats of each sample side by side:
+        noise (B·R, T, A), flow times (B·R,), prefix lengths (B·R,) and hidden prefix tokens (B·R, T).
+
+        From `generator` for the whole batch; or, with `sample_seeds` (B,), sample i's R repeats come from a
+        generator seeded with `sample_seeds[i]`, in the same order (noise, time, prefix). A run whose seeds are a
+        function of the run's seed and each sample's identity (`xr0.training.data.sample_seed`) then draws the
+        same for a sample on any rank, with any number of processes, before and after a resume.
+        """
+        action_length = actions.shape[1]
+        if sample_seeds is None:
+            noise = self.sample_noise(actions, generator)
+            timestep = self.sample_time(actions.shape[0], generator)
+            return (noise, timestep, *self.sample_prefix(actions.shape[0], action_length, generator))
+        if not isinstance(sample_seeds, torch.Tensor) or sample_seeds.shape != (actions.shape[0] // repeats,):
+            raise ValueError(
+                f"`sample_seeds` must be a ({actions.shape[0] // repeats},) int tensor, one seed per sample, got "
+                f"{_describe(sample_seeds)}."
+            )
+        draws = []
+        for i, seed in enumerate(sample_seeds.tolist()):
+            own = torch.Generator().manual_seed(seed)
+            noise = self.sample_noise(actions[i * repeats : (i + 1) * repeats], own)
+            timestep = self.sample_time(repeats, own)
+            draws.append((noise, timestep, *self.sample_prefix(repeats, action_length, own)))
+        return tuple(torch.cat(parts) for parts in zip(*draws, strict=True))
+
     def compute_loss(
         self,
         observation: XR0Observation,
@@ -1104,6 +1160,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         action_mask: torch.Tensor,
         action_is_pad: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
+        sample_seeds: Optional[torch.Tensor] = None,
     ) -> dict:
         """
         Flow-matching loss of the training recipe (report: pre- and post-training), asynchronous post-training
@@ -1114,9 +1171,13 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             actions: (B, T, A) normalized ground-truth chunk; T is the robot type's chunk length.
             action_mask: (B, T, A), the robot's active dims (also the DiT input mask, as at inference).
             action_is_pad: (B, T) bool, steps past the episode end (excluded from the loss).
-            generator: source of every random draw (noise, t, prefixes, hidden tokens).
+            generator: source of every random draw (noise, t, prefixes, hidden tokens) for the whole batch.
+            sample_seeds: (B,) int64, one seed per sample instead (see `sample_training_draws`): a sample's draws
+                then depend on its seed only, not on its batch, its rank or the number of processes.
         Returns:
             dict with `loss` and its parts `flow_loss` (masked MSE) and `frequency_loss`, each a scalar tensor.
+            Under data-parallel training the masked MSE is normalized by the mean count over the ranks, so the
+            ranks' averaged gradient is that of the whole global batch (as one process computes it).
         """
         config = self.config
         batch_size = observation.batch_size
@@ -1141,13 +1202,13 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         valid = valid.repeat_interleave(repeats, dim=0)
         batch_size *= repeats
 
-        noise = self.sample_noise(actions, generator)
-        timestep = self.sample_time(batch_size, generator)
+        noise, timestep, prefix_lengths, hidden_actions = self.sample_training_draws(
+            actions, repeats, generator, sample_seeds
+        )
         t = timestep[:, None, None]
         noisy_actions = (1 - t) * noise + t * actions
         target = actions - noise
 
-        prefix_lengths, hidden_actions = self.sample_prefix(batch_size, action_length, generator)
         is_prefix = prefix_positions(prefix_lengths, action_length)  # (B, T)
         layout = self.chunk_layout(observation, action_length, prefix_lengths, hidden_actions)
         noisy_actions = torch.where(is_prefix[..., None], actions, noisy_actions)
@@ -1157,13 +1218,19 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         loss_mask = action_mask.float() * (valid & ~is_prefix)[..., None].float()  # (B, T, A)
         weight = torch.ones_like(loss_mask)
         uses_prefix = prefix_lengths > 0
-        if config.loss_reweighting and bool(uses_prefix.any()):
+        # Under data-parallel training every rank joins the reweighting's all-reduce, prefixes or not.
+        if config.loss_reweighting and (bool(uses_prefix.any()) or data_parallel(self)):
             weight = self._prefix_loss_weight(
                 observation, actions, action_mask, prefix_lengths, loss_mask, noise
             )
             weight = torch.where(uses_prefix[:, None, None], weight, torch.ones_like(weight))
 
-        count = loss_mask.sum().clamp(min=1.0)
+        # Each rank's loss is averaged over the ranks: normalizing by the mean count over the ranks makes that
+        # average the global batch's loss (in one process: the count).
+        count = loss_mask.sum()
+        if data_parallel(self):
+            count = data_parallel_sum(count) / torch.distributed.get_world_size()
+        count = count.clamp(min=1.0)
         flow_loss = ((velocity - target) ** 2 * loss_mask * weight).sum() / count
         # Each sample's mean weight scales its frequency term, as released.
         sample_weight = (weight * loss_mask).sum(dim=(1, 2)) / loss_mask.sum(dim=(1, 2)).clamp(min=1.0)
@@ -1182,7 +1249,11 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         error = (generated - actions).abs()
         has_prefix = (prefix_lengths > 0)[:, None, None].float()
         masked = loss_mask * has_prefix
-        mean_error = (error * masked).sum() / masked.sum().clamp(min=1.0)
+        # The mean over the global batch: the same weights whatever rank a sample trains on.
+        total, count = (error * masked).sum(), masked.sum()
+        if data_parallel(self):
+            total, count = data_parallel_sum(total), data_parallel_sum(count)
+        mean_error = total / count.clamp(min=1.0)
         low, high = self.config.loss_reweight_range
         return (error / mean_error.clamp(min=1e-8)).clamp(low, high)
 
@@ -1233,6 +1304,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         prefix_mode: str = "trained",
         guidance: Optional[PrefixGuidance] = None,
         language_batch: Optional[dict] = None,
+        sample_seeds: Optional[torch.Tensor] = None,
         noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
@@ -1257,6 +1329,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 `attention_mask`, `labels` (-100 = ignored) and optionally `pixel_values`, `image_grid_thw`
                 (see the processor's `encode_conversations`); their next-token loss is added with
                 `config.language_loss_weight`. The robot inputs may then be absent (a language-only batch).
+            sample_seeds: (B,) int64, each sample's seed for its training draws (see `sample_training_draws`).
             noise: (B, T, A) initial noise; overrides `generator`/`seed`.
             generator: a `torch.Generator` for all randomness; the noise is drawn in `action_mask`'s shape and
                 dtype on the generator's device. seed: an int; the same as
@@ -1306,7 +1379,14 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 raise ValueError(
                     "`action_prefix`, `guidance` and `noise` are inference inputs; training draws its own."
                 )
-            losses = self.compute_loss(observation, actions, action_mask, action_is_pad, generator=generator)
+            losses = self.compute_loss(
+                observation,
+                actions,
+                action_mask,
+                action_is_pad,
+                generator=generator,
+                sample_seeds=sample_seeds,
+            )
             if language_loss is not None:
                 losses["loss"] = losses["loss"] + self.config.language_loss_weight * language_loss
                 losses["language_loss"] = language_loss.detach()

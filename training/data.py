@@ -556,6 +556,31 @@ class VisionLanguageDataset(Dataset):
         return {"images": images, "prompt": sample["prompt"], "answer": sample["answer"]}
 
 
+def sample_seed(run_seed: int, index: int, epoch: int) -> int:
+    """The seed of a sample's training draws (noise, flow time, prefix, hidden tokens): a function of the run's
+    seed and the sample's identity (dataset index, epoch) only, so that it is the same on any rank, with any
+    number of processes, and after a resume. The repeats of a sample draw in turn from it."""
+    state = np.random.SeedSequence([run_seed, index, epoch]).generate_state(1, np.uint64)[0]
+    return int(state) & (2**63 - 1)  # fits an int64 tensor
+
+
+class SeededSamples(Dataset):
+    """A dataset whose samples carry `sample_seed` (see `sample_seed`); `set_epoch` is called at each epoch's
+    start (the Trainer callback `SampleEpochs`), before the epoch's data loader iterator (and its workers) exist."""
+
+    def __init__(self, dataset: Dataset, run_seed: int):
+        self.dataset, self.run_seed, self.epoch = dataset, run_seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "sample_seed": sample_seed(self.run_seed, index, self.epoch)}
+
+
 class MixedDataset(Dataset):
     """Robot frames with one vision-language sample after every `robot_per_vl` of them (the VL samples cycle)."""
 
@@ -690,4 +715,8 @@ class XR0Collator:
         actions = np.stack([sample["actions"] for sample in samples])
         inputs["actions"] = torch.from_numpy(self.processor.normalize_action(actions, self.robot_type))
         inputs["action_is_pad"] = torch.from_numpy(np.stack([sample["action_is_pad"] for sample in samples]))
+        if all("sample_seed" in sample for sample in samples):
+            inputs["sample_seeds"] = torch.tensor(
+                [sample["sample_seed"] for sample in samples], dtype=torch.int64
+            )
         return dict(inputs)

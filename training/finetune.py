@@ -37,7 +37,14 @@ from .. import REPO_ROOT
 from ..checkpoint_layout import REMOTE_CODE_FILES
 from ..modeling_xr0 import ACTION_EXPERT_MODULES, XR0ForActionGeneration
 from ..processing_xr0 import XR0Processor
-from .data import MixedDataset, VisionLanguageDataset, XR0Collator, open_dataset, register_dataset_robot
+from .data import (
+    MixedDataset,
+    SeededSamples,
+    VisionLanguageDataset,
+    XR0Collator,
+    open_dataset,
+    register_dataset_robot,
+)
 from .report import write_fine_tune_card
 
 logger = logging.getLogger("xr0.finetune")
@@ -260,10 +267,12 @@ def finetune(
         parse_camera_map(data_args.camera_map),
         data_args.normalize_state,
     )
-    train_dataset = dataset
+    # Each frame's draws come from its own seed (run seed, index, epoch): the same whatever rank it lands on.
+    seeded = SeededSamples(dataset, training_args.seed)
+    train_dataset = seeded
     if data_args.vl_dataset:
         train_dataset = MixedDataset(
-            dataset, VisionLanguageDataset(data_args.vl_dataset), data_args.robot_per_vl
+            seeded, VisionLanguageDataset(data_args.vl_dataset), data_args.robot_per_vl
         )
     freeze(model, model_args)
     trained = add_lora(model, model_args) if model_args.lora_rank > 0 else model
@@ -279,7 +288,7 @@ def finetune(
         args=training_args,
         train_dataset=train_dataset,
         data_collator=XR0Collator(processor, model_args.robot_type, camera_map),
-        callbacks=[CompleteCheckpoints(processor, model)],
+        callbacks=[CompleteCheckpoints(processor, model), SampleEpochs(seeded)],
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
@@ -320,6 +329,18 @@ class XR0Trainer(Trainer):
                 logs[name] = round(float(total) / count, 4)
             self._loss_parts = {}
         super().log(logs, *args, **kwargs)
+
+
+class SampleEpochs(TrainerCallback):
+    """Tells the seeded dataset which epoch starts (the epoch is part of each sample's seed). At an epoch's
+    start `state.epoch` is that epoch, also when a run resumes inside it (then a fraction above it)."""
+
+    def __init__(self, dataset: SeededSamples):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch + 1e-9))
+        return control
 
 
 class CompleteCheckpoints(TrainerCallback):
