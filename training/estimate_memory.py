@@ -1,10 +1,12 @@
 """Training-step memory of the real 4.7B XR0, estimated from the model built on the meta device (numbers, not a
 test; activations are not included: they depend on batch size, prompt length and checkpointing).
 
-    python -m xr0.training.estimate_memory
+    python -m xr0.training.estimate_memory [--gpus 8]
 
 Per parameter: fp32 master weight 4 B; trainable ones add an fp32 gradient 4 B and AdamW's two fp32 moments 8 B;
 frozen ones can be held in bf16 (2 B). LoRA adds rank·(in + out) trainable values per adapted projection.
+Per GPU, for N GPUs: DDP holds everything on every GPU; DeepSpeed ZeRO-2 shards gradients and AdamW's moments
+(weights stay whole); ZeRO-3 and FSDP's full sharding shard weights too.
 """
 
 import re
@@ -33,8 +35,9 @@ def estimate(lora_rank: int = 16) -> list:
             lora += lora_rank * (module.in_features + module.out_features)
 
     def row(setting, trainable, frozen, frozen_bytes):
-        optimizer = trainable * (4 + 4 + 8)  # fp32 weight, gradient, two AdamW moments
-        return setting, trainable, (optimizer + frozen * frozen_bytes) / GIB
+        weights = trainable * 4 + frozen * frozen_bytes  # fp32 masters of the trained ones
+        states = trainable * (4 + 8)  # fp32 gradient, two AdamW moments
+        return setting, trainable, weights / GIB, states / GIB
 
     return [
         row("full fine-tuning (token embeddings frozen, as released)", total - embeddings, embeddings, 4),
@@ -49,13 +52,29 @@ def estimate(lora_rank: int = 16) -> list:
     ]
 
 
+def per_gpu(weights: float, states: float, gpus: int) -> dict:
+    """GiB per GPU of each data-parallel strategy, from the weights' and the training states' GiB."""
+    return {
+        "DDP": weights + states,
+        "ZeRO-2": weights + states / gpus,
+        "ZeRO-3 / FSDP": (weights + states) / gpus,
+    }
+
+
 def main(argv=None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--lora_rank", type=int, default=16)
+    parser.add_argument("--gpus", type=int, default=8, help="N, the GPUs the per-GPU columns divide over")
     args = parser.parse_args(argv)
-    for setting, trainable, gib in estimate(args.lora_rank):
+    if args.gpus < 1:
+        parser.error(f"--gpus must be >= 1, got {args.gpus}")
+    for setting, trainable, weights, states in estimate(args.lora_rank):
+        strategies = "   ".join(
+            f"{name} {gib:5.1f}" for name, gib in per_gpu(weights, states, args.gpus).items()
+        )
         print(
-            f"{setting:<70} trainable {trainable / 1e9:6.3f} B   weights + gradients + AdamW {gib:6.1f} GiB"
+            f"{setting:<70} trainable {trainable / 1e9:6.3f} B   weights + gradients + AdamW "
+            f"{weights + states:6.1f} GiB   per GPU of {args.gpus}: {strategies}"
         )
 
 
