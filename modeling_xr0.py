@@ -1239,6 +1239,14 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         loss = 0.5 * flow_loss + config.frequency_loss_weight * spectral_loss
         return {"loss": loss, "flow_loss": flow_loss.detach(), "frequency_loss": spectral_loss.detach()}
 
+    def _join_action_loss_sums(self) -> None:
+        """A rank whose batch holds vision-language samples only still joins the action loss's all-reduces, in
+        `compute_loss`'s order (the reweighting's error sum and count, then the MSE's count), adding zeros: the
+        other ranks would otherwise wait for it. Zero counts keep the global batch's normalization exact."""
+        zero = torch.zeros((), device=self.device)
+        for _ in range(3 if self.config.loss_reweighting else 1):
+            data_parallel_sum(zero)
+
     @torch.no_grad()
     def _prefix_loss_weight(self, observation, actions, action_mask, prefix_lengths, loss_mask, noise):
         """|actions generated from the prefix and the sample's own training noise - ground truth| / its masked
@@ -1346,6 +1354,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             raise TypeError(f"XR0ForActionGeneration.forward got unexpected arguments {sorted(unexpected)}.")
         language_loss = None if language_batch is None else self.language_loss(**language_batch)
         if input_ids is None and language_loss is not None:
+            if data_parallel(self):
+                self._join_action_loss_sums()
             return XR0ActionOutput(
                 loss=self.config.language_loss_weight * language_loss, language_loss=language_loss.detach()
             )

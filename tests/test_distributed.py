@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from robot_datasets import write_lerobot
+from robot_datasets import write_conversations, write_lerobot
 from safetensors.torch import load_file
 from tiny import tiny_model
 
@@ -223,3 +223,21 @@ def test_lora_under_torchrun_trains_the_same_adapters_and_expert_as_one_process(
     merged = load_file(str(ranks / "model.safetensors"))
     changed = {k.split(".")[0] for k in base if not torch.equal(base[k], merged[k])}
     assert {"vlm", "dit"} <= changed, changed  # the adapters merged into the VLM, and the expert, trained
+
+
+def test_a_rank_with_only_vision_language_samples_does_not_stall_the_others(
+    tiny_checkpoint, lerobot_dir, tmp_path
+):
+    """Co-training with one sample per rank and step: some steps give one rank a vision-language sample and the
+    other a robot frame; the first still joins the action loss's all-reduces, so the run neither hangs nor
+    fails (a 60 s collective timeout would fail it)."""
+    conversations = write_conversations(tmp_path / "vl")
+    arguments = ("--max_steps", "6", "--vl_dataset", str(conversations), "--robot_per_vl", "1")
+    run(
+        torchrun(
+            finetune_arguments(
+                tiny_checkpoint, lerobot_dir, tmp_path / "run", 1, *arguments, "--ddp_timeout", "60"
+            )
+        ),
+        timeout=300,
+    )
