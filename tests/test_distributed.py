@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from robot_datasets import write_conversations, write_lerobot
 from safetensors.torch import load_file
 from tiny import tiny_model
@@ -162,6 +163,11 @@ def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, le
     assert max_relative_difference(nodes, single) < 1e-5
 
 
+@pytest.mark.skipif(
+    int(transformers.__version__.split(".")[0]) < 5,
+    reason="transformers 4.57's Trainer saves a gloo run's optimizer state tagged 'cpu:0' and cannot load it back "
+    "(torch.load: 'don't know how to restore data location'): a CPU-only limitation of that line",
+)
 def test_resuming_a_two_process_run_is_exact(tiny_checkpoint, lerobot_dir, tmp_path):
     common = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
     straight = tmp_path / "straight"
