@@ -146,7 +146,8 @@ def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, le
                 str(port),
                 "-m",
                 "xr0.training.finetune",
-                *finetune_arguments(tiny_checkpoint, lerobot_dir, nodes, 2, *steps),
+                # Each node names its own directory: only the first node's may receive files.
+                *finetune_arguments(tiny_checkpoint, lerobot_dir, nodes / f"node{rank}", 2, *steps),
                 "--ddp_backend",
                 "gloo",
             ],  # fmt: skip
@@ -160,7 +161,9 @@ def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, le
     ]
     outputs = [launch.communicate(timeout=600)[0] for launch in launches]
     assert [launch.returncode for launch in launches] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    assert max_relative_difference(nodes, single) < 1e-5
+    assert max_relative_difference(nodes / "node0", single) < 1e-5
+    written_by_node1 = sorted(p.name for p in (nodes / "node1").rglob("*") if p.is_file())
+    assert written_by_node1 == [], written_by_node1
 
 
 @pytest.mark.skipif(

@@ -294,12 +294,16 @@ def finetune(
 
     output = Path(training_args.output_dir)
     final = trained.merge_and_unload() if model_args.lora_rank > 0 else model
-    final.save_pretrained(output)
-    processor.save_pretrained(output)
-    write_fine_tune_card(output, model_args, data_args, training_args, trainer, processor, dataset)
-    logger.info(
-        "saved %s (load with AutoModel/AutoProcessor.from_pretrained(..., trust_remote_code=True))", output
-    )
+    # One writer per directory: under torchrun every rank gets here, and two ranks rewriting the same
+    # tokenizer_config.json let one read the other's half-written file.
+    if training_args.should_save:
+        final.save_pretrained(output)
+        processor.save_pretrained(output)
+        write_fine_tune_card(output, model_args, data_args, training_args, trainer, processor, dataset)
+        logger.info(
+            "saved %s (load with AutoModel/AutoProcessor.from_pretrained(..., trust_remote_code=True))",
+            output,
+        )
     return trainer
 
 
@@ -352,7 +356,8 @@ class CompleteCheckpoints(TrainerCallback):
         self.processor, self.model = processor, model
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        # The Trainer's own rule for who writes checkpoint-N (rank 0, or each node's first).
+        if args.should_save:
             directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             self.processor.save_pretrained(directory)
             self.model.config.save_pretrained(directory)
