@@ -25,6 +25,7 @@ import inspect
 import json
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -116,6 +117,27 @@ class XR0Observation:
             cache_mask=self.cache_mask.clone(),
             next_position=self.next_position.clone(),
             context_tokens=self.context_tokens.clone(),
+        )
+
+    def tensors(self) -> list:
+        """Every tensor, flat: keys, values, cache_mask, next_position, context_tokens (`from_tensors` inverts)."""
+        return [
+            *self.cache_keys,
+            *self.cache_values,
+            self.cache_mask,
+            self.next_position,
+            self.context_tokens,
+        ]
+
+    @classmethod
+    def from_tensors(cls, tensors: list) -> "XR0Observation":
+        layers = (len(tensors) - 3) // 2
+        return cls(
+            cache_keys=tuple(tensors[:layers]),
+            cache_values=tuple(tensors[layers : 2 * layers]),
+            cache_mask=tensors[-3],
+            next_position=tensors[-2],
+            context_tokens=tensors[-1],
         )
 
     def repeat_interleave(self, repeats: int) -> "XR0Observation":
@@ -382,6 +404,8 @@ def dit_attention_function(implementation: Optional[str]):
     request (flash_attention_2, ...) runs the DiT on PyTorch SDPA and says so once; the VLM honours it."""
     if implementation in DIT_ATTENTION_FUNCTIONS:
         return DIT_ATTENTION_FUNCTIONS[implementation]
+    if torch.compiler.is_compiling():  # said by the eager call that precedes any compiled one
+        return sdpa_attention
     logger.warning_once(
         f"attn_implementation={implementation!r} is used by the VLM; the DiT action expert runs PyTorch SDPA "
         "(its attention mask is not one flash-attention kernels take)."
@@ -755,6 +779,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         self.t_embedder = XR0TimestepEmbedder(hidden_size)
         self.t_projector = XR0TimeModulation(hidden_size)
         self.sink = nn.Embedding(1, hidden_size)
+        # The Euler loop behind `sample_actions` (plain and trained-prefix sampling): `_integrate` when None, else
+        # what `optimize_sampler` built from it (a compiled function, a CUDA-graph replayer).
+        self._inference_loop = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -974,19 +1001,20 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             noise = self.sample_noise(action_mask, generator)
         else:
             check_action_tensor("noise", noise, batch_size, self.config.action_dim, action_length)
+        loop = self._integrate if self._inference_loop is None else self._inference_loop
         if action_prefix is None:
-            return self._integrate(observation, action_mask, noise, num_steps)
+            return loop(observation, action_mask, noise, num_steps)
         clean_actions, prefix_lengths = prefix_as_chunk(
             action_prefix, batch_size, action_length, self.config.action_dim
         )
         if prefix_mode == "trained":
-            if not self.config.action_prefix_probability > 0:
+            if not self.config.action_prefix_probability > 0 and not torch.compiler.is_compiling():
                 logger.warning_once(
                     "This checkpoint was trained without action prefixes (config.action_prefix_probability = 0), "
                     "so prefix_mode='trained' conditions it on inputs it never saw. Use prefix_mode='guided' "
                     "(guided inpainting, for any checkpoint) or sample without a prefix."
                 )
-            return self._integrate(observation, action_mask, noise, num_steps, clean_actions, prefix_lengths)
+            return loop(observation, action_mask, noise, num_steps, clean_actions, prefix_lengths)
 
         guidance = PrefixGuidance() if guidance is None else guidance
         overlap = action_prefix.shape[1]
@@ -1026,6 +1054,46 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 velocity = velocity.masked_fill(is_prefix, 0.0)
             actions = actions + dt * velocity
         return actions
+
+    def optimize_sampler(
+        self,
+        compile: bool = True,
+        mode: Optional[str] = None,
+        backend: str = "inductor",
+        dynamic: Optional[bool] = None,
+        cuda_graphs: bool = False,
+        max_graphs: int = 16,
+    ) -> "XR0ForActionGeneration":
+        """
+        Opt-in fast path for the Euler loop of `sample_actions` (plain and trained-prefix sampling; guided sampling
+        needs autograd and stays eager). The input checks keep running eagerly before the loop; the VLM prefill
+        (`encode_observation`) is not touched. Call it after moving the model to its device and dtype.
+
+        Args:
+            compile: `torch.compile(..., fullgraph=True)` the loop: the 5 DiT evaluations, the chunk layout and
+                the Euler updates in one graph. The first call per input geometry compiles (seconds to minutes).
+            mode, backend, dynamic: passed to `torch.compile`. With `dynamic=None` a second prompt length makes
+                torch recompile once with a dynamic prompt dimension.
+            cuda_graphs: capture the loop as a CUDA graph per input geometry (batch, T, prompt length, prefix or
+                not, dtypes, number of steps) and replay it: on a GPU the 5 steps are otherwise bound by kernel
+                launches. CUDA only. Inputs are copied into static buffers and the output copied out, so results
+                never alias the graph's memory.
+            max_graphs: captured geometries kept (least recently used dropped first).
+        Returns:
+            self. `optimize_sampler(compile=False, cuda_graphs=False)` restores the eager loop.
+        """
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"`cuda_graphs=True` needs the model on a CUDA device; it is on {self.device}.")
+        dit_attention_function(
+            self.config._attn_implementation
+        )  # its fallback notice, which a traced call skips
+        loop = self._integrate
+        if compile:
+            loop = torch.compile(loop, fullgraph=True, mode=mode, backend=backend, dynamic=dynamic)
+        if cuda_graphs:
+            loop = CUDAGraphLoop(loop, max_graphs)
+        self._inference_loop = loop if compile or cuda_graphs else None
+        return self
 
     def _integrate_guided(self, observation, action_mask, noise, num_steps, target, weights, guidance):
         """The Euler loop of guided inpainting: x <- x + (v + w(τ)·g)·(1/N), g from `guided_velocity`, toward
@@ -1416,6 +1484,63 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         return XR0ActionOutput(actions=actions)
 
 
+class CUDAGraphLoop:
+    """
+    The Euler loop replayed from CUDA graphs, one captured graph per input geometry.
+
+    A call copies its inputs into the graph's static buffers, replays the graph and returns a copy of the static
+    output. The first call of a geometry warms the loop up on a side stream (compiling it, when it is compiled),
+    then captures it. Runs under `torch.inference_mode()`: sampling never needs gradients here.
+    """
+
+    def __init__(self, loop, max_graphs: int = 16):
+        self.loop = loop
+        self.max_graphs = max_graphs
+        self.graphs = OrderedDict()  # geometry -> (graph, static inputs, static output)
+
+    @torch.inference_mode()
+    def __call__(self, observation, action_mask, noise, num_steps, clean_actions=None, prefix_lengths=None):
+        inputs = observation.tensors() + [action_mask, noise]
+        if clean_actions is not None:
+            inputs += [clean_actions, prefix_lengths]
+        geometry = (num_steps, len(observation.cache_keys)) + tuple(
+            (tuple(t.shape), t.dtype, t.device) for t in inputs
+        )
+        if geometry not in self.graphs:
+            self.graphs[geometry] = self._capture(inputs, len(observation.tensors()), num_steps)
+            if len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+        self.graphs.move_to_end(geometry)
+        graph, static_inputs, static_output = self.graphs[geometry]
+        for static, given in zip(static_inputs, inputs, strict=True):
+            static.copy_(given)
+        graph.replay()
+        return static_output.clone()
+
+    def _capture(self, inputs: list, observation_size: int, num_steps: int):
+        static_inputs = [t.clone() for t in inputs]
+
+        def run():
+            observation = XR0Observation.from_tensors(static_inputs[:observation_size])
+            return self.loop(
+                observation,
+                *static_inputs[observation_size : observation_size + 2],
+                num_steps,
+                *static_inputs[observation_size + 2 :],
+            )
+
+        side_stream = torch.cuda.Stream()
+        side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side_stream):
+            for _ in range(2):  # allocations, cuBLAS workspaces and compilation happen before the capture
+                run()
+        torch.cuda.current_stream().wait_stream(side_stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_output = run()
+        return graph, static_inputs, static_output
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Input checks: every tensor a caller hands in, with the field named
 
@@ -1438,9 +1563,17 @@ def check_action_tensor(
         raise ValueError(f"`{name}` must have shape {expected}, got {tuple(tensor.shape)}.")
     if not tensor.is_floating_point():
         raise TypeError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
+    check_finite(name, tensor)
+    return tensor.shape[1]
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raises on NaN/inf. Reading the answer back is a host sync that splits a compiled graph, so a traced call
+    skips it: `optimize_sampler` compiles the loop behind `sample_actions`, whose checks run eagerly before it."""
+    if torch.compiler.is_compiling():
+        return
     if not torch.isfinite(tensor).all():
         raise ValueError(f"`{name}` contains NaN or infinite values.")
-    return tensor.shape[1]
 
 
 def prefix_as_chunk(action_prefix: torch.Tensor, batch_size: int, action_length: int, action_dim: int):
@@ -1453,8 +1586,7 @@ def prefix_as_chunk(action_prefix: torch.Tensor, batch_size: int, action_length:
             f"`action_prefix` must have shape (B, p, A) = ({batch_size}, p <= T = {action_length}, "
             f"{action_dim}), got {tuple(action_prefix.shape)}."
         )
-    if not torch.isfinite(action_prefix).all():
-        raise ValueError("`action_prefix` contains NaN or infinite values.")
+    check_finite("action_prefix", action_prefix)
     clean = torch.zeros(batch_size, action_length, action_dim, device=action_prefix.device)
     clean[:, :p] = action_prefix.float()
     return clean, torch.full((batch_size,), p, dtype=torch.long, device=action_prefix.device)

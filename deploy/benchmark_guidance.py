@@ -10,8 +10,6 @@ published DiT (16 layers, hidden 1024, head_dim 128, T = 30) is built from the r
 random weights; the VLM's layers are not built (they do not enter the timed part).
 """
 
-import copy
-import json
 import statistics
 import time
 
@@ -20,55 +18,10 @@ import torch
 from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
-from ..configuration_xr0 import XR0Config
-from ..modeling_xr0 import PrefixGuidance, XR0ForActionGeneration, XR0Observation
+from ..modeling_xr0 import PrefixGuidance, XR0ForActionGeneration
+from .benchmark_latency import dit_only_config, synchronize, synthetic_observation
 
 MODES = ("plain", "trained prefix", "guided, identity", "guided, vjp")
-
-
-def dit_only_config(config_file, action_length: int) -> XR0Config:
-    """The checkpoint's config with a VLM of one small text layer per DiT layer (its KV heads and head_dim
-    kept) and a one-block vision tower: the DiT and the cache geometry are the checkpoint's."""
-    values = json.loads(config_file.read_text())
-    vlm = copy.deepcopy(values["vlm_config"])
-    text = vlm["text_config"]
-    heads = text["num_key_value_heads"]
-    text.update(
-        num_hidden_layers=values["dit_config"]["num_hidden_layers"],
-        hidden_size=64,
-        intermediate_size=64,
-        num_attention_heads=heads,
-        vocab_size=256,
-    )
-    text.pop("layer_types", None)
-    vision = vlm["vision_config"]
-    vision.update(depth=1, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=64)
-    vision["deepstack_visual_indexes"] = []
-    values.update(vlm_config=vlm, action_length=action_length)
-    for key in ("architectures", "auto_map", "model_type", "dtype", "transformers_version"):
-        values.pop(key, None)
-    return XR0Config(**values)
-
-
-def synthetic_observation(model: XR0ForActionGeneration, prompt_length: int, seed: int = 0) -> XR0Observation:
-    """One observation whose cache has the VLM's geometry, random values; [sink, state] from the model."""
-    config = model.config
-    generator = torch.Generator().manual_seed(seed)
-    layers = config.dit_config.num_hidden_layers
-    shape = (1, config.num_dit_attention_heads, prompt_length, config.dit_config.head_dim)
-    device = model.device
-    keys = tuple(torch.randn(shape, generator=generator).to(device) for _ in range(layers))
-    values = tuple(torch.randn(shape, generator=generator).to(device) for _ in range(layers))
-    state = torch.randn(1, config.state_length, config.state_dim, generator=generator).to(device)
-    with torch.no_grad():
-        context = torch.cat([model.sink.weight[None], model.state_projector(state)], dim=1)
-    return XR0Observation(
-        cache_keys=keys,
-        cache_values=values,
-        cache_mask=torch.ones(1, prompt_length, dtype=torch.bool, device=device),
-        next_position=torch.full((3, 1), prompt_length, device=device),
-        context_tokens=context,
-    )
 
 
 def time_modes(model: XR0ForActionGeneration, prompt_length: int, repeats: int) -> dict:
@@ -100,11 +53,6 @@ def time_modes(model: XR0ForActionGeneration, prompt_length: int, repeats: int) 
             if repeat:  # the first round warms up
                 seconds[mode].append(time.perf_counter() - start)
     return {mode: statistics.median(values) for mode, values in seconds.items()}
-
-
-def synchronize(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv=None) -> None:

@@ -342,6 +342,16 @@ def main(argv=None) -> None:
         "--idle_timeout", type=float, default=120.0, help="seconds to send a complete message"
     )
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the DiT's Euler loop (the first request of each prompt length compiles it)",
+    )
+    parser.add_argument(
+        "--cuda_graphs",
+        action="store_true",
+        help="replay the DiT's Euler loop from CUDA graphs, one captured per prompt length (CUDA only)",
+    )
     add_guidance_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -362,9 +372,13 @@ def main(argv=None) -> None:
         )
     raise_open_file_limit()
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.cuda_graphs and not device.startswith("cuda"):
+        parser.error(f"--cuda_graphs needs a CUDA device; the policy would run on {device}")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     with exit_on_interrupt(lambda: "before the server started"):
         policy = load_policy(args.model, device, dtype, guidance)
+        if args.compile or args.cuda_graphs:
+            policy.model.optimize_sampler(compile=args.compile, cuda_graphs=args.cuda_graphs)
     server = PolicyServer(
         policy,
         args.host,
