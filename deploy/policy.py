@@ -25,6 +25,7 @@ used) or "guided" (guided inpainting of the whole prefix: any checkpoint). Its d
 """
 
 import json
+import logging
 import re
 import subprocess
 from dataclasses import dataclass, replace
@@ -39,6 +40,8 @@ from xr0_client.protocol import field_name, shown
 
 from ..modeling_xr0 import GUIDANCE_JACOBIANS, MASK_SCHEDULES, PREFIX_MODES, PrefixGuidance
 from ..processing_xr0 import MAX_INSTRUCTION_CHARS, MIN_IMAGE_SIDE, PUBLISHED_ROBOT_TYPES
+
+logger = logging.getLogger("xr0.policy")
 
 PREFIX_KEYS = {"action_prefix", "prefix_mode", "inference_delay"}
 OBSERVATION_KEYS = {"images", "instruction", "state", "robot_type", "seed", *PREFIX_KEYS}
@@ -289,18 +292,88 @@ def default_prefix_mode(config) -> str:
 
 
 class XR0Policy:
-    """Model + processor: a validated request -> actions in robot units. Used by the server and in-process.
+    """Model + processor: a decoded observation -> a reply or a refusal, counted; what a client learns on
+    connecting (`metadata`). A transport only frames, authenticates and bounds messages (`xr0.deploy.server`);
+    in-process users call it directly.
 
     Args:
         guidance: the guided prefix mode's settings (mask schedule, maximum weight, Jacobian); each request's
             `inference_delay` replaces its delay.
+        checkpoint: what the metadata reports as the checkpoint (`checkpoint_identity`).
     """
 
-    def __init__(self, model, processor, guidance: Optional[PrefixGuidance] = None):
+    def __init__(
+        self, model, processor, guidance: Optional[PrefixGuidance] = None, checkpoint: Optional[dict] = None
+    ):
         self.model = model.eval()
         self.processor = processor
         self.guidance = guidance or PrefixGuidance()
         self.default_prefix_mode = default_prefix_mode(model.config)
+        self.checkpoint = checkpoint or {"name": "xr0"}
+        self.served = self.refused = self.failed = (
+            0  # answers given, requests refused, inferences that failed
+        )
+
+    def metadata(self) -> dict:
+        """The robot types this policy serves (views, active dims, chunk length), how it uses action prefixes and
+        openpi's keys per robot type: sent to every client on connect."""
+        servable = servable_robot_types(self.processor)
+        return {
+            "server": "xr0",
+            "protocol_version": 1,
+            "model": self.checkpoint["name"],
+            "checkpoint": self.checkpoint,
+            "robot_types": {
+                name: {
+                    "views": [key for key, _ in spec.views],
+                    "active_action_dims": self.processor.active_action_dims(name),
+                    "chunk_length": self.processor.chunk_length(name),
+                }
+                for name, spec in servable.items()
+            },
+            "observation_keys": sorted(OBSERVATION_KEYS),
+            # How an action_prefix is used: per request (`prefix_mode`), else the checkpoint's default.
+            "prefix_modes": list(PREFIX_MODES),
+            "default_prefix_mode": self.default_prefix_mode,
+            "guidance": guidance_settings(self.guidance),
+            "openpi_keys": {
+                name: keys for name in servable if (keys := openpi_keys(self.processor, name)) is not None
+            },
+        }
+
+    def parse(self, message) -> Request:
+        """A decoded message -> a validated `Request`; raises `RequestError` naming the field at fault."""
+        return parse_request(message, self.processor)
+
+    def answer(self, request: Request) -> dict:
+        """
+        A validated request -> `{"actions": float32 (T, active dims), "robot_type"}`, or `{"error": {"field",
+        "message"}}` when the request is refused (non-finite actions included: they never reach a robot) or the
+        inference fails (logged with its traceback; the message says only that). Never raises.
+        """
+        try:
+            actions = self(request)
+        except RequestError as error:
+            return self.refusal(error)
+        except (ValueError, TypeError) as error:  # a request the processor or model still refuses
+            return self.refusal(RequestError(None, str(error)))
+        except Exception:  # noqa: BLE001 - the caller (a server) must outlive a failed inference
+            logger.exception("inference failed")
+            self.failed += 1
+            return {
+                "error": {"field": None, "message": "internal error during inference (logged on the server)"}
+            }
+        self.served += 1
+        return {"actions": actions, "robot_type": request.robot_type}
+
+    def refusal(self, error) -> dict:
+        """`{"error": {"field", "message"}}` of a refused request (the message bounded to 1000 characters),
+        counted."""
+        self.refused += 1
+        return {"error": {"field": getattr(error, "field", None), "message": str(error)[:1000]}}
+
+    def summary(self) -> str:
+        return f"served {self.served} requests ({self.refused} refused, {self.failed} failed)"
 
     def infer(self, observation: dict) -> dict:
         """openpi's policy interface: an observation dict -> {"actions": (T, active dims)}, validated first
@@ -401,17 +474,29 @@ def guidance_settings(guidance: PrefixGuidance) -> dict:
     }
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_policy(
-    model_dir: str, device: str, dtype: torch.dtype, guidance: Optional[PrefixGuidance] = None
+    model_dir: str,
+    device: Optional[str] = None,
+    dtype: Optional[torch.dtype] = None,
+    guidance: Optional[PrefixGuidance] = None,
 ) -> "XR0Policy":
     """The policy of a checkpoint directory, with this package's classes: a server never runs Python code that
-    came with a checkpoint (no trust_remote_code), and reads only its safetensors and JSON files."""
+    came with a checkpoint (no trust_remote_code), and reads only its safetensors and JSON files. Defaults: CUDA
+    in bfloat16 when available, else the CPU in float32. The metadata names the checkpoint
+    (`checkpoint_identity`)."""
     from ..modeling_xr0 import XR0ForActionGeneration
     from ..processing_xr0 import XR0Processor
 
+    device = device or default_device()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = XR0ForActionGeneration.from_pretrained(model_dir, dtype=dtype).to(device)
     processor = XR0Processor.from_pretrained(model_dir)
-    return XR0Policy(model, processor, guidance)
+    return XR0Policy(model, processor, guidance, checkpoint_identity(model_dir))
 
 
 def checkpoint_identity(model_dir) -> dict:

@@ -21,10 +21,8 @@ import os
 import threading
 import time
 from http import HTTPStatus
-from pathlib import Path
 from typing import Optional
 
-import torch
 from websockets.asyncio.server import serve
 from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
@@ -33,18 +31,12 @@ from xr0_client.cli import ArgumentParser, exit_on_interrupt
 from xr0_client.protocol import ProtocolError, error_text, field_name, pack, shown, unpack
 
 from .policy import (
-    OBSERVATION_KEYS,
-    PREFIX_MODES,
     RequestError,
     XR0Policy,
     add_guidance_arguments,
-    checkpoint_identity,
+    default_device,
     guidance_from_arguments,
-    guidance_settings,
     load_policy,
-    openpi_keys,
-    parse_request,
-    servable_robot_types,
 )
 
 logger = logging.getLogger("xr0.server")
@@ -99,56 +91,26 @@ class PolicyServer:
         port: int = 8000,
         token: Optional[str] = None,
         max_message_bytes: int = 16 * 2**20,
-        name: str = "xr0",
         max_connections: int = 64,
         idle_timeout: float = 120.0,
         allowed_origins: Optional[list] = None,
-        checkpoint: Optional[dict] = None,
     ):
         self.policy = policy
         self.host, self.port = host, port
         self.token = token
         self.max_message_bytes = max_message_bytes
-        self.name = name
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.allowed_origins = allowed_origins
-        self.checkpoint = checkpoint or {"name": name}
         self.connections = 0
-        # What the shutdown summary reports.
         self.started = time.monotonic()
         self.connections_served = 0
-        self.served = self.refused = self.failed = 0
         self._lock: Optional[asyncio.Lock] = None
         self._server = None
         self._loop = None
 
     def metadata(self) -> dict:
-        processor = self.policy.processor
-        servable = servable_robot_types(processor)
-        return {
-            "server": "xr0",
-            "protocol_version": 1,
-            "model": self.name,
-            "checkpoint": self.checkpoint,
-            "robot_types": {
-                name: {
-                    "views": [key for key, _ in spec.views],
-                    "active_action_dims": processor.active_action_dims(name),
-                    "chunk_length": processor.chunk_length(name),
-                }
-                for name, spec in servable.items()
-            },
-            "observation_keys": sorted(OBSERVATION_KEYS),
-            # How an action_prefix is used: per request (`prefix_mode`), else the checkpoint's default.
-            "prefix_modes": list(PREFIX_MODES),
-            "default_prefix_mode": self.policy.default_prefix_mode,
-            "guidance": guidance_settings(self.policy.guidance),
-            "openpi_keys": {
-                name: keys for name in servable if (keys := openpi_keys(processor, name)) is not None
-            },
-            "max_message_bytes": self.max_message_bytes,
-        }
+        return {**self.policy.metadata(), "max_message_bytes": self.max_message_bytes}
 
     def _process_request(self, connection, request):
         if request.path == "/healthz":
@@ -202,28 +164,20 @@ class PolicyServer:
             message = await asyncio.to_thread(unpack, frame, self.max_message_bytes)
         else:
             message = unpack(frame, self.max_message_bytes)
-        return parse_request(message, self.policy.processor)
+        return self.policy.parse(message)
 
     async def _reply(self, frame, peer):
         received = time.perf_counter()
         try:
             request = await self._decode(frame)
         except (ProtocolError, RequestError) as error:
-            return self._refusal(peer, error)
+            return self._error_frame(peer, self.policy.refusal(error))
         async with self._lock:  # one inference at a time; asyncio.Lock wakes waiters in arrival order
             started = time.perf_counter()
-            try:
-                actions = await asyncio.to_thread(self.policy, request)
-            except RequestError as error:  # e.g. a chunk that is not finite: never sent as actions
-                return self._refusal(peer, error)
-            except (ValueError, TypeError) as error:  # a request the processor or model still refuses
-                return self._refusal(peer, RequestError(None, str(error)))
-            except Exception:  # noqa: BLE001 - a server must outlive a failed inference
-                logger.exception("%s: inference failed", peer)
-                self.failed += 1
-                return error_text(None, "internal error during inference (logged on the server)")
+            answer = await asyncio.to_thread(self.policy.answer, request)
             finished = time.perf_counter()
-        self.served += 1
+        if "error" in answer:
+            return self._error_frame(peer, answer)
         timing = {"infer_ms": (finished - started) * 1e3, "queue_ms": (started - received) * 1e3}
         logger.info(
             "%s: %s infer %.1f ms, queued %.1f ms",
@@ -232,14 +186,12 @@ class PolicyServer:
             timing["infer_ms"],
             timing["queue_ms"],
         )
-        return pack({"actions": actions, "robot_type": request.robot_type, "server_timing": timing})
+        return pack({**answer, "server_timing": timing})
 
-    def _refusal(self, peer, error) -> str:
-        """The error reply and log line of a refused request; both are bounded and escaped (the messages only
+    def _error_frame(self, peer, answer: dict) -> str:
+        """The text frame of a refusal or failure, and its log line; both bounded and escaped (the messages only
         repeat a peer's input through `shown`)."""
-        self.refused += 1
-        field = getattr(error, "field", None)
-        message = str(error)[:1000]
+        field, message = answer["error"]["field"], answer["error"]["message"]
         logger.info(
             "%s: refused request: %s%s", peer, f"{field_name(field)}: " if field else "", shown(message, 1000)
         )
@@ -248,8 +200,8 @@ class PolicyServer:
     def summary(self) -> str:
         """One line: what this server did since it started."""
         return (
-            f"served {self.served} requests ({self.refused} refused, {self.failed} failed) on "
-            f"{self.connections_served} connections in {time.monotonic() - self.started:.1f} s"
+            f"{self.policy.summary()} on {self.connections_served} connections in "
+            f"{time.monotonic() - self.started:.1f} s"
         )
 
     async def serve_forever(self, ready: Optional[threading.Event] = None) -> None:
@@ -272,7 +224,7 @@ class PolicyServer:
             self.port = server.sockets[0].getsockname()[1]
             logger.info(
                 "serving %s on ws://%s:%d%s",
-                self.name,
+                self.policy.checkpoint["name"],
                 self.host,
                 self.port,
                 " (token required)" if self.token else "",
@@ -371,12 +323,11 @@ def main(argv=None) -> None:
             "serving %s without a token: anyone who can reach this port can drive the policy", args.host
         )
     raise_open_file_limit()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     if args.cuda_graphs and not device.startswith("cuda"):
         parser.error(f"--cuda_graphs needs a CUDA device; the policy would run on {device}")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     with exit_on_interrupt(lambda: "before the server started"):
-        policy = load_policy(args.model, device, dtype, guidance)
+        policy = load_policy(args.model, device, guidance=guidance)
         if args.compile or args.cuda_graphs:
             policy.model.optimize_sampler(compile=args.compile, cuda_graphs=args.cuda_graphs)
     server = PolicyServer(
@@ -385,11 +336,9 @@ def main(argv=None) -> None:
         args.port,
         token,
         int(args.max_message_mb * 2**20),
-        Path(args.model).name,
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
         allowed_origins=args.allowed_origins,
-        checkpoint=checkpoint_identity(args.model),
     )
     with exit_on_interrupt(server.summary):
         asyncio.run(server.serve_forever())

@@ -32,12 +32,12 @@ done
 
 echo "== LIBERO smoke test: libero_spatial task 0, 20 policy steps against the tiny random checkpoint"
 rm -rf "$out"
-MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa "$venv/bin/python" eval/run_libero.py --port "$port" \
+MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa "$venv/bin/xr0-eval-libero" --port "$port" \
   --suite libero_spatial --tasks 0 --episodes 1 --max_steps 20 --results_file "$out/results.json" --video all \
   2>&1 | tee "$venv/smoke.log"
 grep -q "after 20 steps" "$venv/smoke.log"
 # The same command again resumes from the results file: nothing left to run, nothing recorded twice.
-MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa "$venv/bin/python" eval/run_libero.py --port "$port" \
+MUJOCO_GL=osmesa PYOPENGL_PLATFORM=osmesa "$venv/bin/xr0-eval-libero" --port "$port" \
   --suite libero_spatial --tasks 0 --episodes 1 --max_steps 20 --results_file "$out/results.json" --video all \
   > "$venv/resume.log" 2>&1
 grep -q "resuming, 1 episodes already recorded" "$venv/resume.log"

@@ -17,7 +17,7 @@ from xr0_client.cli import ArgumentParser
 from .. import REPO_ROOT
 from ..checkpoint_layout import REMOTE_CODE_FILES, TOKENIZER_FILES, link_to_repository_root
 from ..processing_xr0 import PUBLISHED_ROBOT_TYPES
-from .tiny_model import tiny_model
+from ..tiny_model import tiny_model
 from .write_root_files import IMAGE_PROCESSOR_CONFIG, config_dict, processor_config, write_json
 
 CHECKPOINT_VLM_CONFIG = {

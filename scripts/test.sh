@@ -52,6 +52,14 @@ if [ "${#failed[@]}" -gt 0 ]; then
   exit 1
 fi
 
+echo "== the client's tests in a venv without torch (what \`pip install ./client\` gives a robot)"
+client_venv=.venv-tests/client
+[ -x "$client_venv/bin/python" ] || "$PYTHON" -m venv "$client_venv"
+"$client_venv/bin/pip" install -q --disable-pip-version-check ./client pytest
+"$client_venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall ./client  # this checkout's
+"$client_venv/bin/python" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("torch") is not None)'
+"$client_venv/bin/python" -m pytest client/tests -q -p no:cacheprovider
+
 echo "== lint and format (ruff, configured in pyproject.toml)"
 "$(venv_of 5)/bin/ruff" check .
 "$(venv_of 5)/bin/ruff" format --check .

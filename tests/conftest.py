@@ -32,3 +32,39 @@ def root_logger_as_it_was():
     for handler in list(root.handlers):
         if isinstance(handler, _StderrHandler):
             root.removeHandler(handler)
+
+
+# ---- the tiny checkpoint as a policy and a server (test_server.py, test_executor.py) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def policy():
+    import torch
+    from served import TINY
+
+    from xr0.deploy.policy import load_policy
+
+    return load_policy(str(TINY), "cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def policy30():
+    """The tiny checkpoint serving a robot type with 1 s chunks (T = 30, as the pre-training robot types have)."""
+    import torch
+    from served import TINY
+
+    from xr0.deploy.benchmark import register_one_second_arm
+    from xr0.deploy.policy import load_policy
+
+    policy = load_policy(str(TINY), "cpu", torch.float32)
+    register_one_second_arm(policy.processor)
+    return policy
+
+
+@pytest.fixture(scope="module")
+def server(policy):
+    from xr0.deploy.server import PolicyServer
+
+    server = PolicyServer(policy, port=0, max_message_bytes=2 * 2**20).start_in_thread()
+    yield server
+    server.stop()

@@ -2,6 +2,12 @@
 round trip. The seeds below were computed by the official clients' own hash function on the same observations
 (run outside this repository); the clients must reproduce them exactly."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -261,3 +267,76 @@ def test_libero_client_against_the_real_server():
     finally:
         server.stop()
     assert all(a.shape == (7,) and np.isfinite(a).all() for a in actions)
+
+
+def test_the_calvin_runner_scores_chain_lengths_and_resumes(tmp_path):
+    """`xr0-eval-calvin` as users run it, against the tiny checkpoint's server and a scripted CALVIN whose chain i
+    completes i % 6 subtasks: the results file holds each chain's length, the average and the in-a-row rates; a
+    rerun resumes without running a chain twice."""
+    from xr0.deploy.policy import load_policy
+    from xr0.deploy.server import PolicyServer
+
+    policy = load_policy(str(REPO_ROOT / "fixtures" / "tiny-xr0"), "cpu", torch.float32)
+    # The tiny checkpoint knows CALVIN's views and T, not its action statistics: give it some to serve it.
+    std = np.tile(np.r_[np.full(7, 0.1), np.zeros(25)], (10, 1))
+    policy.processor.register_robot_type("calvin_abc_orig", action_mean=np.zeros((10, 32)), action_std=std)
+    server = PolicyServer(policy, port=0).start_in_thread()
+    command = [
+        str(Path(sys.executable).with_name("xr0-eval-calvin")),
+        *(
+            "--port",
+            str(server.port),
+            "--environment",
+            "fake_calvin:ScriptedCalvin",
+            "--dataset_path",
+            tmp_path,
+        ),
+        *(
+            "--sequences",
+            "3",
+            "--max_steps",
+            "4",
+            "--video",
+            "none",
+            "--results_file",
+            tmp_path / "calvin.json",
+        ),
+    ]
+    environment = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    try:
+        first = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+        second = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    finally:
+        server.stop()
+    assert first.returncode == 0, first.stderr
+    results = json.loads((tmp_path / "calvin.json").read_text())
+    assert [e["chain_length"] for e in results["episodes"]] == [0, 1, 2]
+    # chain 0 fails its first subtask after 4 steps; chain 1 takes 3 + 4; chain 2 takes 3 + 3 + 4
+    assert [e["steps"] for e in results["episodes"]] == [4, 7, 10]
+    split = results["suites"]["calvin_abc_orig"]
+    assert split["average_length"] == pytest.approx(1.0)
+    assert split["completed_in_a_row"] == pytest.approx([2 / 3, 1 / 3, 0.0, 0.0, 0.0])
+    assert "calvin_abc_orig       3    1.000   66.7%   33.3%    0.0%    0.0%    0.0%" in first.stdout
+    assert second.returncode == 0, second.stderr
+    assert "resuming, 3 episodes already recorded" in second.stderr
+    actions = (tmp_path / "actions.jsonl").read_text().splitlines()
+    assert len(actions) == 21, "the rerun ran nothing again"
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (("--port", "1"), "xr0-eval-calvin: --dataset_path is needed"),
+        (("--port", "1", "--dataset_path", "x"), "xr0-eval-calvin: CALVIN is not installed"),
+        (("--port", "1", "--environment", "fake_calvin"), "--environment must be module:callable"),
+    ],
+)
+def test_the_calvin_runner_says_what_is_missing(arguments, message):
+    finished = subprocess.run(
+        [str(Path(sys.executable).with_name("xr0-eval-calvin")), *arguments],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)),
+        timeout=120,
+    )
+    assert finished.returncode != 0 and message in finished.stderr

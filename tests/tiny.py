@@ -1,9 +1,9 @@
-"""Hand-built observations for numeric tests, around the tiny model of xr0.scripts.tiny_model."""
+"""Hand-built observations for numeric tests, around the tiny model of xr0.tiny_model."""
 
 import torch
 
 from xr0.configuration_xr0 import XR0Config
-from xr0.scripts.tiny_model import TINY_DIT_CONFIG, TINY_VLM_CONFIG, tiny_config, tiny_model  # noqa: F401
+from xr0.tiny_model import TINY_DIT_CONFIG, TINY_VLM_CONFIG, tiny_config, tiny_model  # noqa: F401
 
 IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD = 151644, 151645, 151652, 151653, 151655
 PAD = 151643

@@ -1,6 +1,6 @@
-"""What every benchmark runner shares (LIBERO: eval/run_libero.py; PlanarReach uses the interval): success
-rates with their 95% Wilson interval, a results file that survives a kill and resumes, a progress display and
-episode videos. No torch here.
+"""The bookkeeping every benchmark runner shares (the loop itself is `xr0_client.runner`; PlanarReach and
+Meta-World use the interval): success rates with their 95% Wilson interval, a results file that survives a kill
+and resumes, a progress display and episode videos. No torch here.
 
 The results file is one JSON document, rewritten atomically after every episode (a temporary file in the same
 folder, then `os.replace`), so a killed run leaves the previous complete version, never half a file:
@@ -20,6 +20,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -65,9 +66,12 @@ class ResultsFile:
     Args:
         path: the JSON file; when it exists, its episodes are loaded and `done` reports them.
         run: what defines the run: benchmark, checkpoint identity, settings. A file whose `run` differs is refused.
+        metric: episodes -> their statistics, per task and per suite (success rate and interval by default;
+            CALVIN reports chain lengths).
     """
 
-    def __init__(self, path: Optional[Path], run: dict):
+    def __init__(self, path: Optional[Path], run: dict, metric: Callable[[list], dict] = success_statistics):
+        self.metric = metric
         self.path = Path(path) if path is not None else None
         self.run = json.loads(json.dumps(run))  # as it reads back from JSON (tuples become lists)
         self.episodes: list = []
@@ -106,11 +110,8 @@ class ResultsFile:
             tasks = {}
             for task in dict.fromkeys(e["task"] for e in in_suite):
                 in_task = [e for e in in_suite if e["task"] == task]
-                tasks[str(task)] = {
-                    "instruction": in_task[0].get("instruction"),
-                    **success_statistics(in_task),
-                }
-            suites[suite] = {**success_statistics(in_suite), "tasks": tasks}
+                tasks[str(task)] = {"instruction": in_task[0].get("instruction"), **self.metric(in_task)}
+            suites[suite] = {**self.metric(in_suite), "tasks": tasks}
         return suites
 
     def document(self) -> dict:

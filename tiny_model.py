@@ -3,8 +3,8 @@ never built on these machines)."""
 
 import torch
 
-from ..configuration_xr0 import XR0Config
-from ..modeling_xr0 import XR0ForActionGeneration
+from .configuration_xr0 import XR0Config
+from .modeling_xr0 import XR0ForActionGeneration
 
 TINY_VLM_CONFIG = {
     "text_config": {
