@@ -20,6 +20,7 @@ skips what it holds; an MP4 per episode (`--video all`), per failure (`failures`
 import logging
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -107,7 +108,7 @@ class Libero(Benchmark):
         for _ in range(SETTLE_STEPS):
             obs, _, _, _ = env.step(SETTLE_ACTION)
         client.reset()
-        done, steps = False, 0
+        started, done, steps = time.perf_counter(), False, 0  # the policy's steps, after the settling
         if video is not None:
             video.add(video_frame(obs))
         while steps < max_steps and not done:
@@ -124,6 +125,7 @@ class Libero(Benchmark):
             "max_steps": max_steps,
             "success": bool(done),
             "steps": steps,
+            "seconds": round(time.perf_counter() - started, 3),
         }
 
     def describe(self, planned, outcome) -> str:

@@ -74,7 +74,8 @@ class Benchmark:
             close()
 
     def run_episode(self, environment, client, planned: PlannedEpisode, args, video, progress) -> dict:
-        """Runs one episode; returns its record's fields (at least `success`, `seed`, `steps`, `seconds`)."""
+        """Runs one episode; returns its record's fields (at least `success`, `seed`, `steps`; `seconds`
+        defaults to the whole call's)."""
         raise NotImplementedError
 
     def metric(self, episodes: list) -> dict:
