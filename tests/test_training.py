@@ -285,6 +285,25 @@ def test_scale_out_configs_name_real_block_classes():
     assert zero2["distributed_type"] == "DEEPSPEED" and zero2["deepspeed_config"]["zero_stage"] == 2
 
 
+def test_the_fsdp_config_launches_the_fsdp2_setup_the_cpu_run_executes():
+    """What `accelerate launch --config_file training/accelerate/fsdp.yaml` hands the training processes, read by
+    accelerate's own launcher: FSDP2, parameters kept gathered from forward to backward (the setup
+    tests/fsdp_worker.py trains with; resharding fails at the first backward) and full state dicts for saves."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    config = REPO_ROOT / "training" / "accelerate" / "fsdp.yaml"
+    arguments = launch_command_parser().parse_args(
+        ["--config_file", str(config), "-m", "xr0.training.finetune"]
+    )
+    environment = prepare_multi_gpu_env(_validate_launch_command(arguments)[0])
+    assert environment["ACCELERATE_USE_FSDP"] == "true" and environment["FSDP_VERSION"] == "2"
+    assert environment["FSDP_RESHARD_AFTER_FORWARD"] == "false"
+    assert environment["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
+    assert set(environment["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(",")) == set(tiny_model()._no_split_modules)
+    assert environment["ACCELERATE_MIXED_PRECISION"] == "bf16"
+
+
 # ---- vision-language co-training -----------------------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ test; activations are not included: they depend on batch size, prompt length and
 Per parameter: fp32 master weight 4 B; trainable ones add an fp32 gradient 4 B and AdamW's two fp32 moments 8 B;
 frozen ones can be held in bf16 (2 B). LoRA adds rank·(in + out) trainable values per adapted projection.
 Per GPU, for N GPUs: DDP holds everything on every GPU; DeepSpeed ZeRO-2 shards gradients and AdamW's moments
-(weights stay whole); ZeRO-3 and FSDP's full sharding shard weights too.
+(weights stay whole), and so does FSDP as training/accelerate/fsdp.yaml configures it (parameters kept gathered
+from forward to backward, which this model's cached keys/values need); ZeRO-3 shards the weights too.
 """
 
 import re
@@ -56,8 +57,8 @@ def per_gpu(weights: float, states: float, gpus: int) -> dict:
     """GiB per GPU of each data-parallel strategy, from the weights' and the training states' GiB."""
     return {
         "DDP": weights + states,
-        "ZeRO-2": weights + states / gpus,
-        "ZeRO-3 / FSDP": (weights + states) / gpus,
+        "ZeRO-2 / FSDP": weights + states / gpus,
+        "ZeRO-3": (weights + states) / gpus,
     }
 
 
