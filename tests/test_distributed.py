@@ -113,7 +113,8 @@ def test_resuming_inside_an_epoch_under_the_async_recipe_is_exact(tiny_checkpoin
 
 def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, lerobot_dir, tmp_path):
     """Global batch 4, seed 0, three steps: one process with batches of 4, torchrun with two processes of 2 on
-    one node, and two single-process "nodes" meeting over 127.0.0.1, end with the same weights; logs and the
+    one node, `accelerate launch` with two processes, and two single-process "nodes" meeting over 127.0.0.1,
+    end with the same weights; logs and the
     saved directory come from rank 0 alone. Plain SGD, so that the weights show the gradients: AdamW divides
     each update by the root of its running squared gradient, which in the first steps turns float rounding
     (summation order across ranks) into differences of up to 1e-4 of a weight's scale."""
@@ -127,6 +128,21 @@ def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, le
     log = result.stdout + result.stderr
     assert log.count("'flow_loss'") == 3, log[-3000:]  # three logged steps, once each: rank 0 logs
     assert log.count("training ") == 1, log[-3000:]  # xr0's own messages: rank 0 only
+
+    # The same two processes through accelerate's launcher. Its --cpu mode starts one process (several need
+    # mpirun); its multi-process launcher starts two, which train on the CPU over gloo (--use_cpu, --ddp_backend).
+    accelerated = tmp_path / "accelerate"
+    launch = [
+        str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), "-m", "xr0.training.finetune",
+    ]  # fmt: skip
+    arguments = finetune_arguments(
+        tiny_checkpoint, lerobot_dir, accelerated, 2, *steps, "--ddp_backend", "gloo"
+    )
+    result = run([*launch, *arguments])
+    assert max_relative_difference(accelerated, single) < 1e-5
+    assert (result.stdout + result.stderr).count("'flow_loss'") == 3
 
     nodes = tmp_path / "two-nodes"
     port = free_port()

@@ -285,6 +285,48 @@ def test_scale_out_configs_name_real_block_classes():
     assert zero2["distributed_type"] == "DEEPSPEED" and zero2["deepspeed_config"]["zero_stage"] == 2
 
 
+def test_the_deepspeed_config_follows_the_command_line_through_the_trainer_integration():
+    """training/accelerate/deepspeed_zero2.yaml as accelerate's launcher hands it on, into accelerate's
+    DeepSpeedPlugin and through transformers' Trainer integration (`HfTrainerDeepSpeedConfig`, what the Trainer
+    runs before DeepSpeed starts) with xr0-finetune's arguments: ZeRO-2, micro batch = per-device batch, global
+    batch = micro batch x accumulation x processes, the command line's clipping, bf16 on; DeepSpeed's own config
+    parser accepts the result. DeepSpeed's engine needs CUDA; this is what can be checked without it."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    config = REPO_ROOT / "training" / "accelerate" / "deepspeed_zero2.yaml"
+    arguments = launch_command_parser().parse_args(
+        ["--config_file", str(config), "-m", "xr0.training.finetune"]
+    )
+    arguments, defaults, _ = _validate_launch_command(arguments)
+    arguments.deepspeed_fields_from_accelerate_config = list(defaults.deepspeed_config)  # as `launch` sets it
+    _, environment = prepare_deepspeed_cmd_env(arguments)
+    launched = {k: v for k, v in environment.items() if k.startswith("ACCELERATE_")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in launched.items():
+            patch.setenv(key, value)
+        plugin = DeepSpeedPlugin()
+    plugin.set_mixed_precision(launched["ACCELERATE_MIXED_PRECISION"])
+    training = TrainingArguments(
+        output_dir="unused", per_device_train_batch_size=8, gradient_accumulation_steps=4, max_grad_norm=0.5,
+        bf16=True, use_cpu=True, report_to="none",
+    )  # fmt: skip
+    integration = HfTrainerDeepSpeedConfig(plugin.deepspeed_config)
+    integration.trainer_config_process(training)
+    settled = integration.config
+    assert settled["zero_optimization"]["stage"] == 2
+    assert (settled["train_micro_batch_size_per_gpu"], settled["gradient_accumulation_steps"]) == (8, 4)
+    assert settled["train_batch_size"] == 8 * 4 * training.world_size
+    assert settled["gradient_clipping"] == 0.5 and settled["bf16"] == {"enabled": True}
+    assert not settled.get("fp16", {}).get("enabled"), "one precision"
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    DeepSpeedConfig(settled)  # DeepSpeed's own checks (batch arithmetic, precision, ZeRO) accept it
+
+
 def test_the_fsdp_config_launches_the_fsdp2_setup_the_cpu_run_executes():
     """What `accelerate launch --config_file training/accelerate/fsdp.yaml` hands the training processes, read by
     accelerate's own launcher: FSDP2, parameters kept gathered from forward to backward (the setup
