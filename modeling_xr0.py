@@ -299,22 +299,33 @@ def build_dit_attention_mask(
     return torch.cat([cache_part, own_part], dim=-1)
 
 
+def frequency_terms(loss_mask: torch.Tensor) -> torch.Tensor:
+    """How many magnitudes the frequency term averages: (sample, active dim) pairs x (T // 2 + 1) frequencies.
+    A sample none of whose steps count (all padded or committed) has no active dim."""
+    active_pairs = loss_mask.amax(dim=1).sum()  # loss_mask (B, T, A) -> (B, A) -> scalar
+    return active_pairs * (loss_mask.shape[1] // 2 + 1)
+
+
 def frequency_loss(
     velocity: torch.Tensor,
     target: torch.Tensor,
     loss_mask: torch.Tensor,
     sample_weight: Optional[torch.Tensor] = None,
+    normalizer: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """The released frequency term: mean magnitude of rfft(prediction) - rfft(target) over the chunk axis
     (default norm), each sample's term weighted by `sample_weight` (B,) (its mean loss weight). Unlike the
     release, the mean runs over the robot's active dims only: padded dims (and padded or prefix steps, zeroed
-    before the transform) do not count."""
+    before the transform) do not count. `normalizer`: the count to divide by (`frequency_terms` of this batch
+    when None; data-parallel training passes the mean over the ranks)."""
     error = (velocity - target) * loss_mask  # (B, T, A); rfft is linear: rfft(v) - rfft(t) = rfft(v - t)
     magnitude = torch.fft.rfft(error, dim=1).abs()  # (B, T // 2 + 1, A)
     active_dims = loss_mask.amax(dim=1, keepdim=True)  # (B, 1, A)
     if sample_weight is not None:
         magnitude = magnitude * sample_weight[:, None, None]
-    return (magnitude * active_dims).sum() / (active_dims.sum() * magnitude.shape[1]).clamp(min=1.0)
+    if normalizer is None:
+        normalizer = frequency_terms(loss_mask)
+    return (magnitude * active_dims).sum() / normalizer.clamp(min=1.0)
 
 
 def guidance_mask(
@@ -354,9 +365,9 @@ def generator_from_seed(seed, device) -> torch.Generator:
 
 def data_parallel_sum(value: torch.Tensor) -> torch.Tensor:
     """`value` summed over the ranks of data-parallel training (see `data_parallel`), as a detached copy.
-    The loss's batch-wide normalizers (the masked MSE's count, the reweighting's mean error) use these sums, so
-    the ranks' averaged gradient equals the gradient of their whole global batch as one process computes it,
-    however unevenly padding and prefixes spread over the ranks."""
+    The loss's batch-wide normalizers (the masked MSE's and the frequency term's counts, the reweighting's mean
+    error) use these sums, so the ranks' averaged gradient equals the gradient of their whole global batch as one
+    process computes it, however unevenly padding and prefixes spread over the ranks."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return value
     total = value.detach().float().clone()
@@ -1293,27 +1304,28 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             )
             weight = torch.where(uses_prefix[:, None, None], weight, torch.ones_like(weight))
 
-        # Each rank's loss is averaged over the ranks: normalizing by the mean count over the ranks makes that
-        # average the global batch's loss (in one process: the count).
-        count = loss_mask.sum()
+        # Each rank's loss is averaged over the ranks: normalizing both terms by their mean counts over the ranks
+        # makes that average the global batch's loss (in one process: the counts). One all-reduce for both.
+        counts = torch.stack([loss_mask.sum(), frequency_terms(loss_mask)])
         if data_parallel(self):
-            count = data_parallel_sum(count) / torch.distributed.get_world_size()
-        count = count.clamp(min=1.0)
+            counts = data_parallel_sum(counts) / torch.distributed.get_world_size()
+        count, spectral_count = counts.clamp(min=1.0).unbind()
         flow_loss = ((velocity - target) ** 2 * loss_mask * weight).sum() / count
         # Each sample's mean weight scales its frequency term, as released.
         sample_weight = (weight * loss_mask).sum(dim=(1, 2)) / loss_mask.sum(dim=(1, 2)).clamp(min=1.0)
-        spectral_loss = frequency_loss(velocity, target, loss_mask, sample_weight)
+        spectral_loss = frequency_loss(velocity, target, loss_mask, sample_weight, spectral_count)
         # The released loss: 0.5 · weighted MSE + c · frequency term (c = 0 when the term is off).
         loss = 0.5 * flow_loss + config.frequency_loss_weight * spectral_loss
         return {"loss": loss, "flow_loss": flow_loss.detach(), "frequency_loss": spectral_loss.detach()}
 
     def _join_action_loss_sums(self) -> None:
         """A rank whose batch holds vision-language samples only still joins the action loss's all-reduces, in
-        `compute_loss`'s order (the reweighting's error sum and count, then the MSE's count), adding zeros: the
+        `compute_loss`'s order (the reweighting's error sum and count, then the two terms' counts), adding zeros: the
         other ranks would otherwise wait for it. Zero counts keep the global batch's normalization exact."""
         zero = torch.zeros((), device=self.device)
-        for _ in range(3 if self.config.loss_reweighting else 1):
+        for _ in range(2 if self.config.loss_reweighting else 0):  # the reweighting's error sum and count
             data_parallel_sum(zero)
+        data_parallel_sum(torch.zeros(2, device=self.device))  # the two terms' counts
 
     @torch.no_grad()
     def _prefix_loss_weight(self, observation, actions, action_mask, prefix_lengths, loss_mask, noise):

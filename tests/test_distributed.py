@@ -2,6 +2,7 @@
 against one process with the same global batch and seed, its resume, and a rank that dies."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -112,13 +113,14 @@ def test_resuming_inside_an_epoch_under_the_async_recipe_is_exact(tiny_checkpoin
 
 
 def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, lerobot_dir, tmp_path):
-    """Global batch 4, seed 0, three steps: one process with batches of 4, torchrun with two processes of 2 on
-    one node, `accelerate launch` with two processes, and two single-process "nodes" meeting over 127.0.0.1,
-    end with the same weights; logs and the
-    saved directory come from rank 0 alone. Plain SGD, so that the weights show the gradients: AdamW divides
+    """Global batch 4, seed 0, 13 steps, one past the end of the first epoch (the next one reshuffled): one
+    process with batches of 4, torchrun with two processes of 2 on one node, `accelerate launch` with two
+    processes, and two single-process "nodes" meeting over 127.0.0.1 end with the same weights, so every sample
+    of an epoch went to exactly one rank once, and both loss terms are normalized over the global batch; logs and
+    the saved directory come from rank 0 alone. Plain SGD, so that the weights show the gradients: AdamW divides
     each update by the root of its running squared gradient, which in the first steps turns float rounding
     (summation order across ranks) into differences of up to 1e-4 of a weight's scale."""
-    steps = ("--max_steps", "3", "--optim", "sgd")
+    steps = ("--max_steps", "13", "--optim", "sgd")
     single = tmp_path / "single"
     run(one_process(finetune_arguments(tiny_checkpoint, lerobot_dir, single, 4, *steps)))
 
@@ -126,7 +128,8 @@ def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, le
     result = run(torchrun(finetune_arguments(tiny_checkpoint, lerobot_dir, node, 2, *steps)))
     assert max_relative_difference(node, single) < 1e-5
     log = result.stdout + result.stderr
-    assert log.count("'flow_loss'") == 3, log[-3000:]  # three logged steps, once each: rank 0 logs
+    assert log.count("'flow_loss'") == 13, log[-3000:]  # every step logged once: rank 0 logs
+    assert float(re.findall(r"'epoch': '([0-9.]+)'", log)[-1]) > 1, "the run crossed an epoch boundary"
     assert log.count("training ") == 1, log[-3000:]  # xr0's own messages: rank 0 only
 
     # The same two processes through accelerate's launcher. Its --cpu mode starts one process (several need
@@ -142,7 +145,7 @@ def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, le
     )
     result = run([*launch, *arguments])
     assert max_relative_difference(accelerated, single) < 1e-5
-    assert (result.stdout + result.stderr).count("'flow_loss'") == 3
+    assert (result.stdout + result.stderr).count("'flow_loss'") == 13
 
     nodes = tmp_path / "two-nodes"
     port = free_port()
