@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from tiny import encode, observation, tiny_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +89,10 @@ def test_the_fullgraph_loop_gives_the_eager_actions(
         torch.testing.assert_close(actions[:, :prefix_length], inputs[2])
 
 
+@pytest.mark.skipif(
+    int(transformers.__version__.split(".")[0]) < 5,
+    reason="inductor compiles the graph both lines trace alike (the fullgraph tests run on both); one line runs it",
+)
 def test_the_inductor_compiled_loop_gives_the_eager_actions(model, observations):
     inputs = draws(model, 2, 4, 2)
     expected = sample(model, observations[2], *inputs)

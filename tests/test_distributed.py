@@ -129,7 +129,7 @@ def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, le
     assert max_relative_difference(node, single) < 1e-5
     log = result.stdout + result.stderr
     assert log.count("'flow_loss'") == 13, log[-3000:]  # every step logged once: rank 0 logs
-    assert float(re.findall(r"'epoch': '([0-9.]+)'", log)[-1]) > 1, "the run crossed an epoch boundary"
+    assert float(re.findall(r"'epoch': '?([0-9.]+)", log)[-1]) > 1, "the run crossed an epoch boundary"
     assert log.count("training ") == 1, log[-3000:]  # xr0's own messages: rank 0 only
 
     # The same two processes through accelerate's launcher. Its --cpu mode starts one process (several need
@@ -280,6 +280,10 @@ def run_fsdp_worker(checkpoint, output, mode: str, nproc: int, *extra) -> str:
     return run(command).stdout
 
 
+@pytest.mark.skipif(
+    int(transformers.__version__.split(".")[0]) < 5,
+    reason="FSDP2's sharding is torch's, the same under both transformers lines; one line runs it (CI time)",
+)
 def test_fsdp2_trains_as_the_unsharded_model_saves_full_checkpoints_and_resumes(tiny_checkpoint, tmp_path):
     """FSDP2 (`fully_shard`, one unit per `_no_split_modules` block) over two gloo processes: three SGD steps on
     a global batch of 4 give the weights of the same steps on the plain model in one process; the full state
