@@ -415,7 +415,7 @@ def dit_attention_function(implementation: Optional[str]):
     request (flash_attention_2, ...) runs the DiT on PyTorch SDPA and says so once; the VLM honours it."""
     if implementation in DIT_ATTENTION_FUNCTIONS:
         return DIT_ATTENTION_FUNCTIONS[implementation]
-    if torch.compiler.is_compiling():  # said by the eager call that precedes any compiled one
+    if torch.compiler.is_compiling():  # `optimize_sampler` says it before compiling
         return sdpa_attention
     logger.warning_once(
         f"attn_implementation={implementation!r} is used by the VLM; the DiT action expert runs PyTorch SDPA "
@@ -1095,9 +1095,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         """
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"`cuda_graphs=True` needs the model on a CUDA device; it is on {self.device}.")
-        dit_attention_function(
-            self.config._attn_implementation
-        )  # its fallback notice, which a traced call skips
+        # The DiT's fallback notice, if any, now: a traced call skips it.
+        dit_attention_function(self.config._attn_implementation)
         loop = self._integrate
         if compile:
             loop = torch.compile(loop, fullgraph=True, mode=mode, backend=backend, dynamic=dynamic)

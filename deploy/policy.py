@@ -310,9 +310,8 @@ class XR0Policy:
         self.guidance = guidance or PrefixGuidance()
         self.default_prefix_mode = default_prefix_mode(model.config)
         self.checkpoint = checkpoint or {"name": "xr0"}
-        self.served = self.refused = self.failed = (
-            0  # answers given, requests refused, inferences that failed
-        )
+        # Answers given, requests refused, inferences that failed.
+        self.served = self.refused = self.failed = 0
 
     def metadata(self) -> dict:
         """The robot types this policy serves (views, active dims, chunk length), how it uses action prefixes and
