@@ -68,10 +68,10 @@ def main(argv=None) -> None:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     args = parser.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    policy = load_policy(args.model, args.device, dtype)
+    # load_policy's defaults: CUDA in bfloat16 when available, else the CPU in float32.
+    policy = load_policy(args.model, args.device)
+    args.device = str(policy.model.device)
     server = PolicyServer(policy, port=0).start_in_thread()
     print(f"model {args.model} on {args.device}; server ws://127.0.0.1:{server.port}")
 
