@@ -12,7 +12,6 @@ import statistics
 import time
 
 import numpy as np
-import torch
 
 from xr0_client import (
     FakeClock,
@@ -68,6 +67,8 @@ def main(argv=None) -> None:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     args = parser.parse_args(argv)
+    import torch  # after parsing, so that --help prints at once
+
     torch.set_num_threads(max(1, torch.get_num_threads()))
     # load_policy's defaults: CUDA in bfloat16 when available, else the CPU in float32.
     policy = load_policy(args.model, args.device)

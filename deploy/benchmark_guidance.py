@@ -13,19 +13,20 @@ random weights; the VLM's layers are not built (they do not enter the timed part
 import statistics
 import time
 
-import torch
-
 from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
-from ..modeling_xr0 import PrefixGuidance, XR0ForActionGeneration
+from ..sampling_xr0 import PrefixGuidance
 from .benchmark_latency import dit_only_config, synchronize, synthetic_observation
 
 MODES = ("plain", "trained prefix", "guided, identity", "guided, vjp")
 
 
-def time_modes(model: XR0ForActionGeneration, prompt_length: int, repeats: int) -> dict:
-    """{mode: median seconds per chunk}; the modes run interleaved so that drifts of the machine hit all alike."""
+def time_modes(model, prompt_length: int, repeats: int) -> dict:
+    """{mode: median seconds per chunk} of an `XR0ForActionGeneration`; the modes run interleaved so that drifts of
+    the machine hit all alike."""
+    import torch
+
     config = model.config
     observation = synthetic_observation(model, prompt_length)
     mask = torch.zeros(1, config.action_length, config.action_dim, device=model.device)
@@ -63,6 +64,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.prompt_length < 1:
         parser.error("--repeats and --prompt_length must be >= 1")
+    import torch  # after parsing, so that --help prints at once
+
+    from ..modeling_xr0 import XR0ForActionGeneration
+
     models = {
         "tiny checkpoint's architecture (fixtures/tiny-xr0)": dit_only_config(
             REPO_ROOT / "fixtures" / "tiny-xr0" / "config.json", action_length=10

@@ -22,6 +22,9 @@ out when the checkpoint serves exactly one robot type.
 committed steps as clean tokens, as checkpoints post-trained with prefixes learned it; steps after them are not
 used) or "guided" (guided inpainting of the whole prefix: any checkpoint). Its default is the checkpoint's own
 (`default_prefix_mode`).
+
+Importing this module loads neither torch nor the model (they load with `load_policy` and the processor), so the
+commands that take its options print `--help` at once.
 """
 
 import json
@@ -30,16 +33,17 @@ import re
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 
 from xr0_client.benchmarks import official_instruction
 from xr0_client.protocol import field_name, shown
 
-from ..modeling_xr0 import GUIDANCE_JACOBIANS, MASK_SCHEDULES, PREFIX_MODES, PrefixGuidance
-from ..processing_xr0 import MAX_INSTRUCTION_CHARS, MIN_IMAGE_SIDE, PUBLISHED_ROBOT_TYPES
+from ..sampling_xr0 import GUIDANCE_JACOBIANS, MASK_SCHEDULES, PREFIX_MODES, PrefixGuidance
+
+if TYPE_CHECKING:  # loaded where used: --help and requests parse without torch
+    import torch
 
 logger = logging.getLogger("xr0.policy")
 
@@ -57,7 +61,7 @@ OPTIONAL_KEYS = {"robot_type", "seed", *PREFIX_KEYS}
 OPENPI_VIEW_KEYS = {"observation/image": "base", "observation/wrist_image": "wrist_left"}
 OPENPI_STATE_KEY = "observation/state"
 OPENPI_PROMPT_KEY = "prompt"
-IMAGE_SIDE_RANGE = (MIN_IMAGE_SIDE, 4096)  # the processor's floor; the ceiling bounds pixels and aspect ratio
+MAX_IMAGE_SIDE = 4096  # the floor is the processor's; the ceiling bounds pixels and aspect ratio
 # Magnitude bounds: a finite but huge input (3.4e38 fits float32) overflows inside the model into NaN actions.
 MAX_ABS_STATE = 1e4  # robot units, and after the robot type's normalization
 MAX_ABS_NORMALIZED_ACTION = 100.0  # committed prefix, in std units of the robot type's statistics
@@ -157,6 +161,8 @@ def _from_openpi(message: dict, processor) -> tuple:
     prompt = message[OPENPI_PROMPT_KEY]
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError(OPENPI_PROMPT_KEY, "expected a non-empty string")
+    from ..processing_xr0 import PUBLISHED_ROBOT_TYPES  # loaded with the processor
+
     if robot_type in PUBLISHED_ROBOT_TYPES:
         prompt = official_instruction(robot_type, prompt)
     ours = {
@@ -172,6 +178,8 @@ def _from_openpi(message: dict, processor) -> tuple:
 
 
 def _parse(message: dict, processor) -> Request:
+    from ..processing_xr0 import MAX_INSTRUCTION_CHARS, MIN_IMAGE_SIDE  # loaded with the processor
+
     _refuse_unknown(message, OBSERVATION_KEYS, "an observation")
     missing = REQUIRED_KEYS - set(message)
     if missing:
@@ -195,7 +203,7 @@ def _parse(message: dict, processor) -> Request:
                 f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
             )
             raise RequestError(f"images.{view}", f"expected a uint8 (H, W, 3) array, got {described}")
-        low, high = IMAGE_SIDE_RANGE
+        low, high = MIN_IMAGE_SIDE, MAX_IMAGE_SIDE
         if not (low <= image.shape[0] <= high and low <= image.shape[1] <= high):
             raise RequestError(
                 f"images.{view}", f"image sides must be in [{low}, {high}], got {image.shape[:2]}"
@@ -380,6 +388,8 @@ class XR0Policy:
         return {"actions": self(parse_request(observation, self.processor))}
 
     def __call__(self, request: Request) -> np.ndarray:
+        import torch
+
         inputs = self.processor(
             images=request.images,
             instruction=request.instruction,
@@ -474,19 +484,23 @@ def guidance_settings(guidance: PrefixGuidance) -> dict:
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_policy(
     model_dir: str,
     device: Optional[str] = None,
-    dtype: Optional[torch.dtype] = None,
+    dtype: Optional["torch.dtype"] = None,
     guidance: Optional[PrefixGuidance] = None,
 ) -> "XR0Policy":
     """The policy of a checkpoint directory, with this package's classes: a server never runs Python code that
     came with a checkpoint (no trust_remote_code), and reads only its safetensors and JSON files. Defaults: CUDA
     in bfloat16 when available, else the CPU in float32. The metadata names the checkpoint
     (`checkpoint_identity`)."""
+    import torch
+
     from ..modeling_xr0 import XR0ForActionGeneration
     from ..processing_xr0 import XR0Processor
 

@@ -342,7 +342,6 @@ def load(model: str, device: str = "cpu", guidance=None):
 
 
 def main(argv=None) -> None:
-    from ..configuration_xr0 import XR0Config
     from ..deploy.policy import (
         add_prefix_mode_arguments,
         executor_prefix_mode,
@@ -387,6 +386,7 @@ def main(argv=None) -> None:
             f"--seed {args.seed} recorded this checkpoint's demonstrations: evaluate on other configurations "
             "(another seed)"
         )
+    from ..configuration_xr0 import XR0Config  # after parsing: it loads transformers
     from ..deploy.policy import checkpoint_identity
 
     try:

@@ -20,12 +20,9 @@ import resource
 import sys
 from pathlib import Path
 
-import torch
-
 from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
-from ..configuration_xr0 import XR0Config
 from ..training.fixture import (
     FIXTURE_TEXT_CONFIG,
     finetune_arguments,
@@ -75,6 +72,8 @@ TRAINING = {  # xr0-finetune arguments of the fixture
 
 
 def write_base_checkpoint(directory: Path, seed: int) -> Path:
+    from ..configuration_xr0 import XR0Config
+
     config = XR0Config(
         vlm_config=METAWORLD_VLM_CONFIG,
         dit_config=METAWORLD_DIT_CONFIG,
@@ -105,6 +104,8 @@ def main(argv=None) -> None:
 
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    import torch  # after parsing, so that --help prints at once
+
     torch.set_num_threads(args.threads)
     work = args.work_dir
     dataset = work / "data"

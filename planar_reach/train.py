@@ -18,12 +18,9 @@
 import json
 from pathlib import Path
 
-import torch
-
 from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
-from ..configuration_xr0 import XR0Config
 from ..training.fixture import (
     FIXTURE_TEXT_CONFIG,
     finetune_arguments,
@@ -74,6 +71,8 @@ POSTTRAIN = {"learning_rate": 1e-3, "warmup_steps": 50}
 
 def write_base_checkpoint(directory: Path, seed: int) -> Path:
     """The untrained starting point: transformers' initialization of the tiny architecture, fp32."""
+    from ..configuration_xr0 import XR0Config
+
     config = XR0Config(
         vlm_config=PLANAR_REACH_VLM_CONFIG, dit_config=PLANAR_REACH_DIT_CONFIG, action_length=30
     )
@@ -151,6 +150,8 @@ def main(argv=None) -> None:
                 f"{dataset} was recorded with --{option} {value}, not {getattr(args, option)}: use another "
                 "--work_dir (or remove it) to record anew"
             )
+    import torch  # after parsing, so that --help prints at once
+
     base, pretrained = work / "base", work / "pretrained"
     if not (base / "config.json").is_file():
         write_base_checkpoint(base, args.seed)

@@ -18,20 +18,12 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING, Optional
 
 from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..checkpoint_layout import REMOTE_CODE_FILES
-from ..configuration_xr0 import OFFICIAL_MODEL_TYPE, XR0Config, from_official_config_dict
-from ..modeling_xr0 import checkpoint_wrapper_prefix
-from ..processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, XR0Processor, set_image_bounds
 from .write_root_files import (
     MAX_SHARD_BYTES,
     config_dict,
@@ -40,6 +32,9 @@ from .write_root_files import (
     stored_tensor_shapes,
     write_json,
 )
+
+if TYPE_CHECKING:  # loaded where used: --help and requests parse without torch
+    import torch
 
 VARIANTS_DIR = REPO_ROOT / "variants"
 
@@ -93,6 +88,8 @@ def resolve_source(source: str, revision: Optional[str]) -> tuple:
 
 def read_weight_files(directory: Path) -> dict:
     """{stored key: file} from the index, or from the single safetensors file."""
+    from safetensors import safe_open
+
     index = directory / "model.safetensors.index.json"
     if index.is_file():
         return {key: directory / file for key, file in json.loads(index.read_text())["weight_map"].items()}
@@ -107,6 +104,8 @@ def read_weight_files(directory: Path) -> dict:
 
 def tensor_metadata(files: dict) -> dict:
     """{stored key: (shape, dtype)} read from the safetensors headers, without loading tensors."""
+    from safetensors import safe_open
+
     metadata = {}
     for file in sorted(set(files.values())):
         with safe_open(str(file), framework="pt") as f:
@@ -142,6 +141,21 @@ def convert(
     revision: Optional[str] = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> dict:
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from ..configuration_xr0 import OFFICIAL_MODEL_TYPE, XR0Config, from_official_config_dict
+    from ..modeling_xr0 import checkpoint_wrapper_prefix
+    from ..processing_xr0 import (
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MIN_PIXELS,
+        PUBLISHED_ROBOT_TYPES,
+        XR0Processor,
+        set_image_bounds,
+    )
+
     directory, provenance = resolve_source(source, revision)
     official = json.loads((directory / "config.json").read_text())
     if official.get("model_type") not in (OFFICIAL_MODEL_TYPE, XR0Config.model_type):
@@ -211,8 +225,11 @@ def convert(
     )
     set_image_bounds(processor.image_processor, *image_bounds)
     if variant["robot_type"]:
+        published = PUBLISHED_ROBOT_TYPES[variant["robot_type"]]
         processor.register_robot_type(
-            variant["robot_type"], views=variant["views"], active_action_dims=variant["active_action_dims"]
+            variant["robot_type"],
+            views=published["views"],
+            active_action_dims=published["active_action_dims"],
         )
     processor.merge_action_config(action_config)
     processor.save_pretrained(output)
@@ -274,7 +291,9 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _torch_dtype(safetensors_dtype: str) -> torch.dtype:
+def _torch_dtype(safetensors_dtype: str) -> "torch.dtype":
+    import torch
+
     names = {
         "BF16": torch.bfloat16,
         "F16": torch.float16,

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 from PIL import Image
-from transformers import AutoModel, AutoProcessor
 
 from xr0_client.cli import ArgumentParser
 
@@ -47,7 +45,7 @@ class StageTimer:
     a stage is charged for its own work. Each DiT step is timed from the action projection to the output layer
     of one velocity evaluation (forward hooks), so the Euler loop itself is timed as the model runs it."""
 
-    def __init__(self, model, device: torch.device):
+    def __init__(self, model, device):  # device: a torch.device
         self.device = device
         self.runs: list = []  # one {stage: seconds} per run
         self._step_start = None
@@ -58,6 +56,8 @@ class StageTimer:
 
     def now(self) -> float:
         if self.device.type == "cuda":
+            import torch
+
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
@@ -81,6 +81,8 @@ class StageTimer:
 def run_pipeline(model, processor, observation: dict, device, seed: int, num_steps, timer: StageTimer):
     """One pass observation -> decoded chunk, each stage timed into a new run of `timer`. Returns the
     de-normalized (T, active dims) chunk and the prompt length in tokens."""
+    import torch
+
     times = timer.new_run()
     run_start = timer.now()
     inputs = processor(**observation).to(device)
@@ -239,6 +241,8 @@ def main(argv: Optional[list] = None) -> None:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup_runs < 0:
         parser.error(f"--runs must be >= 1 and --warmup_runs >= 0, got {args.runs} and {args.warmup_runs}")
+    import torch  # after parsing, so that --help prints at once
+    from transformers import AutoModel, AutoProcessor
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -10,15 +10,12 @@ Tokenizer and remote-code files are symlinks to the repository root, so there is
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..checkpoint_layout import REMOTE_CODE_FILES, TOKENIZER_FILES, link_to_repository_root
-from ..processing_xr0 import PUBLISHED_ROBOT_TYPES
-from ..tiny_model import tiny_model
-from .write_root_files import IMAGE_PROCESSOR_CONFIG, config_dict, processor_config, write_json
+from .write_root_files import config_dict, image_processor_config, processor_config, write_json
 
 CHECKPOINT_VLM_CONFIG = {
     "text_config": {
@@ -57,6 +54,11 @@ def main(argv=None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
+    import torch
+
+    from ..processing_xr0 import PUBLISHED_ROBOT_TYPES
+    from ..tiny_model import tiny_model
+
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
     for name in (
@@ -85,7 +87,7 @@ def main(argv=None) -> None:
         }
     }
     write_json(
-        output / "preprocessor_config.json", {**IMAGE_PROCESSOR_CONFIG, "action_config": action_config}
+        output / "preprocessor_config.json", {**image_processor_config(), "action_config": action_config}
     )
     write_json(output / "processor_config.json", processor_config(action_length=30))
 

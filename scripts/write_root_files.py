@@ -15,14 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
 from xr0_client.cli import ArgumentParser
 
 from .. import REPO_ROOT
-from ..configuration_xr0 import QWEN3_VL_4B_CONFIG, XR0Config
-from ..modeling_xr0 import XR0ForActionGeneration
-from ..processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PUBLISHED_ROBOT_TYPES
 
 logger = logging.getLogger("xr0.write_root_files")
 
@@ -54,30 +49,36 @@ CONFIG_FIELDS = (
     "language_loss_weight",
 )
 
-IMAGE_PROCESSOR_CONFIG = {
-    "auto_map": PROCESSOR_AUTO_MAP,
-    "processor_class": "XR0Processor",
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "do_convert_rgb": True,
-    "do_resize": True,
-    "resample": 3,
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-    "patch_size": 16,
-    "merge_size": 2,
-    "temporal_patch_size": 2,
-    # The bounds the official runtime acts with (see processing_xr0.DEFAULT_MIN_PIXELS), stated explicitly.
-    "min_pixels": DEFAULT_MIN_PIXELS,
-    "max_pixels": DEFAULT_MAX_PIXELS,
-    "size": {"shortest_edge": DEFAULT_MIN_PIXELS, "longest_edge": DEFAULT_MAX_PIXELS},
-}
+
+def image_processor_config() -> dict:
+    """preprocessor_config.json: Qwen3-VL's image pipeline with the pixel bounds the official runtime acts with
+    (see processing_xr0.DEFAULT_MIN_PIXELS), stated explicitly."""
+    from ..processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+
+    return {
+        "auto_map": PROCESSOR_AUTO_MAP,
+        "processor_class": "XR0Processor",
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "patch_size": 16,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+        "min_pixels": DEFAULT_MIN_PIXELS,
+        "max_pixels": DEFAULT_MAX_PIXELS,
+        "size": {"shortest_edge": DEFAULT_MIN_PIXELS, "longest_edge": DEFAULT_MAX_PIXELS},
+    }
 
 
-def config_dict(config: XR0Config, vlm_config: dict, dtype: str = "bfloat16") -> dict:
-    """A compact, transformers-line-independent config.json: the published schema plus our fields."""
+def config_dict(config, vlm_config: dict, dtype: str = "bfloat16") -> dict:
+    """A compact, transformers-line-independent config.json of an `XR0Config`: the published schema plus our
+    fields."""
     return {
         "architectures": ["XR0ForActionGeneration"],
         "auto_map": AUTO_MAP,
@@ -92,6 +93,9 @@ def config_dict(config: XR0Config, vlm_config: dict, dtype: str = "bfloat16") ->
 def processor_config(
     action_length: int = 30, action_dim: int = 32, state_dim: int = 32, robot_types=None
 ) -> dict:
+    """processor_config.json: the model's widths and the robot types (default: the published ones)."""
+    from ..processing_xr0 import PUBLISHED_ROBOT_TYPES
+
     return {
         "auto_map": PROCESSOR_AUTO_MAP,
         "processor_class": "XR0Processor",
@@ -102,8 +106,13 @@ def processor_config(
     }
 
 
-def stored_tensor_shapes(config: XR0Config) -> dict:
-    """{name: shape} of every tensor a checkpoint stores (the tied lm_head is not stored), from a meta model."""
+def stored_tensor_shapes(config) -> dict:
+    """{name: shape} of every tensor a checkpoint of `config` stores (the tied lm_head is not stored), from a meta
+    model."""
+    import torch
+
+    from ..modeling_xr0 import XR0ForActionGeneration
+
     with torch.device("meta"):
         model = XR0ForActionGeneration(config)
     return {
@@ -144,6 +153,9 @@ def main(argv=None) -> None:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--output", type=Path, default=REPO_ROOT)
     args = parser.parse_args(argv)
+    import torch
+
+    from ..configuration_xr0 import QWEN3_VL_4B_CONFIG, XR0Config
 
     config = XR0Config()
     bytes_per_value = torch.finfo(torch.bfloat16).bits // 8
@@ -155,7 +167,7 @@ def main(argv=None) -> None:
     write_json(
         args.output / "model.safetensors.index.json", index_dict(tensor_bytes, shard_plan(tensor_bytes))
     )
-    write_json(args.output / "preprocessor_config.json", IMAGE_PROCESSOR_CONFIG)
+    write_json(args.output / "preprocessor_config.json", image_processor_config())
     write_json(args.output / "processor_config.json", processor_config())
 
 

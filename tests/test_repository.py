@@ -278,12 +278,26 @@ COMMANDS = [[name] for name in console_scripts()] + [
 ]
 
 
+# Commands whose --help needs torch: the others print it without importing torch or transformers.
+HELP_NEEDS_TORCH = {
+    "xr0-finetune": "its options are transformers' TrainingArguments, whose module imports torch"
+}
+# On the path of the --help runs: makes `import torch` / `import transformers` fail, so that a command that imports
+# them before parsing its arguments fails its --help.
+WITHOUT_TORCH = """import sys
+sys.modules.update(torch=None, transformers=None)
+"""
+
+
 @pytest.fixture(scope="module")
 def help_runs(tmp_path_factory):
-    """Every command's `--help`, each from an empty directory of its own, run side by side (one per core: each is
-    a fresh interpreter that imports torch and transformers, ~6 s alone). Returns ({command id: (result,
-    directory)}, git status before, git status after)."""
+    """Every command's `--help`, each from an empty directory of its own, run side by side, torch and transformers
+    made unimportable except for `HELP_NEEDS_TORCH`. Returns ({command id: (result, directory)}, git status
+    before, git status after)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    blocker = tmp_path_factory.mktemp("without-torch")
+    (blocker / "sitecustomize.py").write_text(WITHOUT_TORCH)
 
     def git_status():
         return subprocess.run(
@@ -296,13 +310,10 @@ def help_runs(tmp_path_factory):
             if command[0] == "-m"
             else [str(Path(sys.executable).with_name(command[0]))]
         )
-        result = subprocess.run(
-            [*program, "--help"],
-            cwd=directory,
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="1000"),  # no wrapped option names
-        )
+        env = dict(os.environ, HF_HUB_OFFLINE="1", COLUMNS="1000")  # no wrapped option names
+        if command[-1] not in HELP_NEEDS_TORCH:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocker), env.get("PYTHONPATH")]))
+        result = subprocess.run([*program, "--help"], cwd=directory, capture_output=True, text=True, env=env)
         return command[-1], (result, directory)
 
     before = git_status()
@@ -310,6 +321,18 @@ def help_runs(tmp_path_factory):
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = dict(pool.map(run, COMMANDS, directories))
     return results, before, git_status()
+
+
+def test_the_help_runs_do_block_torch(tmp_path):
+    """The blocker the --help runs use makes importing torch fail (else the --help test proves nothing)."""
+    (tmp_path / "sitecustomize.py").write_text(WITHOUT_TORCH)
+    result = subprocess.run(
+        [sys.executable, "-c", "import torch"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(tmp_path)),
+    )
+    assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command[-1])

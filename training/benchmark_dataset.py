@@ -111,13 +111,13 @@ def write_dataset(
 
 
 def main(argv=None) -> None:
-    from .data import open_dataset
-
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--samples", type=int, default=300)
     args = parser.parse_args(argv)
+    from .data import open_dataset  # after parsing: it loads torch
+
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder) / "dataset"
         start = time.perf_counter()

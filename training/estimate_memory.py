@@ -12,18 +12,18 @@ from forward to backward, which this model's cached keys/values need); ZeRO-3 sh
 
 import re
 
-import torch
-
 from xr0_client.cli import ArgumentParser
-
-from ..configuration_xr0 import XR0Config
-from ..modeling_xr0 import XR0ForActionGeneration
-from .finetune import LORA_TARGET
 
 GIB = 2**30
 
 
 def estimate(lora_rank: int = 16) -> list:
+    import torch
+
+    from ..configuration_xr0 import XR0Config
+    from ..modeling_xr0 import XR0ForActionGeneration
+    from .finetune import LORA_TARGET
+
     with torch.device("meta"):
         model = XR0ForActionGeneration(XR0Config())
     parameters = dict(model.named_parameters())

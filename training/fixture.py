@@ -2,7 +2,8 @@
 XR0 of the real architecture, `xr0-finetune` runs on it, and the packing of a result into a fixture directory.
 
 The benchmarks' own `train` modules (`xr0.planar_reach.train`, `xr0.meta_world.train`) choose the sizes, the
-robot type and the steps; everything they share lives here, so every fixture is made one way.
+robot type and the steps; everything they share lives here, so every fixture is made one way. torch and the model
+load when a checkpoint is written, so that those commands print `--help` at once.
 """
 
 import json
@@ -11,13 +12,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from .. import REPO_ROOT
 from ..checkpoint_layout import link_to_repository_root
-from ..configuration_xr0 import XR0Config
-from ..modeling_xr0 import XR0ForActionGeneration
-from ..processing_xr0 import XR0Processor
 
 # The language model of every closed-loop fixture: the real tokenizer and vocabulary (frozen embeddings are most of
 # the file), 4 layers of 48; its head_dim 16 and 2 KV heads are what each fixture's DiT must match.
@@ -38,12 +34,15 @@ FIXTURE_TEXT_CONFIG = {
 LEFTOVER_FILES = ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 
 
-def write_random_checkpoint(
-    directory: Path, config: XR0Config, seed: int, robot_types: Optional[dict] = None
-) -> Path:
+def write_random_checkpoint(directory: Path, config, seed: int, robot_types: Optional[dict] = None) -> Path:
     """The untrained starting point: transformers' initialization of `config`, fp32. With `robot_types`
     ({name: RobotSpec fields}), the directory also gets the processor with those robot types registered, so that
-    `xr0-finetune` trains them with their views, names and chunk length."""
+    `xr0-finetune` trains them with their views, names and chunk length. `config`: an `XR0Config`."""
+    import torch
+
+    from ..modeling_xr0 import XR0ForActionGeneration
+    from ..processing_xr0 import XR0Processor
+
     torch.manual_seed(seed)
     XR0ForActionGeneration(config).save_pretrained(directory)
     if robot_types:
@@ -78,6 +77,11 @@ def pack_fixture(trained: Path, fixture: Path, summary_file: str, summary: dict)
     """trained output -> fixture directory: bf16 weights, config and processor, and `summary_file` (how it was
     made); the tokenizer and the remote code are links to the repository root (one copy of each). Returns the
     weights' size in bytes."""
+    import torch
+
+    from ..modeling_xr0 import XR0ForActionGeneration
+    from ..processing_xr0 import XR0Processor
+
     if fixture.exists():
         shutil.rmtree(fixture)
     fixture.mkdir(parents=True)
