@@ -1,5 +1,6 @@
-"""Render each variant's model card, variants/<name>/README.md, from its variants/<name>/variant.json, so the
-facts of a variant are written once.
+"""Render each variant's model card, variants/<name>/README.md, from its variants/<name>/variant.json (what is
+particular to the published checkpoint: repo, revision, image preprocessing, protocol, results) and its robot
+type's entry in `processing_xr0.PUBLISHED_ROBOT_TYPES` (views, active dims, T), so each fact is written once.
 
     python -m xr0.scripts.write_variant_cards
 """
@@ -17,7 +18,18 @@ logger = logging.getLogger("xr0.write_variant_cards")
 VARIANTS_DIR = REPO_ROOT / "variants"
 
 
-def render(variant: dict) -> str:
+def python_call(opening: str, arguments: list, width: int = 110) -> list:
+    """The lines of `opening` + arguments + ")" as the repository's formatter (ruff, line length 110) writes them:
+    one line when it fits, else one argument per line."""
+    line = opening + ", ".join(arguments) + ")"
+    if len(line) <= width:
+        return [line]
+    return [opening, *(f"    {argument}," for argument in arguments), ")"]
+
+
+def render(variant: dict, robot_types: dict) -> str:
+    """The card of `variant` (a variant.json); `robot_types`: the published robot types' fields."""
+    robot = robot_types.get(variant["robot_type"]) or {}
     base_model = (
         "Qwen/Qwen3-VL-4B-Instruct"
         if variant["name"] == "base"
@@ -43,15 +55,21 @@ def render(variant: dict) -> str:
         'processor = AutoProcessor.from_pretrained("path/to/this/folder", trust_remote_code=True)',
     ]
     if variant["robot_type"]:
-        views = ", ".join(f'"{key}": image_{key}' for key, _ in variant["views"])
+        views = ", ".join(f'"{key}": image_{key}' for key, _ in robot["views"])
+        arguments = [
+            f"images={{{views}}}",
+            'instruction="..."',
+            "state=state",
+            f'robot_type="{variant["robot_type"]}"',
+        ]
         lines += [
-            f'inputs = processor(images={{{views}}}, instruction="...", state=state, robot_type="{variant["robot_type"]}")',
+            *python_call("inputs = processor(", arguments),
             "actions = model(**inputs.to(model.device), seed=0).actions",
-            f'robot_actions = processor.decode_action(actions, "{variant["robot_type"]}")  # (1, T, {variant["active_action_dims"]})',
+            f'robot_actions = processor.decode_action(actions, "{variant["robot_type"]}")  # (1, T, {robot["active_action_dims"]})',
         ]
     lines += ["```", ""]
     if variant["robot_type"]:
-        titles = ", ".join(f"`{key}` (prompt title “{title}”)" for key, title in variant["views"])
+        titles = ", ".join(f"`{key}` (prompt title “{title}”)" for key, title in robot["views"])
         image = variant["image"]
         size = f"{image['size'][0]}×{image['size'][1]}" if image["size"] else "as the simulator renders them"
         lines += [
@@ -61,9 +79,9 @@ def render(variant: dict) -> str:
             f"- Camera views, in prompt order: {titles}",
             f"- Images: {size}; {image['preprocessing']}",
             f"- State: {variant['state_layout']}",
-            f"- Actions: chunks of T = {variant['chunk_length']} steps (the first dimension of the robot type's "
-            f"statistics), {variant['active_action_dims']} active dims, de-normalized with the checkpoint's statistics",
-            f"- Steps executed per chunk: {variant['steps_per_chunk']}",
+            f"- Actions: chunks of T = {robot['chunk_length']} steps (the first dimension of the robot type's "
+            f"statistics), {robot['active_action_dims']} active dims, de-normalized with the checkpoint's statistics",
+            f"- Steps executed per chunk: all {robot['chunk_length']} (the whole chunk, as the official client does)",
             f"- Evaluation protocol: {variant['protocol']}",
             "",
             "## Results (as reported)",
@@ -75,7 +93,8 @@ def render(variant: dict) -> str:
         lines += ["", f"Source: {variant['source']}.", ""]
     else:
         robot_types = ", ".join(
-            f"`{name}` (T = {length})" for name, length in variant["pretraining_robot_types"].items()
+            f"`{name}` (T = {robot_types[name]['chunk_length']})"
+            for name in variant["pretraining_robot_types"]
         )
         lines += [
             "## Pre-training robot types",
@@ -107,9 +126,11 @@ def render(variant: dict) -> str:
 
 def main(argv=None) -> None:
     ArgumentParser(description=__doc__).parse_args(argv)  # --help exits here, before anything is written
+    from ..processing_xr0 import PUBLISHED_ROBOT_TYPES  # after parsing: it loads torch
+
     for path in sorted(VARIANTS_DIR.glob("*/variant.json")):
         card = path.parent / "README.md"
-        card.write_text(render(json.loads(path.read_text())))
+        card.write_text(render(json.loads(path.read_text()), PUBLISHED_ROBOT_TYPES))
         logger.info("wrote %s", card)
 
 

@@ -145,6 +145,25 @@ def test_libero_conventions():
     assert policy.observations[-1]["seed"] != sent["seed"]
 
 
+@pytest.mark.parametrize("length, steps_per_chunk, queries", [(6, None, 5), (6, 4, 7), (30, None, 1)])
+def test_clients_execute_the_chunk_the_server_sends(length, steps_per_chunk, queries):
+    """The chunk length is the server's: a client executes each chunk whole (the official clients' convention),
+    whatever its T, or only its first `steps_per_chunk` actions."""
+    policy = RecordingPolicy(length=length)
+    client = LiberoClient(policy, steps_per_chunk=steps_per_chunk)
+    actions = [client.act(libero_obs(), "pick up the bowl") for _ in range(25)]
+    assert len(policy.observations) == queries
+    executed = steps_per_chunk or length
+    expected = [50 + i for i in range(executed)] + [150]  # chunk k holds 100·k - 50 + step
+    assert [a[0] for a in actions[: executed + 1]] == expected[:25]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "10"])
+def test_clients_refuse_a_bad_steps_per_chunk(bad):
+    with pytest.raises(ValueError, match="steps_per_chunk must be an int >= 1 or None"):
+        LiberoClient(RecordingPolicy(), steps_per_chunk=bad)
+
+
 def test_calvin_conventions():
     policy = RecordingPolicy()
     client = CalvinClient(policy, robot_type="calvin_abcd_orig")

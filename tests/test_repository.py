@@ -98,29 +98,33 @@ def test_tiny_checkpoint_loads_with_auto_classes_and_acts():
 # ---- variants ------------------------------------------------------------------------------------------------
 
 
-def test_six_variants_with_cards_consistent_with_the_processor():
+def test_six_variants_with_cards_rendered_from_variant_json_and_the_robot_registry():
+    """A variant.json holds what is particular to its published checkpoint; views, active dims and T are the
+    robot type's, in `PUBLISHED_ROBOT_TYPES` only, and each card is what the renderer makes of both."""
+    from xr0.scripts.write_variant_cards import render
+
     assert sorted(p.name for p in (REPO_ROOT / "variants").iterdir() if p.is_dir()) == VARIANTS
     for name in VARIANTS:
         variant = json.loads((REPO_ROOT / "variants" / name / "variant.json").read_text())
         card = (REPO_ROOT / "variants" / name / "README.md").read_text()
         assert variant["name"] == name and variant["repo_id"] == PUBLISHED_REPOS[name][0]
         assert variant["revision"] == PUBLISHED_REPOS[name][1] and variant["revision"] in card
+        assert not {"views", "active_action_dims", "chunk_length", "steps_per_chunk"} & set(variant)
+        assert card == render(variant, PUBLISHED_ROBOT_TYPES), (
+            "stale card: python -m xr0.scripts.write_variant_cards"
+        )
         assert card.startswith("---\nlicense: apache-2.0\n") and variant["title"] in card
         if variant["robot_type"]:
             published = PUBLISHED_ROBOT_TYPES[variant["robot_type"]]
-            assert variant["views"] == published["views"]
-            assert variant["active_action_dims"] == published["active_action_dims"]
-            assert variant["chunk_length"] == published["chunk_length"] == variant["steps_per_chunk"]
-            assert f"chunks of T = {variant['chunk_length']} steps" in card
-            for key, _ in variant["views"]:
-                assert f"`{key}`" in card
+            assert f"chunks of T = {published['chunk_length']} steps" in card
+            assert f"{published['active_action_dims']} active dims" in card
+            for key, title in published["views"]:
+                assert f"`{key}` (prompt title “{title}”)" in card
             for row, value in variant["results"]["rows"]:
                 assert f"| {row} | {value} |" in card
         else:
-            assert variant["pretraining_robot_types"] == {
-                name: PUBLISHED_ROBOT_TYPES[name]["chunk_length"]
-                for name in variant["pretraining_robot_types"]
-            }
+            for robot_type in variant["pretraining_robot_types"]:
+                assert f"`{robot_type}` (T = {PUBLISHED_ROBOT_TYPES[robot_type]['chunk_length']})" in card
             assert "base_model: XiaomiRobotics" not in card
 
 

@@ -3,8 +3,9 @@ and talk to an XR0 policy: the websocket server (`XR0Client`) or anything with `
 
 Each client turns a simulator observation into the official request (camera views under `base` /
 `wrist_left`, raw state layout, instruction), derives the request's seed from it exactly as the official
-clients do (`official_request_seed`), sends it in the server's format, executes `steps_per_chunk` actions of
-each chunk and post-processes them for the simulator. With the same observation, our clients therefore ask
+clients do (`official_request_seed`), sends it in the server's format, executes each chunk whole, as the official
+clients do (or its first `steps_per_chunk` actions), and post-processes them for the simulator. The chunk length T
+is the server's: its metadata names it per robot type, and every reply carries it. With the same observation, our clients therefore ask
 for the same seed, and so the same noise, as the official ones.
 """
 
@@ -160,16 +161,20 @@ def official_instruction(robot_type: str, task: str) -> str:
 
 
 class BenchmarkClient:
-    """Queries a chunk when its queue is empty and executes its first `steps_per_chunk` actions."""
+    """Queries a chunk when its queue is empty and executes it whole, or its first `steps_per_chunk` actions."""
 
     robot_type: str = ""
-    steps_per_chunk: int = 1
     action_dims: int = 7
 
     def __init__(self, policy: Policy, steps_per_chunk: Optional[int] = None):
+        if steps_per_chunk is not None and (
+            isinstance(steps_per_chunk, bool) or not isinstance(steps_per_chunk, int) or steps_per_chunk < 1
+        ):
+            raise ValueError(
+                f"steps_per_chunk must be an int >= 1 or None (the whole chunk), got {steps_per_chunk!r}"
+            )
         self.policy = policy
-        if steps_per_chunk is not None:
-            self.steps_per_chunk = steps_per_chunk
+        self.steps_per_chunk = steps_per_chunk
         self.queue: deque = deque()
 
     def reset(self) -> None:
@@ -184,15 +189,14 @@ class BenchmarkClient:
         return action
 
     def act(self, env_obs, instruction: str) -> np.ndarray:
-        """The simulator action for this step; queries a new chunk every `steps_per_chunk` steps."""
+        """The simulator action for this step; queries a new chunk when the last one is executed."""
         if not self.queue:
             request, observation = self.requests(env_obs, instruction)
             observation["seed"] = official_request_seed(request)
             chunk = np.asarray(self.policy.infer(observation)["actions"])
-            if chunk.ndim != 2 or chunk.shape[0] < self.steps_per_chunk or chunk.shape[1] < self.action_dims:
-                raise ValueError(
-                    f"expected a (T >= {self.steps_per_chunk}, >= {self.action_dims}) chunk, got {chunk.shape}"
-                )
+            least = self.steps_per_chunk or 1
+            if chunk.ndim != 2 or chunk.shape[0] < least or chunk.shape[1] < self.action_dims:
+                raise ValueError(f"expected a (T >= {least}, >= {self.action_dims}) chunk, got {chunk.shape}")
             self.queue.extend(chunk[: self.steps_per_chunk, : self.action_dims])
         return self.postprocess(np.asarray(self.queue.popleft(), dtype=np.float64))
 
@@ -200,11 +204,9 @@ class BenchmarkClient:
 class LiberoClient(BenchmarkClient):
     """LIBERO (robosuite observations): agent-view and wrist images rotated 180 degrees (256x256 as rendered);
     state = end-effector position (3) + axis-angle (3) + gripper joint positions (2) + 24 zeros; instruction
-    through str.capitalize (first letter upper, the rest lowered), a "." appended after the seed is derived;
-    10 actions executed per chunk (the checkpoint's whole chunk)."""
+    through str.capitalize (first letter upper, the rest lowered), a "." appended after the seed is derived."""
 
     robot_type = "libero_all"
-    steps_per_chunk = 10
 
     def requests(self, env_obs: dict, instruction: str) -> tuple[dict, dict]:
         def view(key):
@@ -230,11 +232,10 @@ class LiberoClient(BenchmarkClient):
 
 class CalvinClient(BenchmarkClient):
     """CALVIN: static and gripper cameras, each center-cropped to 0.95 and resized back; state = robot_obs[:7] +
-    25 zeros; instruction capitalized, "." appended after the seed; 10 actions per chunk; the gripper action
-    becomes +1 when positive, else -1."""
+    25 zeros; instruction capitalized, "." appended after the seed; the gripper action becomes +1 when positive,
+    else -1."""
 
     robot_type = "calvin_abc_orig"
-    steps_per_chunk = 10
 
     def __init__(
         self, policy: Policy, robot_type: str = "calvin_abc_orig", steps_per_chunk: Optional[int] = None
@@ -268,9 +269,8 @@ class SimplerEnvClient(BenchmarkClient):
     (WidowX/Bridge, title "Base") or 320x256 (Google Robot/Fractal, title "Ego"), center crop 0.95 and resized
     back; the state from the end-effector pose `eef_pos` (position, quaternion w-x-y-z, gripper) as each
     dataset recorded it, zero-padded to 32; instruction with its first letter upper-cased and a "." appended;
-    4 actions per chunk; roll-pitch-yaw actions become axis-angle, the gripper as each robot expects."""
+    roll-pitch-yaw actions become axis-angle, the gripper as each robot expects."""
 
-    steps_per_chunk = 4
     IMAGE_SIZES = {"bridge_delta": (256, 256), "fractal_delta": (320, 256)}
     TITLES = {"bridge_delta": "Base", "fractal_delta": "Ego"}
     # Bridge's end-effector frame relative to SimplerEnv's (a top-down gripper).

@@ -135,6 +135,8 @@ def run_benchmark(benchmark: Benchmark, argv=None, description: Optional[str] = 
                 f"{command}: the server at {policy.uri} does not serve robot_type {robot_type}: {sorted(served)}"
             )
         client = benchmark.client(policy, args)
+        if client.steps_per_chunk is None:  # the whole chunk: T as the server serves it
+            client.steps_per_chunk = served[robot_type]["chunk_length"]
         run = {
             "benchmark": benchmark.name,
             "checkpoint": policy.metadata.get("checkpoint") or {"name": policy.metadata.get("model")},
