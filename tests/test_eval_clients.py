@@ -359,3 +359,36 @@ def test_the_calvin_runner_says_what_is_missing(arguments, message):
         timeout=120,
     )
     assert finished.returncode != 0 and message in finished.stderr
+
+
+@pytest.mark.parametrize("chunk_length", ["ten", 0, None, 2.5])
+def test_a_runner_refuses_a_server_whose_metadata_names_no_usable_chunk_length(tmp_path, chunk_length):
+    """The chunk length comes from the server's metadata, across a process boundary: a runner checks it before
+    executing anything with it."""
+    import threading
+
+    from websockets.sync.server import serve
+
+    from xr0_client.protocol import pack
+
+    metadata = {"robot_types": {"calvin_abc_orig": {"chunk_length": chunk_length}}}
+    server = serve(lambda connection: connection.send(pack(metadata)), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        finished = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("xr0-eval-calvin")),
+                *("--port", str(server.socket.getsockname()[1]), "--video", "none"),
+                *("--environment", "fake_calvin:ScriptedCalvin", "--dataset_path", str(tmp_path)),
+                *("--results_file", str(tmp_path / "calvin.json")),
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)),
+            timeout=120,
+        )
+    finally:
+        server.shutdown()
+    assert finished.returncode != 0
+    assert "robot_types.calvin_abc_orig.chunk_length must be an int >= 1" in finished.stderr
+    assert not (tmp_path / "calvin.json").exists()

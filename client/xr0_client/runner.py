@@ -136,7 +136,13 @@ def run_benchmark(benchmark: Benchmark, argv=None, description: Optional[str] = 
             )
         client = benchmark.client(policy, args)
         if client.steps_per_chunk is None:  # the whole chunk: T as the server serves it
-            client.steps_per_chunk = served[robot_type]["chunk_length"]
+            length = served[robot_type].get("chunk_length") if isinstance(served[robot_type], dict) else None
+            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+                sys.exit(
+                    f"{command}: the server's metadata robot_types.{robot_type}.chunk_length must be an int >= 1, "
+                    f"got {length!r}"
+                )
+            client.steps_per_chunk = length
         run = {
             "benchmark": benchmark.name,
             "checkpoint": policy.metadata.get("checkpoint") or {"name": policy.metadata.get("model")},
