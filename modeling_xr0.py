@@ -179,6 +179,76 @@ class XR0ChunkLayout:
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
 
 
+@dataclass
+class XR0TrainingDraws:
+    """
+    The random draws of one training step, one row per row of the repeated batch: B samples x R =
+    `config.training_repeat` repeats, sample i's repeats in rows i·R .. i·R + R - 1.
+
+    `compute_loss` samples them (`sample_training_draws`); pass your own as `forward(actions=...,
+    training_draws=...)` or `compute_loss(..., draws=...)` to compute the loss of given draws, e.g. to hold it
+    against another implementation of the recipe.
+
+    Args:
+        noise: (B·R, T, A) float, the flow's x_0 (standard normal).
+        timestep: (B·R,) float, the flow time t in [0, 1] (0 = noise, 1 = data).
+        prefix_lengths: (B·R,) int, p: the row's first p actions are committed (clean, excluded from the loss);
+            0 = no prefix, at most T.
+        hidden_actions: (B·R, T) bool, the prefix tokens hidden from the row's noisy tokens; only inside its
+            prefix.
+    """
+
+    noise: torch.Tensor
+    timestep: torch.Tensor
+    prefix_lengths: torch.Tensor
+    hidden_actions: torch.Tensor
+
+    def check(self, rows: int, action_length: int, action_dim: int) -> None:
+        """Raises a ValueError naming the first field that does not fit a repeated batch of `rows` rows."""
+        expected = {
+            "noise": (rows, action_length, action_dim),
+            "timestep": (rows,),
+            "prefix_lengths": (rows,),
+            "hidden_actions": (rows, action_length),
+        }
+        for name, shape in expected.items():
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                raise ValueError(
+                    f"`training_draws.{name}` must be a tensor of shape {shape} (B·R rows: the batch times "
+                    f"config.training_repeat), got {_describe(value)}."
+                )
+        if not self.noise.is_floating_point() or not self.timestep.is_floating_point():
+            raise ValueError("`training_draws.noise` and `training_draws.timestep` must be floating point.")
+        if self.prefix_lengths.is_floating_point() or self.prefix_lengths.dtype == torch.bool:
+            raise ValueError(
+                f"`training_draws.prefix_lengths` must be integers, got {self.prefix_lengths.dtype}."
+            )
+        if self.hidden_actions.dtype != torch.bool:
+            raise ValueError(
+                f"`training_draws.hidden_actions` must be bool, got {self.hidden_actions.dtype}."
+            )
+        check_finite("training_draws.noise", self.noise)
+        check_finite("training_draws.timestep", self.timestep)
+        if ((self.timestep < 0) | (self.timestep > 1)).any():
+            raise ValueError("`training_draws.timestep` must lie in [0, 1].")
+        if ((self.prefix_lengths < 0) | (self.prefix_lengths > action_length)).any():
+            raise ValueError(f"`training_draws.prefix_lengths` must lie in [0, T = {action_length}].")
+        outside = ~prefix_positions(self.prefix_lengths, action_length).to(self.hidden_actions.device)
+        if (self.hidden_actions & outside).any():
+            raise ValueError(
+                "`training_draws.hidden_actions` may hide prefix tokens only (steps < prefix_lengths)."
+            )
+
+    def to(self, device) -> "XR0TrainingDraws":
+        return XR0TrainingDraws(
+            noise=self.noise.to(device=device, dtype=torch.float32),
+            timestep=self.timestep.to(device=device, dtype=torch.float32),
+            prefix_lengths=self.prefix_lengths.to(device=device, dtype=torch.long),
+            hidden_actions=self.hidden_actions.to(device),
+        )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Small functions
 
@@ -259,11 +329,17 @@ def build_dit_attention_mask(
     return torch.cat([cache_part, own_part], dim=-1)
 
 
-def frequency_terms(loss_mask: torch.Tensor) -> torch.Tensor:
-    """How many magnitudes the frequency term averages: (sample, active dim) pairs x (T // 2 + 1) frequencies.
-    A sample none of whose steps count (all padded or committed) has no active dim."""
-    active_pairs = loss_mask.amax(dim=1).sum()  # loss_mask (B, T, A) -> (B, A) -> scalar
-    return active_pairs * (loss_mask.shape[1] // 2 + 1)
+def frequency_terms(loss_mask: torch.Tensor, prefix_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """How many magnitudes the frequency term averages: over the samples, each sample's active dims x the
+    ((T - p) // 2 + 1) frequencies of its T - p steps after its prefix of p. A sample none of whose steps count
+    (all padded or committed) has no active dim. `loss_mask` (B, T, A) is 0 at prefix steps; `prefix_lengths`
+    (B,), None = no prefix."""
+    action_length = loss_mask.shape[1]
+    active_dims = loss_mask.amax(dim=1).sum(dim=1)  # (B,)
+    if prefix_lengths is None:
+        prefix_lengths = torch.zeros_like(active_dims, dtype=torch.long)
+    frequencies = (action_length - prefix_lengths.to(loss_mask.device)) // 2 + 1  # (B,)
+    return (active_dims * frequencies).sum()
 
 
 def frequency_loss(
@@ -272,20 +348,33 @@ def frequency_loss(
     loss_mask: torch.Tensor,
     sample_weight: Optional[torch.Tensor] = None,
     normalizer: Optional[torch.Tensor] = None,
+    prefix_lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """The released frequency term: mean magnitude of rfft(prediction) - rfft(target) over the chunk axis
-    (default norm), each sample's term weighted by `sample_weight` (B,) (its mean loss weight). Unlike the
-    release, the mean runs over the robot's active dims only: padded dims (and padded or prefix steps, zeroed
-    before the transform) do not count. `normalizer`: the count to divide by (`frequency_terms` of this batch
-    when None; data-parallel training passes the mean over the ranks)."""
+    """The released frequency term: the mean magnitude of rfft(prediction) - rfft(target) along time (default
+    norm) over each sample's steps after its prefix (a DFT of length T - p), each sample's magnitudes weighted by
+    `sample_weight` (B,) (its mean loss weight). Unlike the release, the mean runs over the robot's active dims
+    only, and padded steps are zeroed before the transform. `prefix_lengths` (B,): None = no prefix.
+    `normalizer`: the count to divide by (`frequency_terms` of this batch when None; data-parallel training
+    passes the mean over the ranks)."""
+    batch_size, action_length, _ = velocity.shape
+    if prefix_lengths is None:
+        prefix_lengths = torch.zeros(batch_size, dtype=torch.long, device=velocity.device)
+    prefix_lengths = prefix_lengths.to(velocity.device)
     error = (velocity - target) * loss_mask  # (B, T, A); rfft is linear: rfft(v) - rfft(t) = rfft(v - t)
-    magnitude = torch.fft.rfft(error, dim=1).abs()  # (B, T // 2 + 1, A)
     active_dims = loss_mask.amax(dim=1, keepdim=True)  # (B, 1, A)
-    if sample_weight is not None:
-        magnitude = magnitude * sample_weight[:, None, None]
+    if sample_weight is None:
+        sample_weight = torch.ones(batch_size, device=velocity.device)
+    total = error.new_zeros(())
+    # Samples with the same prefix length share a DFT length: one transform per length present.
+    for length in sorted(set(prefix_lengths.tolist())):
+        if length >= action_length:  # the whole chunk is committed: nothing to transform
+            continue
+        rows = prefix_lengths == length
+        magnitude = torch.fft.rfft(error[rows, length:], dim=1).abs()  # (b, (T - p) // 2 + 1, A)
+        total = total + (magnitude * active_dims[rows] * sample_weight[rows, None, None]).sum()
     if normalizer is None:
-        normalizer = frequency_terms(loss_mask)
-    return (magnitude * active_dims).sum() / normalizer.clamp(min=1.0)
+        normalizer = frequency_terms(loss_mask, prefix_lengths)
+    return total / normalizer.clamp(min=1.0)
 
 
 def guidance_mask(
@@ -1002,13 +1091,23 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         actions[:, :delay] = clean_actions[:, :delay].to(actions)
         return actions
 
-    def _integrate(self, observation, action_mask, noise, num_steps, clean_actions=None, prefix_lengths=None):
+    def _integrate(
+        self,
+        observation,
+        action_mask,
+        noise,
+        num_steps,
+        clean_actions=None,
+        prefix_lengths=None,
+        hidden_actions=None,
+    ):
         """The Euler loop shared by inference, prefix-conditioned inference and training's reweighting pass.
-        Positions below `prefix_lengths` (B,) hold `clean_actions` (B, T, A) throughout."""
+        Positions below `prefix_lengths` (B,) hold `clean_actions` (B, T, A) throughout; `hidden_actions` (B, T)
+        (training's reweighting pass only): prefix tokens the noisy tokens do not see."""
         actions = noise.to(device=self.device, dtype=torch.float32)
         action_mask = action_mask.to(self.device)
         action_length = actions.shape[1]
-        layout = self.chunk_layout(observation, action_length, prefix_lengths)
+        layout = self.chunk_layout(observation, action_length, prefix_lengths, hidden_actions)
         is_prefix = None
         if prefix_lengths is not None:
             is_prefix = prefix_positions(prefix_lengths, action_length).to(self.device)[
@@ -1163,21 +1262,22 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         repeats: int,
         generator: Optional[torch.Generator] = None,
         sample_seeds: Optional[torch.Tensor] = None,
-    ) -> tuple:
+    ) -> XR0TrainingDraws:
         """
-        A training step's random draws for `actions` (B·R, T, A), the R repeats of each sample side by side:
-        noise (B·R, T, A), flow times (B·R,), prefix lengths (B·R,) and hidden prefix tokens (B·R, T).
+        A training step's random draws for `actions` (B·R, T, A), the R repeats of each sample side by side.
 
-        From `generator` for the whole batch; or, with `sample_seeds` (B,), sample i's R repeats come from a
-        generator seeded with `sample_seeds[i]`, in the same order (noise, time, prefix). A run whose seeds are a
-        function of the run's seed and each sample's identity (`xr0.training.data.sample_seed`) then draws the
-        same for a sample on any rank, with any number of processes, before and after a resume.
+        From `generator` for the whole batch (noise, then flow times, then prefixes); or, with `sample_seeds` (B,),
+        sample i's R repeats come from a generator seeded with `sample_seeds[i]`, in the same order. A run whose
+        seeds are a function of the run's seed and each sample's identity (`xr0.training.data.sample_seed`) then
+        draws the same for a sample on any rank, with any number of processes, before and after a resume.
         """
         action_length = actions.shape[1]
         if sample_seeds is None:
             noise = self.sample_noise(actions, generator)
             timestep = self.sample_time(actions.shape[0], generator)
-            return (noise, timestep, *self.sample_prefix(actions.shape[0], action_length, generator))
+            return XR0TrainingDraws(
+                noise, timestep, *self.sample_prefix(actions.shape[0], action_length, generator)
+            )
         if not isinstance(sample_seeds, torch.Tensor) or sample_seeds.shape != (actions.shape[0] // repeats,):
             raise ValueError(
                 f"`sample_seeds` must be a ({actions.shape[0] // repeats},) int tensor, one seed per sample, got "
@@ -1189,7 +1289,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             noise = self.sample_noise(actions[i * repeats : (i + 1) * repeats], own)
             timestep = self.sample_time(repeats, own)
             draws.append((noise, timestep, *self.sample_prefix(repeats, action_length, own)))
-        return tuple(torch.cat(parts) for parts in zip(*draws, strict=True))
+        return XR0TrainingDraws(*(torch.cat(parts) for parts in zip(*draws, strict=True)))
 
     def compute_loss(
         self,
@@ -1199,6 +1299,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         action_is_pad: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         sample_seeds: Optional[torch.Tensor] = None,
+        draws: Optional[XR0TrainingDraws] = None,
     ) -> dict:
         """
         Flow-matching loss of the training recipe (report: pre- and post-training), asynchronous post-training
@@ -1212,6 +1313,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             generator: source of every random draw (noise, t, prefixes, hidden tokens) for the whole batch.
             sample_seeds: (B,) int64, one seed per sample instead (see `sample_training_draws`): a sample's draws
                 then depend on its seed only, not on its batch, its rank or the number of processes.
+            draws: the step's draws given instead of sampled (`XR0TrainingDraws`, B·R rows); then neither
+                `generator` nor `sample_seeds`.
         Returns:
             dict with `loss` and its parts `flow_loss` (masked MSE) and `frequency_loss`, each a scalar tensor.
             Under data-parallel training the masked MSE is normalized by the mean count over the ranks, so the
@@ -1240,9 +1343,17 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         valid = valid.repeat_interleave(repeats, dim=0)
         batch_size *= repeats
 
-        noise, timestep, prefix_lengths, hidden_actions = self.sample_training_draws(
-            actions, repeats, generator, sample_seeds
-        )
+        if draws is None:
+            draws = self.sample_training_draws(actions, repeats, generator, sample_seeds)
+        else:
+            if generator is not None or sample_seeds is not None:
+                raise ValueError("Pass `draws` or a source of draws (`generator`, `sample_seeds`), not both.")
+            if not isinstance(draws, XR0TrainingDraws):
+                raise TypeError(f"`draws` must be an XR0TrainingDraws, got {type(draws).__name__}.")
+            draws.check(batch_size, action_length, config.action_dim)
+            draws = draws.to(self.device)
+        noise, timestep = draws.noise, draws.timestep
+        prefix_lengths, hidden_actions = draws.prefix_lengths, draws.hidden_actions
         t = timestep[:, None, None]
         noisy_actions = (1 - t) * noise + t * actions
         target = actions - noise
@@ -1259,20 +1370,22 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         # Under data-parallel training every rank joins the reweighting's all-reduce, prefixes or not.
         if config.loss_reweighting and (bool(uses_prefix.any()) or data_parallel(self)):
             weight = self._prefix_loss_weight(
-                observation, actions, action_mask, prefix_lengths, loss_mask, noise
+                observation, actions, action_mask, prefix_lengths, loss_mask, noise, hidden_actions
             )
             weight = torch.where(uses_prefix[:, None, None], weight, torch.ones_like(weight))
 
         # Each rank's loss is averaged over the ranks: normalizing both terms by their mean counts over the ranks
         # makes that average the global batch's loss (in one process: the counts). One all-reduce for both.
-        counts = torch.stack([loss_mask.sum(), frequency_terms(loss_mask)])
+        counts = torch.stack([loss_mask.sum(), frequency_terms(loss_mask, prefix_lengths)])
         if data_parallel(self):
             counts = data_parallel_sum(counts) / torch.distributed.get_world_size()
         count, spectral_count = counts.clamp(min=1.0).unbind()
         flow_loss = ((velocity - target) ** 2 * loss_mask * weight).sum() / count
         # Each sample's mean weight scales its frequency term, as released.
         sample_weight = (weight * loss_mask).sum(dim=(1, 2)) / loss_mask.sum(dim=(1, 2)).clamp(min=1.0)
-        spectral_loss = frequency_loss(velocity, target, loss_mask, sample_weight, spectral_count)
+        spectral_loss = frequency_loss(
+            velocity, target, loss_mask, sample_weight, spectral_count, prefix_lengths
+        )
         # The released loss: 0.5 · weighted MSE + c · frequency term (c = 0 when the term is off).
         loss = 0.5 * flow_loss + config.frequency_loss_weight * spectral_loss
         return {"loss": loss, "flow_loss": flow_loss.detach(), "frequency_loss": spectral_loss.detach()}
@@ -1287,11 +1400,20 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         data_parallel_sum(torch.zeros(2, device=self.device))  # the two terms' counts
 
     @torch.no_grad()
-    def _prefix_loss_weight(self, observation, actions, action_mask, prefix_lengths, loss_mask, noise):
+    def _prefix_loss_weight(
+        self, observation, actions, action_mask, prefix_lengths, loss_mask, noise, hidden_actions=None
+    ):
         """|actions generated from the prefix and the sample's own training noise - ground truth| / its masked
-        mean, clamped to `loss_reweight_range` (report: post-training; released code)."""
+        mean, clamped to `loss_reweight_range` (report: post-training; released code). The generation attends as
+        the training pass does: the prefix tokens hidden there (`hidden_actions` (B, T)) are hidden here too."""
         generated = self._integrate(
-            observation, action_mask, noise, self.config.num_inference_steps, actions, prefix_lengths
+            observation,
+            action_mask,
+            noise,
+            self.config.num_inference_steps,
+            actions,
+            prefix_lengths,
+            hidden_actions=hidden_actions,
         )
         error = (generated - actions).abs()
         has_prefix = (prefix_lengths > 0)[:, None, None].float()
@@ -1352,6 +1474,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         guidance: Optional[PrefixGuidance] = None,
         language_batch: Optional[dict] = None,
         sample_seeds: Optional[torch.Tensor] = None,
+        training_draws: Optional[XR0TrainingDraws] = None,
         noise: Optional[torch.Tensor] = None,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
@@ -1377,6 +1500,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 (see the processor's `encode_conversations`); their next-token loss is added with
                 `config.language_loss_weight`. The robot inputs may then be absent (a language-only batch).
             sample_seeds: (B,) int64, each sample's seed for its training draws (see `sample_training_draws`).
+            training_draws: the training step's draws given instead of sampled (`XR0TrainingDraws`: noise, flow
+                times, prefix lengths, hidden prefix tokens, one row per repeated sample).
             noise: (B, T, A) initial noise; overrides `generator`/`seed`.
             generator: a `torch.Generator` for all randomness; the noise is drawn in `action_mask`'s shape and
                 dtype on the generator's device. seed: an int; the same as
@@ -1435,6 +1560,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 action_is_pad,
                 generator=generator,
                 sample_seeds=sample_seeds,
+                draws=training_draws,
             )
             if language_loss is not None:
                 losses["loss"] = losses["loss"] + self.config.language_loss_weight * language_loss
@@ -1442,6 +1568,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             return XR0ActionOutput(**losses)
         if language_loss is not None:
             raise ValueError("`language_batch` is a training input: pass it with `actions`, or alone.")
+        if training_draws is not None or sample_seeds is not None:
+            raise ValueError(
+                "`training_draws` and `sample_seeds` are training inputs: pass them with `actions`."
+            )
         actions = self.sample_actions(
             observation,
             action_mask,
@@ -1665,5 +1795,6 @@ __all__ = [
     "XR0Observation",
     "XR0ChunkLayout",
     "XR0ActionOutput",
+    "XR0TrainingDraws",
     "generator_from_seed",
 ]

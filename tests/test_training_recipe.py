@@ -224,7 +224,7 @@ def test_frequency_term_by_hand():
     loss_mask[..., :2] = 1  # dims 0 and 1 active, dim 2 padded
     error[..., 2] = 100.0  # a padded dim does not count
     weights = torch.tensor([1.0, 3.0])
-    term = frequency_loss(error, torch.zeros_like(error), loss_mask, weights)
+    term = frequency_loss(error, torch.zeros_like(error), loss_mask, sample_weight=weights)
     # |S| sums: sample 0 -> 4 (dim 0), sample 1 -> 8 (dim 1), weighted 4·1 + 8·3 = 28, over 2·3·2 = 12 entries.
     assert term.item() == pytest.approx(28 / 12)
 
