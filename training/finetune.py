@@ -23,7 +23,9 @@ Multi-GPU: `accelerate launch --config_file training/accelerate/deepspeed_zero2.
 """
 
 import logging
+import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -366,9 +368,47 @@ class CompleteCheckpoints(TrainerCallback):
         return control
 
 
+def has_accelerator() -> bool:
+    """Whether torch sees a device other than the CPU (CUDA, or another backend torch's accelerator API knows)."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None:
+        return accelerator.is_available()
+    return torch.cuda.is_available()
+
+
+def cpu_launch_arguments(argv: list) -> list:
+    """The command line of a process started by a multi-process launcher (torchrun, accelerate launch: WORLD_SIZE
+    > 1) on a machine without an accelerator. Without `--use_cpu true` the Trainer there does not run
+    data-parallel: every process would train its own replica on the whole dataset, and only one would be saved.
+    So such a launch trains on the CPU over the process group, said once; an explicit `--use_cpu false` is an
+    error. Other launches are returned unchanged."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or has_accelerator():
+        return argv
+    given = [value for flag, value in zip(argv, argv[1:], strict=False) if flag == "--use_cpu"]
+    given += [a.split("=", 1)[1] for a in argv if a.startswith("--use_cpu=")]
+    if "--use_cpu" in argv[-1:]:  # a bare flag at the end means true
+        given.append("true")
+    if any(value.lower() in ("false", "0", "no") for value in given):
+        raise SystemExit(
+            f"xr0-finetune: {os.environ['WORLD_SIZE']} processes were launched on a machine without a GPU, with "
+            "--use_cpu false: they would each train a separate copy of the model. Pass --use_cpu true (with "
+            "--ddp_backend gloo) to train one model data-parallel on the CPU, or launch one process."
+        )
+    if given:
+        return argv
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"xr0-finetune: {os.environ['WORLD_SIZE']} processes on a machine without a GPU: training "
+            "data-parallel on the CPU (--use_cpu true).",
+            file=sys.stderr,
+        )
+    return [*argv, "--use_cpu", "true"]
+
+
 def run(argv=None) -> Trainer:
     """xr0-finetune's work for a command line; returns the Trainer (its state holds the log history)."""
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    argv = cpu_launch_arguments(list(sys.argv[1:] if argv is None else argv))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     # TrainingArguments' own --log_level sets this package's messages too; its default ("passive") means info here.
     passive = training_args.log_level == "passive" and training_args.should_log
