@@ -167,10 +167,12 @@ class ExecutionMetrics:
     late_switches: int = 0
     chunks: int = 0
     latencies_s: list = field(default_factory=list)
-    seam_deltas: list = field(
-        default_factory=list
-    )  # |a_t - a_{t-1}| where t is the first tick of a new chunk
-    inner_deltas: list = field(default_factory=list)  # |a_t - a_{t-1}| inside a chunk
+    # |a_t - a_{t-1}| where t is the first tick of a new chunk and a_{t-1} the action sent the tick before (the
+    # previous chunk's, or the safe action when the robot waited for this one).
+    seam_deltas: list = field(default_factory=list)
+    # |a_t - a_{t-1}| where a_{t-1} and a_t are consecutive actions of one chunk: ticks that sent the safe action
+    # add nothing here, whatever the safe action ("hold", "zero" or a function), so a mean is that of chunk steps.
+    inner_deltas: list = field(default_factory=list)
     commit_steps_used: list = field(default_factory=list)
     failures: int = 0  # inferences that raised, timed out or returned an unusable chunk
     safe_ticks: int = 0  # ticks that sent the safe action (the chunk ran out)
@@ -400,7 +402,8 @@ class RealtimeExecutor:
                             self._adapt(finished - submitted, len(current.actions))
 
             index = tick - current.start_tick
-            if index < len(current.actions):
+            idle = index >= len(current.actions)
+            if not idle:
                 action = current.actions[index]
             else:
                 action = self._safe(previous_action)
@@ -410,11 +413,14 @@ class RealtimeExecutor:
                     )
                 metrics.idle_ticks += 1
                 metrics.safe_ticks += 1
-            holding = index >= len(current.actions)
             self.send_action(action)
-            if previous_action is not None and action is not previous_action:
+            if previous_action is not None:
                 delta = float(np.linalg.norm(action - previous_action))
-                (metrics.seam_deltas if switched else metrics.inner_deltas).append(delta)
+                if switched:
+                    metrics.seam_deltas.append(delta)
+                elif not idle and not holding:  # two consecutive actions of one chunk
+                    metrics.inner_deltas.append(delta)
+            holding = idle
             previous_action = action
             metrics.ticks += 1
             if until is not None and until():
