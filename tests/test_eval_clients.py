@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from PIL import Image
@@ -69,6 +70,9 @@ def simpler_obs():
     return {"image": np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8), "eef_pos": eef}
 
 
+PIL_MAJOR = int(PIL.__version__.split(".")[0])
+
+
 # ---- the official request seed -------------------------------------------------------------------------------
 
 
@@ -97,7 +101,10 @@ def test_request_seed_hashes_like_the_official_clients():
             lambda: SimplerEnvClient(None, "fractal_delta"),
             simpler_obs,
             "put the spoon on the towel",
-            998254299,
+            # 640x480 -> 320x256 with PIL's default filter, as the official client resizes: Pillow 13 resamples
+            # this downscale differently from earlier versions, so the pixels, and the seed hashed from them,
+            # depend on the Pillow a client runs (the official client's too).
+            998254299 if PIL_MAJOR < 13 else 2401414269,
         ),
         (
             lambda: SimplerEnvClient(None, "bridge_delta"),
@@ -288,17 +295,26 @@ def test_libero_client_against_the_real_server():
     assert all(a.shape == (7,) and np.isfinite(a).all() for a in actions)
 
 
+def with_fake_calvin() -> dict:
+    """The environment of a runner started with `--environment fake_calvin:...`: this folder on its PYTHONPATH,
+    before whatever was there (so the runner imports the same xr0_client as these tests)."""
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path)
+
+
 def test_the_calvin_runner_scores_chain_lengths_and_resumes(tmp_path):
     """`xr0-eval-calvin` as users run it, against the tiny checkpoint's server and a scripted CALVIN whose chain i
     completes i % 6 subtasks: the results file holds each chain's length, the average and the in-a-row rates; a
-    rerun resumes without running a chain twice."""
+    rerun resumes without running a chain twice; a run of the other split (robot type) with the same file runs
+    its own chains, although they have the same task and indices as the recorded ones."""
     from xr0.deploy.policy import load_policy
     from xr0.deploy.server import PolicyServer
 
     policy = load_policy(str(REPO_ROOT / "fixtures" / "tiny-xr0"), "cpu", torch.float32)
     # The tiny checkpoint knows CALVIN's views and T, not its action statistics: give it some to serve it.
     std = np.tile(np.r_[np.full(7, 0.1), np.zeros(25)], (10, 1))
-    policy.processor.register_robot_type("calvin_abc_orig", action_mean=np.zeros((10, 32)), action_std=std)
+    for split in ("calvin_abc_orig", "calvin_abcd_orig"):
+        policy.processor.register_robot_type(split, action_mean=np.zeros((10, 32)), action_std=std)
     server = PolicyServer(policy, port=0).start_in_thread()
     command = [
         str(Path(sys.executable).with_name("xr0-eval-calvin")),
@@ -321,14 +337,22 @@ def test_the_calvin_runner_scores_chain_lengths_and_resumes(tmp_path):
             tmp_path / "calvin.json",
         ),
     ]
-    environment = dict(os.environ, PYTHONPATH=str(Path(__file__).parent))
+    environment = with_fake_calvin()
     try:
         first = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
         second = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+        after_second = (tmp_path / "calvin.json").read_text()
+        other_split = subprocess.run(
+            [*command, "--robot_type", "calvin_abcd_orig"],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=300,
+        )
     finally:
         server.stop()
     assert first.returncode == 0, first.stderr
-    results = json.loads((tmp_path / "calvin.json").read_text())
+    results = json.loads(after_second)
     assert [e["chain_length"] for e in results["episodes"]] == [0, 1, 2]
     # chain 0 fails its first subtask after 4 steps; chain 1 takes 3 + 4; chain 2 takes 3 + 3 + 4
     assert [e["steps"] for e in results["episodes"]] == [4, 7, 10]
@@ -339,7 +363,13 @@ def test_the_calvin_runner_scores_chain_lengths_and_resumes(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "resuming, 3 episodes already recorded" in second.stderr
     actions = (tmp_path / "actions.jsonl").read_text().splitlines()
-    assert len(actions) == 21, "the rerun ran nothing again"
+    assert len(actions) == 21 + 21, "the rerun ran nothing again; the other split ran all of its chains"
+    assert other_split.returncode == 0, other_split.stderr
+    results = json.loads((tmp_path / "calvin.json").read_text())
+    assert [(e["suite"], e["episode"]) for e in results["episodes"]] == [
+        (split, index) for split in ("calvin_abc_orig", "calvin_abcd_orig") for index in range(3)
+    ]
+    assert results["suites"]["calvin_abcd_orig"]["average_length"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
@@ -355,7 +385,7 @@ def test_the_calvin_runner_says_what_is_missing(arguments, message):
         [str(Path(sys.executable).with_name("xr0-eval-calvin")), *arguments],
         capture_output=True,
         text=True,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)),
+        env=with_fake_calvin(),
         timeout=120,
     )
     assert finished.returncode != 0 and message in finished.stderr
@@ -384,7 +414,7 @@ def test_a_runner_refuses_a_server_whose_metadata_names_no_usable_chunk_length(t
             ],
             capture_output=True,
             text=True,
-            env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)),
+            env=with_fake_calvin(),
             timeout=120,
         )
     finally:
