@@ -174,20 +174,26 @@ def test_ctrl_c_stops_the_executor_with_a_summary():
     assert summary and int(summary.group(1)) >= 1 and int(summary.group(2)) >= 1, stderr[-2000:]
 
 
-def test_the_dry_run_executes_guided_chunks_against_the_server():
+@pytest.mark.parametrize(
+    "options",
+    [("--execute_steps", "5", "--commit_steps", "4", "--prefix_mode", "guided"), ()],
+    ids=["given", "defaults"],
+)
+def test_the_dry_run_executes_guided_chunks_against_the_server(options):
+    """Given, or by default: the defaults are half the server's chunk (T = 10: 5), one less committed (4) and the
+    prefix mode the server advertises for its checkpoint (the tiny one never trained with prefixes: guided)."""
     from xr0.deploy.policy import load_policy
     from xr0.deploy.server import PolicyServer
 
     server = PolicyServer(load_policy(str(TINY), "cpu", torch.float32), port=0).start_in_thread()
     try:
         dry_run = subprocess.run(
-            [sys.executable, "-m", "xr0_client.dry_run", "--port", str(server.port), "--ticks", "40",
-             "--execute_steps", "5", "--commit_steps", "4", "--prefix_mode", "guided"],
+            [sys.executable, "-m", "xr0_client.dry_run", "--port", str(server.port), "--ticks", "40", *options],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     finally:
         server.stop()
     assert dry_run.returncode == 0, dry_run.stderr[-3000:]
-    assert "prefix_mode guided" in dry_run.stderr
+    assert "chunks of 10, execute_steps 5, commit_steps 4, prefix_mode guided" in dry_run.stderr
     summary = json.loads(dry_run.stdout.strip().splitlines()[-1])
     assert summary["chunks"] >= 2 and summary["failures"] == 0 and summary["ticks"] == 40

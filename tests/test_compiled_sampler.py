@@ -1,6 +1,8 @@
 """The optimized sampler: the Euler loop traced whole (no graph breaks), compiled actions equal to eager ones, the
-input checks still in force, CUDA-graph replay (on CUDA only), and the latency benchmark run as users run it."""
+input checks still in force, CUDA-graph replay (on CUDA; the graph cache's logic on the CPU, through a shim of
+torch.cuda's graphs and streams), and the latency benchmark run as users run it."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -158,6 +160,137 @@ def test_cuda_graph_replay_gives_the_eager_actions():
     assert len(model._inference_loop.graphs) == 2
     for actions, reference in zip(replayed, expected, strict=True):
         torch.testing.assert_close(actions, reference, rtol=0, atol=1e-5)
+
+
+# ---- CUDAGraphLoop's cache on the CPU: torch.cuda's graphs and streams replaced by a shim -------------------------
+
+
+class CPUGraphs:
+    """Stands in for `torch.cuda.CUDAGraph`, `torch.cuda.graph` and the streams, with a graph's semantics: what runs
+    under `graph(g)` is recorded, not computed (its output tensor holds NaN until a replay), and `g.replay()` runs
+    it again on the tensors it was captured with, writing into the same output tensor. So only the cache's logic
+    is under test: which graph a call replays, what it copies in and out, which graph it drops."""
+
+    def __init__(self, monkeypatch):
+        self.capturing = None
+        self.captured = []  # (T, num_steps) of each capture, in order
+        self.replays = 0
+        shim = self
+
+        class Graph:
+            def __init__(self):
+                self.recorded = []  # (loop, its arguments, its output)
+
+            def replay(self):
+                shim.replays += 1
+                for loop, arguments, output in self.recorded:
+                    output.copy_(loop(*arguments))
+
+        class Stream:
+            def wait_stream(self, other):
+                pass
+
+        @contextlib.contextmanager
+        def graph(captured):
+            self.capturing = captured
+            try:
+                yield
+            finally:
+                self.capturing = None
+
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph", graph)
+        monkeypatch.setattr(torch.cuda, "Stream", Stream)
+        monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+        monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+
+    def loop(self, loop):
+        """`loop` as `CUDAGraphLoop` sees it: computed eagerly outside a capture, recorded inside one."""
+
+        def run(observation, action_mask, noise, num_steps, *rest):
+            output = loop(observation, action_mask, noise, num_steps, *rest)
+            if self.capturing is not None:
+                arguments = (observation, action_mask, noise, num_steps, *rest)
+                self.capturing.recorded.append((loop, arguments, output))
+                self.captured.append((noise.shape[1], num_steps))
+                output.fill_(float("nan"))  # a capture computes nothing
+            return output
+
+        return run
+
+
+@pytest.fixture
+def cpu_graphs(model, monkeypatch):
+    """The model sampling through a `CUDAGraphLoop` over its eager loop, on the CPU shim (16 graphs kept)."""
+    from xr0.modeling_xr0 import CUDAGraphLoop
+
+    graphs = CPUGraphs(monkeypatch)
+    model._inference_loop = CUDAGraphLoop(graphs.loop(model._integrate), max_graphs=16)
+    return graphs
+
+
+def eager(model, observation, action_mask, noise, prefix, num_steps=None):
+    loop, model._inference_loop = model._inference_loop, None
+    try:
+        with torch.no_grad():
+            return model.sample_actions(
+                observation, action_mask, noise=noise, action_prefix=prefix, num_steps=num_steps
+            )
+    finally:
+        model._inference_loop = loop
+
+
+def test_the_graph_cache_replays_each_geometry_with_the_new_inputs(model, observations, cpu_graphs):
+    """Two geometries (batch 1, T = 10, no prefix; batch 2, T = 4, a 2-step prefix), each called twice with new
+    draws: one capture per geometry, every call replayed on its own inputs (copied into the static buffers), each
+    result the eager loop's."""
+    calls = [(1, 10, 0, 0), (1, 10, 0, 1), (2, 4, 2, 0), (2, 4, 2, 1)]
+    for batch_size, action_length, prefix_length, seed in calls:
+        inputs = draws(model, batch_size, action_length, prefix_length, seed)
+        actions = sample(model, observations[batch_size], *inputs)
+        torch.testing.assert_close(
+            actions, eager(model, observations[batch_size], *inputs), rtol=0, atol=1e-6
+        )
+    assert cpu_graphs.captured == [(10, 5), (4, 5)] and cpu_graphs.replays == 4
+    assert len(model._inference_loop.graphs) == 2
+
+
+def test_the_number_of_euler_steps_is_part_of_a_graphs_geometry(model, observations, cpu_graphs):
+    """Same tensors, 5 then 3 Euler steps: a graph replays a fixed number of steps, so 3 steps get a graph of
+    their own and the actions of 3 steps (not the 5-step graph's)."""
+    inputs = draws(model, 1, 10, 0)
+    for steps in (5, 3, 5):
+        with torch.no_grad():
+            actions = model.sample_actions(observations[1], inputs[0], noise=inputs[1], num_steps=steps)
+        torch.testing.assert_close(
+            actions, eager(model, observations[1], *inputs, num_steps=steps), rtol=0, atol=1e-6
+        )
+    assert cpu_graphs.captured == [(10, 5), (10, 3)]
+
+
+def test_a_replayed_result_is_the_callers_own_copy(model, observations, cpu_graphs):
+    """The graph writes every replay into one static output tensor: a result returned without a copy would change
+    under the caller's feet at the next call of that geometry (and alias a buffer the next replay overwrites)."""
+    first_inputs, second_inputs = draws(model, 1, 10, 0, seed=0), draws(model, 1, 10, 0, seed=1)
+    first = sample(model, observations[1], *first_inputs)
+    kept = first.clone()
+    second = sample(model, observations[1], *second_inputs)
+    assert torch.equal(first, kept), "the second call changed the first call's result"
+    assert not torch.equal(first, second) and first.data_ptr() != second.data_ptr()
+    (_, _, static_output), *_ = model._inference_loop.graphs.values()
+    assert static_output.data_ptr() not in (first.data_ptr(), second.data_ptr())
+
+
+def test_the_least_recently_used_graph_is_dropped_first(model, observations, cpu_graphs):
+    """At most 2 graphs kept: T = 4, 6, then 4 again (a replay: 4 is now the most recent), then 8 drops 6 (the
+    least recently used, though 4 was captured first); 4 still replays, 6 is captured again."""
+    model._inference_loop.max_graphs = 2
+    for action_length in (4, 6, 4, 8, 4, 6):
+        inputs = draws(model, 1, action_length, 0)
+        actions = sample(model, observations[1], *inputs)
+        torch.testing.assert_close(actions, eager(model, observations[1], *inputs), rtol=0, atol=1e-6)
+    assert [length for length, _ in cpu_graphs.captured] == [4, 6, 8, 6]
+    assert len(model._inference_loop.graphs) == 2
 
 
 # ---- xr0-benchmark, run as users run it ------------------------------------------------------------------------

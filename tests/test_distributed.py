@@ -120,8 +120,11 @@ def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, le
     of an epoch went to exactly one rank once, and both loss terms are normalized over the global batch; logs and
     the saved directory come from rank 0 alone. Plain SGD, so that the weights show the gradients: AdamW divides
     each update by the root of its running squared gradient, which in the first steps turns float rounding
-    (summation order across ranks) into differences of up to 1e-4 of a weight's scale."""
-    steps = ("--max_steps", "13", "--optim", "sgd")
+    (summation order across ranks) into differences of up to 1e-4 of a weight's scale. And no gradient clipping
+    (the Trainer clips at norm 1.0 by default): the tiny model's gradients are larger, so clipping would scale
+    every step's gradient to norm 1 and hide a loss off by a uniform factor, e.g. ranks normalizing by the global
+    count instead of its mean over the ranks (half the gradient with two ranks)."""
+    steps = ("--max_steps", "13", "--optim", "sgd", "--max_grad_norm", "0")
     single = tmp_path / "single"
     run(one_process(finetune_arguments(tiny_checkpoint, lerobot_dir, single, 4, *steps)))
 

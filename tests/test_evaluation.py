@@ -73,6 +73,21 @@ def test_results_per_task_and_suite_resume_from_the_file(tmp_path):
     assert resumed.summary() == results.summary()
 
 
+def test_an_episode_is_done_only_in_the_suite_that_recorded_it(tmp_path):
+    """LIBERO's suites (and CALVIN's splits) number their tasks and episodes alike: task 0 episode 1 of
+    libero_spatial is another episode than task 0 episode 1 of libero_goal. A run of libero_goal resuming a file
+    that holds libero_spatial's must run its own episodes, not skip them."""
+    path = tmp_path / "results.json"
+    recorded = ResultsFile(path, RUN)
+    for index in range(2):
+        recorded.add(episode(0, index, True))
+    recorded.add(episode(1, 0, False, "libero_goal"))
+    resumed = ResultsFile(path, RUN)
+    assert resumed.done("libero_spatial", 0, 1) and resumed.done("libero_goal", 1, 0)
+    assert not resumed.done("libero_goal", 0, 1) and not resumed.done("libero_spatial", 1, 0)
+    assert not resumed.done("libero_spatial", 1, 1) and not resumed.done("libero_spatial", 2, 0)
+
+
 def test_a_file_of_another_run_is_refused_not_mixed(tmp_path):
     path = tmp_path / "results.json"
     ResultsFile(path, RUN).add(episode(0, 0, True))

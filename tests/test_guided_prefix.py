@@ -194,3 +194,51 @@ def test_a_trained_prefix_on_a_checkpoint_that_never_saw_one_warns_once():
         target.removeHandler(handler)
     warnings = [m for m in handler.messages if "trained without action prefixes" in m]
     assert len(warnings) == 1 and "prefix_mode='guided'" in warnings[0]
+
+
+# τ_k = k/5 for the 5 Euler steps; w(τ) = min(β, (τ² + (1 - τ)²) / (τ (1 - τ))), β at τ = 0:
+#   τ = 0.2 and 0.8: (0.04 + 0.64) / 0.16 = 4.25;   τ = 0.4 and 0.6: (0.16 + 0.36) / 0.24 = 13/6.
+STEP_WEIGHTS = {5.0: [5.0, 4.25, 13 / 6, 13 / 6, 4.25], 3.0: [3.0, 3.0, 13 / 6, 13 / 6, 3.0]}
+
+
+@pytest.mark.parametrize("jacobian", ["vjp", "identity"])
+@pytest.mark.parametrize("max_weight", sorted(STEP_WEIGHTS))
+def test_each_euler_step_uses_the_weight_of_its_own_start_time(monkeypatch, max_weight, jacobian):
+    """Euler step k integrates from τ_k = k/N: its guidance weight is w(τ_k), not w(τ_k + 1/N) (the step's end).
+    With the DiT replaced by the velocity field v(x, τ) = τ, Â¹ = x + (1 - τ) τ has the identity as Jacobian, so
+    each guided step on the overlap (W = 1, schedule "ones") is, per number,
+        x_{k+1} = x_k + (τ_k + w_k (y - x_k - (1 - τ_k) τ_k)) / N,
+    whose result depends on the order of the weights (the weights are symmetric in τ, so the step-end weights
+    are nearly the same numbers in another order). The expected chunk is this recurrence with the hand-computed
+    weights; the velocity is asked at τ_k."""
+    model, _, obs, mask, _, _ = setup()
+    target_y, steps = 2.0, 5
+    asked = []
+
+    def time_velocity(actions, timestep, *args, **kwargs):  # v = τ, every number of the chunk
+        asked.append(timestep)
+        return timestep[:, None, None].expand_as(actions).clone()
+
+    monkeypatch.setattr(model, "velocity", time_velocity)
+    noise = torch.zeros(2, model.config.action_length, model.config.action_dim)
+    prefix = torch.full((2, 4, model.config.action_dim), target_y)
+    guidance = PrefixGuidance(
+        inference_delay=1, mask_schedule="ones", max_weight=max_weight, jacobian=jacobian
+    )
+    actions = model.sample_actions(
+        obs, mask, noise=noise, num_steps=steps, action_prefix=prefix, prefix_mode="guided", guidance=guidance
+    )
+    assert torch.allclose(torch.stack(asked), torch.arange(steps)[:, None].expand(steps, 2) / steps)
+    x = 0.0
+    for k, weight in enumerate(STEP_WEIGHTS[max_weight]):
+        tau = k / steps
+        x += (tau + weight * (target_y - x - (1 - tau) * tau)) / steps
+    active = mask.bool()
+    assert torch.allclose(actions[:, 1:4][active[:, 1:4]], torch.tensor(x), atol=1e-5), (
+        actions[0, 1:4, 0],
+        x,
+    )
+    # Steps after the overlap (W = 0) and inactive dims get no correction: x = Σ τ_k / N = 0.4.
+    assert torch.allclose(actions[:, 4:], torch.tensor(0.4))
+    assert torch.allclose(actions[:, 1:][~active[:, 1:]], torch.tensor(0.4))
+    assert torch.equal(actions[:, 0], prefix[:, 0]), "the committed step comes back as given"

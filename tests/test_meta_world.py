@@ -215,3 +215,86 @@ def test_the_evaluation_command_scores_policy_and_expert_and_resumes(tmp_path):
     assert mismatch.returncode == 2 and "recorded by another run" in mismatch.stderr
     refused = eval_cli(*arguments, "--mode", "sync", "--prefix_mode", "trained")
     assert refused.returncode == 2 and "needs --mode async" in refused.stderr
+
+
+def scored(success, steps, expert_success, expert_steps, idle_ticks=0, seam_jump=None, jump=None):
+    """One episode record as `evaluate` writes it; `jump` = (tick, policy steps after, expert steps after)."""
+    tick, after, expert_after = jump or (None, None, None)
+    return {
+        "success": success, "steps": steps, "expert_success": expert_success, "expert_steps": expert_steps,
+        "idle_ticks": idle_ticks, "seam_jump": seam_jump, "jump_tick": tick, "steps_after_jump": after,
+        "expert_steps_after_jump": expert_after,
+    }  # fmt: skip
+
+
+def test_each_mean_of_a_task_line_is_over_its_own_episodes():
+    """The policy's mean steps are over the episodes the policy solved, the expert's over those the expert solved
+    (the same configurations, but not the same episodes succeed), the idle ticks over every episode, the seam jump
+    over the episodes that had a seam. Hand-computed: policy solved #0 (100) and #2 (120): 110; the expert solved
+    #0 (50) and #1 (70): 60, not (50 + 250) / 2 = 150 over the policy's successes; idle (0 + 4 + 2) / 3 = 2; seams
+    (0.1 + 0.3) / 2 = 0.2."""
+    episodes = [
+        scored(True, 100, True, 50, idle_ticks=0, seam_jump=0.1),
+        scored(False, 250, True, 70, idle_ticks=4, seam_jump=0.3),
+        scored(True, 120, False, 250, idle_ticks=2),
+    ]
+    line = evaluate.task_line("reach-v3", episodes)
+    assert line["success_rate"] == pytest.approx(2 / 3) and line["expert_success_rate"] == pytest.approx(
+        2 / 3
+    )
+    assert line["mean_steps_to_success"] == pytest.approx(110.0)
+    assert line["expert_mean_steps_to_success"] == pytest.approx(60.0)
+    assert line["idle_ticks_per_episode"] == pytest.approx(2.0) and line["seam_jump"] == pytest.approx(0.2)
+    assert "mean_steps_after_jump" not in line  # no jump in these episodes
+    nobody = evaluate.task_line("reach-v3", [scored(False, 250, False, 250)])
+    assert nobody["mean_steps_to_success"] is None and nobody["expert_mean_steps_to_success"] is None
+
+
+def test_the_steps_after_a_jump_are_each_of_their_own_successes():
+    """Goal jumps: the policy's steps after the jump are averaged over the episodes the policy solved after it
+    (40, 35: 37.5), the expert's over those the expert solved (25, 30: 27.5)."""
+    episodes = [
+        scored(True, 60, True, 45, jump=(20, 40, 25)),
+        scored(False, 250, True, 52, jump=(22, None, 30)),
+        scored(True, 56, False, 250, jump=(21, 35, None)),
+    ]
+    line = evaluate.task_line("push-v3", episodes)
+    assert line["mean_steps_after_jump"] == pytest.approx(37.5)
+    assert line["expert_mean_steps_after_jump"] == pytest.approx(27.5)
+
+
+def test_a_run_reports_its_own_episodes_of_a_results_file_that_holds_more(tmp_path):
+    """`evaluate` resuming a results file that holds 3 episodes of reach and 1 of push, asked for 2 episodes of
+    reach: everything it needs is recorded (nothing runs), and its lines are over reach's episodes 0 and 1 only:
+    success 1 of 2, mean steps 80, expert mean steps (40 + 60) / 2 = 50; the push episode and reach's episode 2
+    (a success in 10 steps) count nowhere."""
+    from xr0_client.evaluation import ResultsFile
+
+    def record(task, episode, success, steps, expert_steps):
+        return {"suite": "metaworld", "task": task, "episode": episode, "seed": episode,
+                **scored(success, steps, True, expert_steps, idle_ticks=episode)}  # fmt: skip
+
+    results = ResultsFile(tmp_path / "results.json", {"run": 1})
+    for entry in [
+        record("reach-v3", 0, True, 80, 40),
+        record("reach-v3", 1, False, 250, 60),
+        record("reach-v3", 2, True, 10, 10),
+        record("push-v3", 0, True, 5, 5),
+    ]:
+        results.add(entry)
+
+    class RecordedOnly(ConstantPolicy):
+        class model:
+            class config:
+                action_prefix_probability = 0.5
+
+        def infer(self, observation):
+            raise AssertionError("every episode is in the results file: nothing may run")
+
+    reach_line, overall = evaluate.evaluate(RecordedOnly(), ["reach-v3"], 2, results=results)
+    for line in (reach_line, overall):
+        assert (line["episodes"], line["successes"]) == (2, 1)
+        assert line["mean_steps_to_success"] == pytest.approx(80.0)
+        assert line["expert_mean_steps_to_success"] == pytest.approx(50.0)
+        assert line["idle_ticks_per_episode"] == pytest.approx(0.5)
+    assert overall["task"] == "all" and overall["tasks"] == 1

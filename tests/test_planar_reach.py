@@ -360,3 +360,49 @@ def test_the_state_only_reference_heads_for_the_workspace_centre(monkeypatch):
     towards_centre = report.aiming(AimingPolicy(env, lambda e: np.zeros(2)), samples=60, seed=3)
     assert blind == pytest.approx(towards_centre)
     assert blind["named_target"] > 0.5 and blind["named_is_best"] < 0.6
+
+
+class StubPolicy:
+    """What `evaluate` reads of a policy besides its chunks: the checkpoint's config, the chunk length."""
+
+    class model:
+        class config:
+            action_prefix_probability = 0.5
+
+    class processor:
+        @staticmethod
+        def chunk_length(robot_type):
+            return 30
+
+
+def test_each_statistic_of_an_evaluation_is_over_its_own_episodes(monkeypatch):
+    """`evaluate`'s line from three scripted episodes (the episodes themselves replaced): the success rate over all
+    3; the mean time to success over the 2 successes ((1.0 + 2.0) / 2 = 1.5 s); idle ticks and chunks per episode
+    over all 3 ((0 + 6 + 3) / 3 = 3, (4 + 5 + 6) / 3 = 5); the seam and inner jumps over every recorded delta of
+    every episode ((1 + 2 + 3) / 3 = 2, (0.1 + 0.2 + 0.3 + 0.6) / 4 = 0.3), not over episode means; the reaction
+    over the episodes that jumped and turned ((4 + 8) / 2 = 6), the ticks after the jump over those that then
+    succeeded (10)."""
+    from xr0.planar_reach import evaluate as module
+
+    scripted = iter(
+        [
+            dict(success=True, time_to_success_s=1.0, idle_ticks=0, seam_deltas=[1.0], inner_deltas=[0.1, 0.2],
+                 chunks=4, jumped=True, reaction_ticks=4, ticks_after_jump=10),
+            dict(success=False, time_to_success_s=None, idle_ticks=6, seam_deltas=[2.0, 3.0], inner_deltas=[0.3],
+                 chunks=5, jumped=True, reaction_ticks=None, ticks_after_jump=None),
+            dict(success=True, time_to_success_s=2.0, idle_ticks=3, seam_deltas=[], inner_deltas=[0.6],
+                 chunks=6, jumped=True, reaction_ticks=8, ticks_after_jump=None),
+        ]
+    )  # fmt: skip
+    monkeypatch.setattr(module, "run_episode", lambda *args: next(scripted))
+    line = module.evaluate(StubPolicy(), 3, latency_ms=100, jump_at=(10, 20))
+    assert (line["successes"], line["episodes"], line["success_rate"]) == (2, 3, pytest.approx(2 / 3))
+    assert line["mean_time_to_success_s"] == pytest.approx(1.5)
+    assert line["idle_ticks_per_episode"] == pytest.approx(3.0) and line[
+        "chunks_per_episode"
+    ] == pytest.approx(5.0)
+    assert line["seam_jump"] == pytest.approx(2.0) and line["mean_inner_jump"] == pytest.approx(0.3)
+    assert (line["jumped_episodes"], line["reacted_episodes"]) == (3, 2)
+    assert line["mean_reaction_ticks"] == pytest.approx(6.0)
+    assert line["mean_ticks_to_success_after_jump"] == pytest.approx(10.0)
+    assert line["prefix_mode"] == "trained" and line["commit_steps"] == 3  # the checkpoint's default; 100 ms

@@ -2,10 +2,15 @@
 hostile input, openpi's observation form and client."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -73,6 +78,8 @@ def test_prefix_modes_over_the_server(server):
     assert metadata["default_prefix_mode"] == "guided"  # the tiny checkpoint never trained with prefixes
     assert metadata["guidance"] == {"jacobian": "vjp", "max_weight": 5.0, "mask_schedule": "exp"}
     assert np.allclose(guided[:2], overlap[:2], atol=1e-6)
+    # the request's delay, not the whole overlap, is committed: the rest is steered toward, not copied
+    assert not np.allclose(guided[2:6], overlap[2:6], atol=1e-3)
     assert np.allclose(guided, server.policy.infer(guided_request)["actions"], atol=1e-5)
     plain = server.policy.infer(observation(seed=2))["actions"]
     assert not np.allclose(guided[2:6], plain[2:6], atol=1e-3)  # steered toward the overlap
@@ -617,3 +624,113 @@ def test_the_policy_answers_refuses_and_counts_without_a_transport(policy, monke
         "active_action_dims": 7,
         "chunk_length": 10,
     }
+
+
+# ---- defaults: the checkpoint's prefix mode, the token from the environment ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_server():
+    """The tiny checkpoint served as if its training had drawn prefixes (`action_prefix_probability` > 0): its
+    default prefix mode is then "trained"."""
+    from xr0.deploy.policy import XR0Policy, load_policy
+
+    loaded = load_policy(str(TINY), "cpu", torch.float32)
+    loaded.model.config.action_prefix_probability = 0.5
+    server = PolicyServer(XR0Policy(loaded.model, loaded.processor), port=0).start_in_thread()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("served, default", [("server", "guided"), ("trained_server", "trained")])
+def test_a_prefix_without_prefix_mode_is_served_in_the_checkpoints_advertised_default(
+    served, default, request
+):
+    """A request with an action_prefix and no prefix_mode gets exactly the chunk of the mode the metadata
+    advertises as `default_prefix_mode` (the checkpoint's: guided for one trained without prefixes, trained for one
+    trained with them), not the other mode's."""
+    port = request.getfixturevalue(served).port
+    other = {"guided": "trained", "trained": "guided"}[default]
+    with XR0Client("127.0.0.1", port) as client:
+        prefix = client.infer(observation(seed=1))["actions"][4:8]
+        unnamed = client.infer(observation(seed=2, action_prefix=prefix))["actions"]
+        named = client.infer(observation(seed=2, action_prefix=prefix, prefix_mode=default))["actions"]
+        other_mode = client.infer(observation(seed=2, action_prefix=prefix, prefix_mode=other))["actions"]
+        assert client.metadata["default_prefix_mode"] == default
+    assert np.array_equal(unnamed, named)
+    assert not np.allclose(unnamed[4:], other_mode[4:], atol=1e-3), "the two modes differ after the prefix"
+
+
+def serve_command(*arguments) -> list:
+    return [str(Path(sys.executable).with_name("xr0-serve")), "--model", str(TINY), *arguments]
+
+
+def test_the_token_in_the_environment_guards_a_server_started_without_token():
+    """`XR0_SERVER_TOKEN=... xr0-serve` (no --token), as the README tells users to start it: the server says it
+    requires a token, refuses a client without it (401) and serves one with it; the guidance options of the
+    command line reach the metadata. Ctrl-C ends it with status 130."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "XR0_SERVER_TOKEN": "s3cret"}
+    command = serve_command("--port", "0", "--mask_schedule", "linear", "--max_guidance_weight", "2")
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=environment
+    )
+    seen = []
+    listens = threading.Event()
+
+    def read() -> None:  # every line of stderr, until the process ends
+        for line in process.stderr:
+            seen.append(line)
+            if "serving tiny-xr0 on ws://" in line:
+                listens.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        listens.wait(timeout=120)
+        listening = re.search(
+            r"serving tiny-xr0 on ws://127\.0\.0\.1:(\d+)( \(token required\))?", "".join(seen)
+        )
+        assert listening, "".join(seen)[-3000:]
+        assert listening.group(2), "the server does not say it requires a token"
+        port = int(listening.group(1))
+        with pytest.raises(ConnectionRejected, match="HTTP 401: the server wants a token"):
+            XR0Client("127.0.0.1", port)
+        with XR0Client("127.0.0.1", port, token="s3cret") as client:
+            assert client.metadata["guidance"] == {
+                "jacobian": "vjp",
+                "max_weight": 2.0,
+                "mask_schedule": "linear",
+            }
+            assert client.infer(observation())["actions"].shape == (10, 7)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+        reader.join(timeout=10)
+    assert process.returncode == 130, "".join(seen)[-3000:]
+    assert "Traceback" not in "".join(seen), "".join(seen)[-3000:]
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_a_public_host_accepts_the_token_from_the_environment(token):
+    """`--host 0.0.0.0` needs a token: with none, xr0-serve exits 2 naming XR0_SERVER_TOKEN; with the token in the
+    environment only, it goes past that check to the next one (here --cuda_graphs on the CPU, which also exits 2,
+    before anything binds or loads)."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    environment.pop("XR0_SERVER_TOKEN", None)
+    if token is not None:
+        environment["XR0_SERVER_TOKEN"] = token
+    finished = subprocess.run(
+        serve_command("--host", "0.0.0.0", "--device", "cpu", "--cuda_graphs"),
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
+    assert finished.returncode == 2 and "Traceback" not in finished.stderr, finished.stderr[-3000:]
+    if token is None:
+        assert "--host 0.0.0.0 is reachable from other machines: set XR0_SERVER_TOKEN" in finished.stderr
+    else:
+        assert "reachable from other machines" not in finished.stderr
+        assert "--cuda_graphs needs a CUDA device; the policy would run on cpu" in finished.stderr

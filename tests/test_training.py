@@ -713,3 +713,39 @@ def test_lerobot_cameras_by_dtype_chosen_keys_and_published_stats(tmp_path):
     )
     with pytest.raises(ValueError, match=r"no feature 'observation.pose'"):
         open_dataset(root, 6, state_key="observation.pose")
+
+
+@pytest.mark.parametrize("co_training", [False, True], ids=["robot frames", "co-training"])
+def test_each_epoch_draws_new_noise_for_every_frame(
+    tiny_checkpoint, lerobot_dir, tmp_path, monkeypatch, co_training
+):
+    """Two epochs of the 48 frames (batches of 16; co-training adds one vision-language sample per 6 frames): every
+    frame reaches the model once per epoch with the seed of its identity, `sample_seed(run seed, index, epoch)`,
+    and the second epoch's seeds are all new. Seeds that ignored the epoch would give every frame the same noise,
+    flow time and prefix in every epoch: the model would see each frame under 1 draw instead of one per epoch.
+    With co-training the seeded frames sit inside the mixed dataset, which the Trainer does not tell the epoch:
+    `SampleEpochs` must."""
+    from robot_datasets import write_conversations
+
+    from xr0.training.data import sample_seed
+
+    seeds = {}  # epoch -> the seeds of its batches
+    compute_loss = finetune.XR0Trainer.compute_loss
+
+    def recorded(self, model, inputs, *args, **kwargs):
+        epoch = int(self.state.epoch + 1e-9)  # steps done / steps per epoch: the running epoch
+        seeds.setdefault(epoch, []).extend(
+            inputs["sample_seeds"].tolist() if "sample_seeds" in inputs else []
+        )
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.XR0Trainer, "compute_loss", recorded)
+    arguments = ["--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--recipe", "async"]
+    if co_training:
+        arguments += ["--vl_dataset", str(write_conversations(tmp_path / "vl"))]
+    run_finetune(tiny_checkpoint, lerobot_dir, tmp_path / "out", *arguments)
+    assert sorted(seeds) == [0, 1]
+    first, second = sorted(seeds[0]), sorted(seeds[1])
+    assert first == sorted(sample_seed(0, index, 0) for index in range(48))
+    assert second == sorted(sample_seed(0, index, 1) for index in range(48))
+    assert not set(first) & set(second), "a frame drew the same in both epochs"
