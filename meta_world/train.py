@@ -16,8 +16,10 @@
 """
 
 import json
+import multiprocessing
 import resource
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from xr0_client.cli import ArgumentParser
@@ -71,6 +73,14 @@ TRAINING = {  # xr0-finetune arguments of the fixture
 }
 
 
+def record_in_child_process(*arguments) -> dict:
+    """`record(*arguments)` in a child process of its own: importing triton (which training imports with torch)
+    into a process that has made MuJoCo's EGL context crashes it (segmentation fault), so the recording's context
+    lives and dies apart from the training."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(record, *arguments).result()
+
+
 def write_base_checkpoint(directory: Path, seed: int) -> Path:
     from ..configuration_xr0 import XR0Config
 
@@ -110,7 +120,7 @@ def main(argv=None) -> None:
     work = args.work_dir
     dataset = work / "data"
     if not (dataset / "meta" / "info.json").is_file():
-        record(dataset, tasks, args.episodes, args.seed, args.action_noise)
+        record_in_child_process(dataset, tasks, args.episodes, args.seed, args.action_noise)
     data_summary = json.loads((dataset / "meta" / DATASET_SUMMARY_FILE).read_text())
     recorded_with = {"seed": args.seed, "action_noise": args.action_noise, "episodes_per_task": args.episodes}
     for option, value in recorded_with.items():

@@ -3,6 +3,7 @@ demonstrations through the training reader, goal jumps, sync execution holding s
 on the shipped checkpoint from a subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -298,3 +299,21 @@ def test_a_run_reports_its_own_episodes_of_a_results_file_that_holds_more(tmp_pa
         assert line["expert_mean_steps_to_success"] == pytest.approx(50.0)
         assert line["idle_ticks_per_episode"] == pytest.approx(0.5)
     assert overall["task"] == "all" and overall["tasks"] == 1
+
+
+def test_the_training_command_records_then_trains_in_one_run(tmp_path):
+    """`python -m xr0.meta_world.train` as documented, shortened (one task, one demonstration, two steps): it records,
+    then trains in the same command and exits 0. Training imports triton with torch, which crashes a process that
+    has made MuJoCo's EGL context (segmentation fault), so the recording must not run in the training's process."""
+    work = tmp_path / "work"
+    completed = subprocess.run(
+        [sys.executable, "-m", "xr0.meta_world.train", "--work_dir", str(work), "--tasks", "reach",
+         "--episodes", "1", "--steps", "2", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    summary = json.loads((work / "mt10" / "metaworld.json").read_text())
+    assert summary["steps"] == 2 and list(summary["dataset"]["tasks"]) == ["reach-v3"]
