@@ -13,6 +13,7 @@ code, processor with the robot type, weights): `AutoModel.from_pretrained(<dir>/
 loads what LeRobot trained, and `--policy.checkpoint=<any XR0 checkpoint>` starts a policy from one.
 """
 
+import copy
 import logging
 from collections import deque
 from dataclasses import fields
@@ -33,6 +34,8 @@ from .processor_xr0 import load_xr0_processor, robot_statistics
 logger = logging.getLogger(__name__)
 
 XR0_SUBFOLDER = "xr0"  # where a saved policy keeps its XR0 checkpoint
+# `predict_action_chunk`'s keyword arguments: XR0's noise, and real-time chunking's as LeRobot passes them.
+PREDICT_KWARGS = ("noise", "generator", "inference_delay", "prev_chunk_left_over", "execution_horizon")
 
 
 class XR0Policy(PreTrainedPolicy):
@@ -245,16 +248,21 @@ class XR0Policy(PreTrainedPolicy):
         """(B, T, D_a) normalized actions (the post-processor unnormalizes them).
 
         Keyword arguments: `noise` (B, T, A) initial noise or `generator`; for real-time chunking
-        `inference_delay` d and `prev_chunk_left_over` (B, n, D_a), the previous chunk's actions not yet executed
-        when this one was asked for: "trained" mode commits their first d as XR0's clean prefix, "guided" mode
-        guides the sampler toward them (d committed, the rest of the overlap with the schedule's weights)."""
-        unexpected = set(kwargs) - {"noise", "generator", "inference_delay", "prev_chunk_left_over"}
+        `inference_delay` d and `prev_chunk_left_over` (B, n, D_a) or (n, D_a), the previous chunk's actions not yet
+        executed when this one was asked for: "trained" mode commits their first d as XR0's clean prefix, "guided"
+        mode guides the sampler toward them (d committed, the rest of the overlap with the schedule's weights). The
+        overlap is the leftover's first `execution_horizon` actions (default: `rtc_config.execution_horizon`); an
+        `rtc_config` with `enabled=False` ignores the leftover, as LeRobot's own policies do."""
+        unexpected = set(kwargs) - set(PREDICT_KWARGS)
         if unexpected:
             raise TypeError(f"predict_action_chunk got unexpected arguments {sorted(unexpected)}.")
         self.eval()
         inputs = self._model_inputs(batch)
         prefix = self._real_time_prefix(
-            kwargs.get("prev_chunk_left_over"), kwargs.get("inference_delay"), inputs["state"].shape[0]
+            kwargs.get("prev_chunk_left_over"),
+            kwargs.get("inference_delay"),
+            kwargs.get("execution_horizon"),
+            inputs["state"].shape[0],
         )
         actions = self.xr0_model(
             **inputs,
@@ -265,7 +273,10 @@ class XR0Policy(PreTrainedPolicy):
         ).actions  # (B, T, A)
         return actions[..., : self.action_dim]
 
-    def _real_time_prefix(self, left_over, inference_delay, batch_size: int) -> dict:
+    def _real_time_prefix(self, left_over, inference_delay, execution_horizon, batch_size: int) -> dict:
+        rtc = self.config.rtc_config
+        if rtc is not None and not rtc.enabled:
+            return {}
         if left_over is None:
             if inference_delay:
                 raise ValueError("`inference_delay` needs `prev_chunk_left_over`, the actions it overlaps.")
@@ -281,8 +292,16 @@ class XR0Policy(PreTrainedPolicy):
         left_over = self._padded_actions(left_over, "prev_chunk_left_over")
         if not torch.isfinite(left_over).all():
             raise ValueError("`prev_chunk_left_over` contains NaN or infinite values.")
-        rtc = self.config.rtc_config or RTCConfig()
-        overlap = left_over[:, : min(rtc.execution_horizon, self.config.chunk_size)]
+        rtc = rtc or RTCConfig()
+        if execution_horizon is None:
+            execution_horizon = rtc.execution_horizon
+        if (
+            isinstance(execution_horizon, bool)
+            or not isinstance(execution_horizon, int)
+            or execution_horizon < 1
+        ):
+            raise ValueError(f"`execution_horizon` must be an int >= 1, got {execution_horizon!r}.")
+        overlap = left_over[:, : min(execution_horizon, self.config.chunk_size)]
         delay = min(inference_delay, overlap.shape[1])
         if self.config.rtc_prefix_mode == "trained":
             return {"action_prefix": overlap[:, :delay], "prefix_mode": "trained"}
@@ -303,20 +322,49 @@ class XR0Policy(PreTrainedPolicy):
 
     # ---- saving / loading ----
 
-    def save_xr0_checkpoint(self, directory) -> None:
+    def save_xr0_checkpoint(self, directory, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """A complete XR0 checkpoint of this policy (LoRA merged into a copy): config, remote code, processor with
-        the robot type, weights."""
-        model = self.xr0_model
-        if self.config.lora_rank > 0:
-            import copy
-
+        the robot type, weights. `state_dict`, keyed as `self.state_dict()` (e.g. the full one FSDP gathers on one
+        rank, where the modules hold shards), is written instead of the modules' weights."""
+        if state_dict is not None:
+            model = self._model_from_state_dict(state_dict)
+        elif self.config.lora_rank > 0:
             model = copy.deepcopy(self.model).merge_and_unload()
+        else:
+            model = self.xr0_model
         model.save_pretrained(directory)
         self.processor.save_pretrained(directory)
 
-    def _save_pretrained(self, save_directory: Path) -> None:
+    def _model_from_state_dict(self, state_dict: dict[str, torch.Tensor]) -> XR0ForActionGeneration:
+        """An XR0 model that holds `state_dict`'s tensors (LoRA merged), built on the meta device and given the
+        tensors: no module of this policy is read. Keys that are not exactly this policy's are a named error."""
+        prefix = "model."
+        weights = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+        foreign = sorted(key for key in state_dict if not key.startswith(prefix))
+        lora = self.config.lora_rank > 0
+        with torch.device("meta"):
+            model = XR0ForActionGeneration(self.xr0_model.config)
+            if lora:
+                model = add_lora(model, self._recipe_arguments())
+        if lora:  # merging adds the adapters to the base weights in place: not to the caller's tensors
+            weights = {key: value.clone() for key, value in weights.items()}
+        missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+        if foreign or missing or unexpected:
+            unexpected = foreign + [prefix + key for key in unexpected]
+            raise ValueError(
+                f"the state dict to save is not this XR0 policy's (keys as policy.state_dict()): missing "
+                f"{[prefix + key for key in missing[:5]]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
+                f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})."
+            )
+        return model.merge_and_unload() if lora else model
+
+    def _save_pretrained(
+        self, save_directory: Path, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """LeRobot's `save_pretrained`: its `config.json` and, in `xr0/`, the XR0 checkpoint. lerobot 0.6 passes
+        `state_dict` (None, or under FSDP the gathered full one), which is what gets written."""
         self.config._save_pretrained(save_directory)
-        self.save_xr0_checkpoint(Path(save_directory) / XR0_SUBFOLDER)
+        self.save_xr0_checkpoint(Path(save_directory) / XR0_SUBFOLDER, state_dict=state_dict)
 
     @classmethod
     def from_pretrained(cls, pretrained_name_or_path, *, config: XR0Config | None = None, **kwargs):

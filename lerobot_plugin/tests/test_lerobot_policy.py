@@ -1,141 +1,37 @@
-"""The LeRobot policy plugin against the real LeRobot: its dataset writer, lerobot-train, lerobot-eval in its own
-Meta-World environment, its processor pipelines, and XR0's own path for the same observation.
+"""The LeRobot policy plugin in process, against the real LeRobot: its processor pipelines, XR0's own path for the
+same observation, saving (with the state dict LeRobot may hand over) and loading, real-time chunking as LeRobot calls
+it, and a named error for each mistake a user can make. The console scripts are in test_lerobot_scripts.py."""
 
-Run in a venv with lerobot installed (see lerobot_plugin/test.sh)."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+import inspect
 
 import numpy as np
 import pytest
 import torch
-from lerobot.datasets.lerobot_dataset import LeRobotDataset
-from lerobot.datasets.utils import dataset_to_policy_features
 from lerobot.policies.factory import make_pre_post_processors
+from lerobot.policies.rtc.configuration_rtc import RTCConfig
 from lerobot_policy_xr0 import XR0Config, XR0Policy, make_xr0_pre_post_processors
+from support import ACTION_WIDTH, CHUNK, TINY, observation, policy_config, training_batch
 from transformers import AutoModel, AutoProcessor
 
-sys.path.insert(0, str(Path(__file__).parent))
-from lerobot_data import write_dataset  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TINY = REPO_ROOT / "fixtures" / "tiny-xr0"
-BIN = Path(sys.executable).parent
-ENV = {
-    **os.environ,
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "MUJOCO_GL": "egl",
-}
-CHUNK, EXECUTED = 8, 4
+try:  # lerobot >= 0.6: the check lerobot-rollout makes before it drives a policy with real-time chunking
+    from lerobot.rollout.inference.rtc import supports_rtc_inference
+except ImportError:  # lerobot 0.4 has no rollout; its RTC example calls the same keywords
+    supports_rtc_inference = None
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """The dataset as lerobot-train reads it: each frame with its chunk of T actions and their padding flags."""
-    written = write_dataset(tmp_path_factory.mktemp("data") / "tiny", episodes=2, frames=24, side=64)
-    steps = [i / written.fps for i in range(CHUNK)]
-    return LeRobotDataset(written.repo_id, root=written.root, delta_timestamps={"action": steps})
+def load_xr0(directory):
+    """An XR0 checkpoint as XR0's users load it, in float32 (transformers 5 would use the config's dtype)."""
+    return AutoModel.from_pretrained(directory, trust_remote_code=True, dtype=torch.float32).eval()
 
 
-def policy_config(dataset, **changes) -> XR0Config:
-    features = dataset_to_policy_features(dataset.meta.features)
-    settings = dict(checkpoint=str(TINY), chunk_size=CHUNK, n_action_steps=EXECUTED, device="cpu")
-    return XR0Config(
-        output_features={k: f for k, f in features.items() if k == "action"},
-        input_features={k: f for k, f in features.items() if k != "action"},
-        **{**settings, **changes},
-    )
-
-
-def observation(dataset, index: int = 5) -> dict:
-    """One frame as lerobot-eval hands it to the pre-processor: tensors without the batch dim and the task."""
-    frame = dataset[index]
-    return {
-        "observation.image": frame["observation.image"],
-        "observation.state": frame["observation.state"],
-        "task": frame["task"],
-    }
-
-
-def training_batch(dataset, indices=(0, 30)) -> dict:
-    """Frames of both episodes collated as LeRobot's DataLoader does: tensors stacked, tasks listed."""
-    frames = [dataset[i] for i in indices]
-    keys = ("observation.image", "observation.state", "action", "action_is_pad")
-    return {**{k: torch.stack([f[k] for f in frames]) for k in keys}, "task": [f["task"] for f in frames]}
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory):
-    """lerobot-train --policy.type=xr0 from the tiny XR0 checkpoint, three steps: the saved policy directory."""
-    output = tmp_path_factory.mktemp("train") / "run"
-    command = [
-        str(BIN / "lerobot-train"),
-        "--dataset.repo_id=local/xr0_plugin_test",
-        f"--dataset.root={dataset.root}",
-        "--policy.type=xr0",
-        f"--policy.checkpoint={TINY}",
-        f"--policy.chunk_size={CHUNK}",
-        f"--policy.n_action_steps={EXECUTED}",
-        "--policy.device=cpu",
-        "--policy.push_to_hub=false",
-        "--steps=3",
-        "--batch_size=2",
-        "--save_freq=3",
-        "--log_freq=1",
-        "--num_workers=0",
-        "--wandb.enable=false",
-        "--eval_freq=0",
-        f"--output_dir={output}",
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=ENV, timeout=900, stdin=subprocess.DEVNULL
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    log = result.stdout + result.stderr
-    assert "step:3" in log and "loss:" in log, log[-2000:]
-    return output / "checkpoints" / "000003" / "pretrained_model"
-
-
-def test_lerobot_train_saves_a_policy_that_reloads_with_policy_path(trained):
-    for name in (
-        "config.json",
-        "policy_preprocessor.json",
-        "policy_postprocessor.json",
-        "xr0/model.safetensors",
-    ):
-        assert (trained / name).is_file(), name
-    policy = XR0Policy.from_pretrained(trained)
-    assert policy.config.checkpoint == str(trained / "xr0") and not policy.training
-    # The robot type lerobot-train registered from the dataset's statistics came back with the policy.
-    assert policy.processor.chunk_length("lerobot") == CHUNK
-    assert policy.camera_map == {"observation.image": "image"}
-    # What LeRobot's loaders do with --policy.path: the pipelines reload, the action statistics with them.
-    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(trained))
-    normalizer = next(step for step in pre.steps if type(step).__name__ == "NormalizerProcessorStep")
-    assert set(normalizer.stats) >= {"action"}
-
-
-def test_lerobot_eval_runs_the_policy_in_lerobots_metaworld_env(trained, tmp_path):
-    output = tmp_path / "eval"
-    command = [
-        str(BIN / "lerobot-eval"),
-        f"--policy.path={trained}",
-        "--env.type=metaworld",
-        "--env.task=reach-v3",
-        "--eval.n_episodes=1",
-        "--eval.batch_size=1",
-        "--policy.device=cpu",
-        f"--output_dir={output}",
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=ENV, timeout=1200, stdin=subprocess.DEVNULL
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "'n_episodes': 1" in result.stdout + result.stderr
+def save_with_state_dict(policy, directory, state_dict) -> None:
+    """`policy.save_pretrained(directory, state_dict=...)` as lerobot >= 0.5 calls it (under FSDP with the gathered
+    full state dict); lerobot 0.4's save_pretrained takes none, so there its hook `_save_pretrained` directly."""
+    if "state_dict" in inspect.signature(policy.save_pretrained).parameters:
+        policy.save_pretrained(directory, state_dict=state_dict)
+    else:
+        directory.mkdir(parents=True)
+        policy._save_pretrained(directory, state_dict=state_dict)
 
 
 def test_forward_returns_xr0s_loss_and_its_parts(dataset):
@@ -155,7 +51,7 @@ def test_select_action_equals_xr0s_own_path(dataset, tmp_path):
     policy.save_pretrained(tmp_path / "policy")
     pre.save_pretrained(tmp_path / "policy")
     post.save_pretrained(tmp_path / "policy")
-    noise = torch.randn(1, CHUNK, 32, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(1, CHUNK, ACTION_WIDTH, generator=torch.Generator().manual_seed(3))
 
     frame = observation(dataset)
     with torch.inference_mode():
@@ -165,7 +61,7 @@ def test_select_action_equals_xr0s_own_path(dataset, tmp_path):
     assert chunk.shape == (1, CHUNK, 4) and first.shape == (1, 4)
     torch.testing.assert_close(first, chunk[:, 0], atol=1e-6, rtol=0)
 
-    model = AutoModel.from_pretrained(tmp_path / "policy" / "xr0", trust_remote_code=True).eval()
+    model = load_xr0(tmp_path / "policy" / "xr0")
     processor = AutoProcessor.from_pretrained(tmp_path / "policy" / "xr0", trust_remote_code=True)
     pixels = (frame["observation.image"] * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     inputs = processor(
@@ -189,19 +85,73 @@ def test_select_action_equals_xr0s_own_path(dataset, tmp_path):
 
 def test_a_saved_policy_is_an_xr0_checkpoint_and_back_without_losing_weights(dataset, tmp_path):
     policy = XR0Policy(policy_config(dataset), dataset_stats=dataset.meta.stats)
-    published = AutoModel.from_pretrained(TINY, trust_remote_code=True)
+    published = load_xr0(TINY)
     for name, tensor in published.state_dict().items():
         torch.testing.assert_close(policy.xr0_model.state_dict()[name], tensor, atol=0, rtol=0)
     with torch.no_grad():  # change the weights, as training would
         next(policy.xr0_model.action_output_layer.parameters()).add_(0.5)
     policy.save_pretrained(tmp_path / "policy")
-    exported = AutoModel.from_pretrained(tmp_path / "policy" / "xr0", trust_remote_code=True)
+    exported = load_xr0(tmp_path / "policy" / "xr0")
     reloaded = XR0Policy.from_pretrained(tmp_path / "policy")
     expected = policy.xr0_model.state_dict()
     for loaded in (exported.state_dict(), reloaded.xr0_model.state_dict()):
         assert sorted(loaded) == sorted(expected)
         for name, tensor in expected.items():
             torch.testing.assert_close(loaded[name], tensor, atol=0, rtol=0)
+
+
+def test_a_state_dict_handed_to_save_pretrained_is_what_gets_saved(dataset, tmp_path):
+    """LeRobot >= 0.5 hands `save_pretrained` a state dict (None, or under FSDP the full one gathered from the
+    shards): its tensors are written, not the modules' own, and the modules are left as they were."""
+    policy = XR0Policy(policy_config(dataset), dataset_stats=dataset.meta.stats)
+    own = {name: tensor.clone() for name, tensor in policy.state_dict().items()}
+    handed = {name: tensor.clone() for name, tensor in own.items()}
+    handed["model.action_output_layer.layers.2.weight"] += (
+        0.5  # e.g. the gathered weights of the training ranks
+    )
+    save_with_state_dict(policy, tmp_path / "policy", handed)
+    exported = load_xr0(tmp_path / "policy" / "xr0").state_dict()
+    reloaded = XR0Policy.from_pretrained(tmp_path / "policy").state_dict()
+    assert sorted("model." + name for name in exported) == sorted(handed) == sorted(reloaded)
+    for name, tensor in handed.items():
+        torch.testing.assert_close(exported[name.removeprefix("model.")], tensor, atol=0, rtol=0)
+        torch.testing.assert_close(reloaded[name], tensor, atol=0, rtol=0)
+    for name, tensor in policy.state_dict().items():
+        torch.testing.assert_close(tensor, own[name], atol=0, rtol=0)
+
+
+def test_a_state_dict_with_lora_adapters_is_saved_merged(dataset, tmp_path):
+    """With LoRA the handed state dict holds the adapters: they are merged into the saved XR0 checkpoint exactly as
+    the policy's own would be, without touching the handed tensors."""
+    policy = XR0Policy(policy_config(dataset, lora_rank=2), dataset_stats=dataset.meta.stats)
+    handed = {name: tensor.clone() for name, tensor in policy.state_dict().items()}
+    for name in handed:
+        if "lora_B" in name:
+            handed[name] += 0.1
+    kept = {name: tensor.clone() for name, tensor in handed.items()}
+    save_with_state_dict(policy, tmp_path / "handed", handed)
+    for name, tensor in kept.items():
+        torch.testing.assert_close(handed[name], tensor, atol=0, rtol=0)
+    policy.load_state_dict(handed)  # the same weights in the policy itself, saved its own way
+    policy.save_pretrained(tmp_path / "own")
+    merged, expected = (load_xr0(tmp_path / name / "xr0").state_dict() for name in ("handed", "own"))
+    assert sorted(merged) == sorted(expected) and not any("lora_" in name for name in merged)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(merged[name], tensor, atol=0, rtol=0)
+    assert any(not torch.equal(merged[name], load_xr0(TINY).state_dict()[name]) for name in merged)
+
+
+def test_a_state_dict_that_is_not_the_policys_is_refused_by_name(dataset, tmp_path):
+    policy = XR0Policy(policy_config(dataset), dataset_stats=dataset.meta.stats)
+    handed = dict(policy.state_dict())
+    handed.pop("model.action_output_layer.layers.2.weight")
+    handed["_fsdp_wrapped_module.stray"] = torch.zeros(1)
+    with pytest.raises(
+        ValueError,
+        match=r"not this XR0 policy's .*missing \['model.action_output_layer.layers.2.weight'\].*"
+        r"unexpected \['_fsdp_wrapped_module.stray'\]",
+    ):
+        save_with_state_dict(policy, tmp_path / "policy", handed)
 
 
 def test_real_time_chunking_keeps_the_committed_actions(dataset):
@@ -214,8 +164,42 @@ def test_real_time_chunking_keeps_the_committed_actions(dataset):
         chunk = policy.predict_action_chunk(batch, inference_delay=2, prev_chunk_left_over=left_over)
         assert chunk.shape == (1, CHUNK, 4) and torch.isfinite(chunk).all()
         torch.testing.assert_close(chunk[:, :2], left_over[:, :2], atol=1e-6, rtol=0)
-        plain = policy.predict_action_chunk(batch, noise=torch.zeros(1, CHUNK, 32))
+        plain = policy.predict_action_chunk(batch, noise=torch.zeros(1, CHUNK, ACTION_WIDTH))
         assert not torch.allclose(plain[:, :2], left_over[:, :2])
+
+
+def test_real_time_chunking_takes_lerobots_keyword_arguments(dataset):
+    """As lerobot-rollout's RTC engine (0.6) calls it: `inference_delay` and a (n, D_a) leftover zero-padded to the
+    execution horizon; `execution_horizon` as pi05 takes it; an `rtc_config` switched off ignores the leftover."""
+    policy = XR0Policy(policy_config(dataset, rtc_prefix_mode="guided"), dataset_stats=dataset.meta.stats)
+    if supports_rtc_inference is not None:
+        assert supports_rtc_inference(policy)
+    pre, _ = make_xr0_pre_post_processors(policy.config, dataset_stats=dataset.meta.stats)
+    batch = pre(observation(dataset))
+    left_over = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    padded = torch.cat([left_over, torch.zeros(RTCConfig().execution_horizon - 5, 4)])  # (10, 4)
+    noise = torch.randn(1, CHUNK, ACTION_WIDTH, generator=torch.Generator().manual_seed(2))
+
+    def chunk(**kwargs):
+        return policy.predict_action_chunk(batch, noise=noise, **kwargs)
+
+    policy.config.rtc_config = RTCConfig(enabled=True, execution_horizon=10)
+    full = chunk(inference_delay=2, prev_chunk_left_over=padded)
+    torch.testing.assert_close(full[:, :2], left_over[None, :2], atol=1e-6, rtol=0)
+    # The keyword sets the horizon as the config's field does, and a shorter one guides fewer actions.
+    short = chunk(inference_delay=2, prev_chunk_left_over=padded, execution_horizon=3)
+    policy.config.rtc_config = RTCConfig(enabled=True, execution_horizon=3)
+    torch.testing.assert_close(chunk(inference_delay=2, prev_chunk_left_over=padded), short, atol=0, rtol=0)
+    torch.testing.assert_close(short[:, :2], left_over[None, :2], atol=1e-6, rtol=0)
+    assert not torch.allclose(short[:, 3:], full[:, 3:])
+    # RTC switched off (LeRobot's queue then appends whole chunks): the leftover is ignored.
+    policy.config.rtc_config = RTCConfig(enabled=False)
+    torch.testing.assert_close(chunk(inference_delay=2, prev_chunk_left_over=padded), chunk(), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"`execution_horizon` must be an int >= 1, got 0"):
+        policy.config.rtc_config = None
+        chunk(inference_delay=2, prev_chunk_left_over=padded, execution_horizon=0)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['delay'\]"):
+        chunk(delay=2)
 
 
 # ---- a named error for each mistake a user can make --------------------------------------------------------
@@ -286,9 +270,9 @@ def test_lora_trains_adapters_and_saves_them_merged(dataset, tmp_path):
             if "lora_B" in name:
                 p.add_(0.1)
     policy.save_pretrained(tmp_path / "policy")
-    exported = AutoModel.from_pretrained(tmp_path / "policy" / "xr0", trust_remote_code=True).eval()
+    exported = load_xr0(tmp_path / "policy" / "xr0")
     assert not any("lora_" in name for name in exported.state_dict())
-    noise = torch.randn(1, CHUNK, 32, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(1, CHUNK, ACTION_WIDTH, generator=torch.Generator().manual_seed(0))
     observed = pre(observation(dataset))
     with torch.inference_mode():
         adapted = policy.predict_action_chunk(observed, noise=noise)
