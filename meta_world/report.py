@@ -1,4 +1,4 @@
-"""The Meta-World results of a checkpoint in one command (the README's table, from the shipped checkpoint):
+"""The Meta-World results of a checkpoint in one command (the table of docs/meta-world.md, from the shipped checkpoint):
 
     python -m xr0.meta_world.report                         # fixtures/metaworld/mt10; ~30 min on 2 cores
     python -m xr0.meta_world.report --train                 # retrain the checkpoint first (xr0.meta_world.train)
@@ -108,7 +108,7 @@ def jobs(args) -> list:
 
 
 def table(rows: dict) -> str:
-    """rows {name: [per-task lines..., overall]} -> the README's markdown."""
+    """rows {name: [per-task lines..., overall]} -> the markdown of docs/meta-world.md."""
     main = rows["latency 0"]
     lines = [
         "| task | instruction | policy success (95% CI) | expert success | policy steps | expert steps |",

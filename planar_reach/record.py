@@ -12,7 +12,7 @@ a checkpoint whose tier disagrees.
 `--action_noise` σ > 0 makes the arm execute the command plus N(0, σ²) per axis while the dataset keeps the
 command (DART, Laskey et al. 2017). Without it the state's velocity is the last command, executed exactly, and the
 expert flies straight, so a policy can fit almost every frame by repeating the state's velocity and never learn to
-look (planar_reach/README.md, "What has been tried"); with it the velocity is the perturbed one and the
+look (planar_reach/README.md, "The perception tiers: what has been measured"); with it the velocity is the perturbed one and the
 demonstrations show how to come back on course.
 """
 

@@ -666,7 +666,7 @@ def serve_command(*arguments) -> list:
 
 
 def test_the_token_in_the_environment_guards_a_server_started_without_token():
-    """`XR0_SERVER_TOKEN=... xr0-serve` (no --token), as the README tells users to start it: the server says it
+    """`XR0_SERVER_TOKEN=... xr0-serve` (no --token), as the docs tell users to start it: the server says it
     requires a token, refuses a client without it (401) and serves one with it; the guidance options of the
     command line reach the metadata. Ctrl-C ends it with status 130."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "XR0_SERVER_TOKEN": "s3cret"}
