@@ -34,6 +34,25 @@ def root_logger_as_it_was():
             root.removeHandler(handler)
 
 
+# ---- a tiny checkpoint directory and a LeRobot v3.0 dataset for it (training tests) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def lerobot_dir(tmp_path_factory):
+    from robot_datasets import write_lerobot
+
+    return write_lerobot(tmp_path_factory.mktemp("lerobot") / "tiny_arm")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from tiny import tiny_model
+
+    directory = tmp_path_factory.mktemp("checkpoint")
+    tiny_model().save_pretrained(directory)
+    return directory
+
+
 # ---- the tiny checkpoint as a policy and a server (test_server.py, test_executor.py) ---------------------------
 
 

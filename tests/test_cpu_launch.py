@@ -3,25 +3,10 @@ data-parallel on the CPU (said once), and `--use_cpu false` is refused before th
 
 import subprocess
 
-import pytest
-from robot_datasets import write_lerobot
 from safetensors.torch import load_file
 from test_distributed import ENV, TORCHRUN, free_port, one_process, run
-from tiny import tiny_model
 
 from xr0.training.finetune import has_accelerator
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return write_lerobot(tmp_path_factory.mktemp("lerobot") / "tiny_arm")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint")
-    tiny_model().save_pretrained(directory)
-    return directory
 
 
 def arguments(checkpoint, dataset, output, per_device_batch: int, *extra) -> list:
@@ -50,24 +35,24 @@ def torchrun(argv: list) -> list:
     ]  # fmt: skip
 
 
-def test_torchrun_without_use_cpu_trains_one_model_data_parallel(checkpoint, dataset, tmp_path):
+def test_torchrun_without_use_cpu_trains_one_model_data_parallel(tiny_checkpoint, lerobot_dir, tmp_path):
     """Two processes of batch 2 end where one process of batch 4 ends (plain SGD, no clipping: a replica per rank
     on the whole data, which the Trainer does without --use_cpu on a CPU machine, differs by ~0.7 of the update)."""
     assert not has_accelerator(), "this test is about machines without a GPU"
     single = tmp_path / "single"
-    run(one_process(arguments(checkpoint, dataset, single, 4)))
+    run(one_process(arguments(tiny_checkpoint, lerobot_dir, single, 4)))
     launched = tmp_path / "torchrun"
-    result = run(torchrun(arguments(checkpoint, dataset, launched, 2)))
-    assert relative_update_difference(checkpoint, launched, single) < 1e-3
+    result = run(torchrun(arguments(tiny_checkpoint, lerobot_dir, launched, 2)))
+    assert relative_update_difference(tiny_checkpoint, launched, single) < 1e-3
     log = result.stdout + result.stderr
     assert log.count("training data-parallel on the CPU (--use_cpu true)") == 1, log[-3000:]
     assert "parallel_mode != ParallelMode.DISTRIBUTED" not in log, log[-3000:]
 
 
-def test_torchrun_with_use_cpu_false_is_refused_before_training(checkpoint, dataset, tmp_path):
+def test_torchrun_with_use_cpu_false_is_refused_before_training(tiny_checkpoint, lerobot_dir, tmp_path):
     output = tmp_path / "refused"
     result = subprocess.run(
-        torchrun(arguments(checkpoint, dataset, output, 2, "--use_cpu", "false")),
+        torchrun(arguments(tiny_checkpoint, lerobot_dir, output, 2, "--use_cpu", "false")),
         capture_output=True,
         text=True,
         env=ENV,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from robot_datasets import write_conversations, write_lerobot
+from robot_datasets import write_conversations
 from safetensors.torch import load_file
 from tiny import tiny_model
 
@@ -23,18 +23,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_
 ENV.pop(
     "CI", None
 )  # transformers' library logger propagates under CI: keep the ranks' output as users see it
-
-
-@pytest.fixture(scope="module")
-def lerobot_dir(tmp_path_factory):
-    return write_lerobot(tmp_path_factory.mktemp("lerobot") / "tiny_arm")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint")
-    tiny_model().save_pretrained(directory)
-    return directory
 
 
 def free_port() -> int:

@@ -16,18 +16,6 @@ from xr0.training import finetune
 from xr0.training.data import XR0Collator, compute_statistics, open_dataset, register_dataset_robot
 
 
-@pytest.fixture(scope="module")
-def lerobot_dir(tmp_path_factory):
-    return write_lerobot(tmp_path_factory.mktemp("lerobot") / "tiny_arm")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint")
-    tiny_model().save_pretrained(directory)
-    return directory
-
-
 def test_lerobot_and_jsonl_readers_agree(lerobot_dir, tmp_path):
     lerobot = open_dataset(lerobot_dir, action_length=6)
     jsonl = open_dataset(write_jsonl(tmp_path / "jsonl"), action_length=6)
