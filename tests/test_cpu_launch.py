@@ -5,20 +5,27 @@ import subprocess
 
 import pytest
 from safetensors.torch import load_file
-from test_distributed import ENV, TORCHRUN, free_port, one_process, run
+from test_distributed import ENV, TORCHRUN, finetune_arguments, free_port, one_process, run
 
 from xr0.training.finetune import has_accelerator
 
 
 def arguments(checkpoint, dataset, output, per_device_batch: int, *extra) -> list:
-    """xr0-finetune's arguments as a user on a laptop writes them: no --use_cpu."""
+    """The distributed tests' xr0-finetune arguments as a user on a laptop writes them: without --use_cpu; SGD, no
+    clipping, 3 steps."""
+    common = finetune_arguments(checkpoint, dataset, output, per_device_batch)
+    at = common.index("--use_cpu")
     return [
-        "--model", str(checkpoint), "--dataset", str(dataset), "--robot_type", "tiny_arm",
-        "--output_dir", str(output), "--per_device_train_batch_size", str(per_device_batch),
-        "--learning_rate", "2e-3", "--lr_scheduler_type", "constant", "--logging_steps", "1",
-        "--report_to", "none", "--seed", "0", "--recipe", "async", "--dataloader_num_workers", "0",
-        "--save_strategy", "no", "--max_steps", "3", "--optim", "sgd", "--max_grad_norm", "0", *extra,
-    ]  # fmt: skip
+        *common[:at],
+        *common[at + 2 :],
+        "--max_steps",
+        "3",
+        "--optim",
+        "sgd",
+        "--max_grad_norm",
+        "0",
+        *extra,
+    ]
 
 
 def relative_update_difference(initial, first, second) -> float:
