@@ -9,13 +9,11 @@ Inference, as published:
        steps of `velocity`, one DiT pass over [sink, state, T noisy actions] that attends to the cache.
 `forward` composes the two. Actions are normalized; the processor de-normalizes them.
 
-Beyond the published code: `sample_actions(action_prefix=...)` keeps committed actions clean and conditions the
-rest of the chunk on them (the report's asynchronous execution, `prefix_mode="trained"`), or, for any checkpoint,
-steers every Euler step toward the previous chunk by guided inpainting (`prefix_mode="guided"`, real-time
-chunking of Black et al. 2025, arXiv 2506.07339); `forward(actions=...)` returns the
-flow-matching loss of the training recipe (`compute_loss`, asynchronous post-training included) and
-`forward(language_batch=...)` adds vision-language co-training. One Euler loop (`_integrate`) and one velocity
-function serve all of them.
+This file holds the model: its modules, the observation encoding, the chunk's attention layout and the velocity.
+The sampler (`sampler_xr0.py`: prefix modes for real-time execution, guided inpainting, compiled and CUDA-graph
+loops; its torch-free options in `sampling_xr0.py`) and the training recipe (`recipe_xr0.py`: draws, the
+flow-matching loss with asynchronous post-training, vision-language co-training) are their own files, reached from
+the model through `sample_actions`, `optimize_sampler`, `compute_loss` and `forward`.
 
 Shapes: B batch, L prompt length, T chunk length (the robot type's, from `action_mask`), A = action_dim,
 S state tokens, Q = 1 + S + T DiT tokens, H = DiT hidden size, h = DiT query heads, D = head_dim.
@@ -25,11 +23,9 @@ import inspect
 import json
 import math
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -44,12 +40,9 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import (
 from transformers.utils import ModelOutput, logging
 
 from .configuration_xr0 import XR0Config
-from .sampling_xr0 import (  # noqa: F401  (part of this module's API)
-    GUIDANCE_JACOBIANS,
-    MASK_SCHEDULES,
-    PREFIX_MODES,
-    PrefixGuidance,
-)
+from .recipe_xr0 import XR0TrainingDraws, compute_loss, data_parallel, join_action_loss_sums, language_loss
+from .sampler_xr0 import describe, generator_from_seed, optimize_sampler, prefix_positions, sample_actions
+from .sampling_xr0 import PrefixGuidance
 
 logger = logging.get_logger(__name__)
 
@@ -179,76 +172,6 @@ class XR0ChunkLayout:
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
 
 
-@dataclass
-class XR0TrainingDraws:
-    """
-    The random draws of one training step, one row per row of the repeated batch: B samples x R =
-    `config.training_repeat` repeats, sample i's repeats in rows i·R .. i·R + R - 1.
-
-    `compute_loss` samples them (`sample_training_draws`); pass your own as `forward(actions=...,
-    training_draws=...)` or `compute_loss(..., draws=...)` to compute the loss of given draws, e.g. to hold it
-    against another implementation of the recipe.
-
-    Args:
-        noise: (B·R, T, A) float, the flow's x_0 (standard normal).
-        timestep: (B·R,) float, the flow time t in [0, 1] (0 = noise, 1 = data).
-        prefix_lengths: (B·R,) int, p: the row's first p actions are committed (clean, excluded from the loss);
-            0 = no prefix, at most T.
-        hidden_actions: (B·R, T) bool, the prefix tokens hidden from the row's noisy tokens; only inside its
-            prefix.
-    """
-
-    noise: torch.Tensor
-    timestep: torch.Tensor
-    prefix_lengths: torch.Tensor
-    hidden_actions: torch.Tensor
-
-    def check(self, rows: int, action_length: int, action_dim: int) -> None:
-        """Raises a ValueError naming the first field that does not fit a repeated batch of `rows` rows."""
-        expected = {
-            "noise": (rows, action_length, action_dim),
-            "timestep": (rows,),
-            "prefix_lengths": (rows,),
-            "hidden_actions": (rows, action_length),
-        }
-        for name, shape in expected.items():
-            value = getattr(self, name)
-            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
-                raise ValueError(
-                    f"`training_draws.{name}` must be a tensor of shape {shape} (B·R rows: the batch times "
-                    f"config.training_repeat), got {_describe(value)}."
-                )
-        if not self.noise.is_floating_point() or not self.timestep.is_floating_point():
-            raise ValueError("`training_draws.noise` and `training_draws.timestep` must be floating point.")
-        if self.prefix_lengths.is_floating_point() or self.prefix_lengths.dtype == torch.bool:
-            raise ValueError(
-                f"`training_draws.prefix_lengths` must be integers, got {self.prefix_lengths.dtype}."
-            )
-        if self.hidden_actions.dtype != torch.bool:
-            raise ValueError(
-                f"`training_draws.hidden_actions` must be bool, got {self.hidden_actions.dtype}."
-            )
-        check_finite("training_draws.noise", self.noise)
-        check_finite("training_draws.timestep", self.timestep)
-        if ((self.timestep < 0) | (self.timestep > 1)).any():
-            raise ValueError("`training_draws.timestep` must lie in [0, 1].")
-        if ((self.prefix_lengths < 0) | (self.prefix_lengths > action_length)).any():
-            raise ValueError(f"`training_draws.prefix_lengths` must lie in [0, T = {action_length}].")
-        outside = ~prefix_positions(self.prefix_lengths, action_length).to(self.hidden_actions.device)
-        if (self.hidden_actions & outside).any():
-            raise ValueError(
-                "`training_draws.hidden_actions` may hide prefix tokens only (steps < prefix_lengths)."
-            )
-
-    def to(self, device) -> "XR0TrainingDraws":
-        return XR0TrainingDraws(
-            noise=self.noise.to(device=device, dtype=torch.float32),
-            timestep=self.timestep.to(device=device, dtype=torch.float32),
-            prefix_lengths=self.prefix_lengths.to(device=device, dtype=torch.long),
-            hidden_actions=self.hidden_actions.to(device),
-        )
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Small functions
 
@@ -276,12 +199,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
-
-
-def prefix_positions(prefix_lengths: torch.Tensor, action_length: int) -> torch.Tensor:
-    """(B,) prefix lengths -> (B, T) bool, True at committed (clean) action positions."""
-    steps = torch.arange(action_length, device=prefix_lengths.device)
-    return steps[None] < prefix_lengths[:, None]
 
 
 def build_dit_attention_mask(
@@ -327,117 +244,6 @@ def build_dit_attention_mask(
         noisy[:, 1 + state_length :] = steps[None] >= prefix_lengths.to(device)[:, None]
         own_part = own_part & ~(noisy[:, None, :, None] & hidden[:, None, None, :])
     return torch.cat([cache_part, own_part], dim=-1)
-
-
-def frequency_terms(loss_mask: torch.Tensor, prefix_lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """How many magnitudes the frequency term averages: over the samples, each sample's active dims x the
-    ((T - p) // 2 + 1) frequencies of its T - p steps after its prefix of p. A sample none of whose steps count
-    (all padded or committed) has no active dim. `loss_mask` (B, T, A) is 0 at prefix steps; `prefix_lengths`
-    (B,), None = no prefix."""
-    action_length = loss_mask.shape[1]
-    active_dims = loss_mask.amax(dim=1).sum(dim=1)  # (B,)
-    if prefix_lengths is None:
-        prefix_lengths = torch.zeros_like(active_dims, dtype=torch.long)
-    frequencies = (action_length - prefix_lengths.to(loss_mask.device)) // 2 + 1  # (B,)
-    return (active_dims * frequencies).sum()
-
-
-def frequency_loss(
-    velocity: torch.Tensor,
-    target: torch.Tensor,
-    loss_mask: torch.Tensor,
-    sample_weight: Optional[torch.Tensor] = None,
-    normalizer: Optional[torch.Tensor] = None,
-    prefix_lengths: Optional[torch.Tensor] = None,
-) -> torch.Tensor:
-    """The released frequency term: the mean magnitude of rfft(prediction) - rfft(target) along time (default
-    norm) over each sample's steps after its prefix (a DFT of length T - p), each sample's magnitudes weighted by
-    `sample_weight` (B,) (its mean loss weight). Unlike the release, the mean runs over the robot's active dims
-    only, and padded steps are zeroed before the transform. `prefix_lengths` (B,): None = no prefix.
-    `normalizer`: the count to divide by (`frequency_terms` of this batch when None; data-parallel training
-    passes the mean over the ranks)."""
-    batch_size, action_length, _ = velocity.shape
-    if prefix_lengths is None:
-        prefix_lengths = torch.zeros(batch_size, dtype=torch.long, device=velocity.device)
-    prefix_lengths = prefix_lengths.to(velocity.device)
-    error = (velocity - target) * loss_mask  # (B, T, A); rfft is linear: rfft(v) - rfft(t) = rfft(v - t)
-    active_dims = loss_mask.amax(dim=1, keepdim=True)  # (B, 1, A)
-    if sample_weight is None:
-        sample_weight = torch.ones(batch_size, device=velocity.device)
-    total = error.new_zeros(())
-    # Samples with the same prefix length share a DFT length: one transform per length present.
-    for length in sorted(set(prefix_lengths.tolist())):
-        if length >= action_length:  # the whole chunk is committed: nothing to transform
-            continue
-        rows = prefix_lengths == length
-        magnitude = torch.fft.rfft(error[rows, length:], dim=1).abs()  # (b, (T - p) // 2 + 1, A)
-        total = total + (magnitude * active_dims[rows] * sample_weight[rows, None, None]).sum()
-    if normalizer is None:
-        normalizer = frequency_terms(loss_mask, prefix_lengths)
-    return total / normalizer.clamp(min=1.0)
-
-
-def guidance_mask(
-    inference_delay: int, overlap: int, action_length: int, schedule: str, device=None
-) -> torch.Tensor:
-    """(T,) soft mask W of guided inpainting: 1 on the first d = `inference_delay` steps, the schedule's decay on
-    steps d .. p - 1 (p = `overlap`, the previous chunk's steps that this chunk overlaps), 0 from p on."""
-    steps = torch.arange(action_length, dtype=torch.float32, device=device)
-    c = ((overlap - steps) / (overlap - inference_delay + 1)).clamp(min=0.0)
-    decay = {
-        "exp": c * torch.expm1(c) / math.expm1(1.0),
-        "linear": c,
-        "ones": torch.ones_like(c),
-        "zeros": torch.zeros_like(c),
-    }[schedule]
-    committed, overlapping = steps < inference_delay, steps < overlap
-    return torch.where(committed, 1.0, torch.where(overlapping, decay, 0.0))
-
-
-def guidance_weight(timestep: float, max_weight: float) -> float:
-    """min(β, (1 - τ) / (τ · r²)), r² = (1 - τ)² / (τ² + (1 - τ)²): the ΠGDM weight, infinite at τ = 0 and τ = 1."""
-    if timestep <= 0.0 or timestep >= 1.0:
-        return max_weight
-    return min(max_weight, (timestep**2 + (1.0 - timestep) ** 2) / (timestep * (1.0 - timestep)))
-
-
-def generator_from_seed(seed, device) -> torch.Generator:
-    """A fresh generator on `device` seeded with `seed`: the draw of the official forward's
-    `torch.manual_seed(seed)`, without touching the global RNG."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"`seed` must be an int, got {type(seed).__name__} {seed!r}.")
-    seed = int(seed)
-    if not -(2**63) <= seed < 2**64:
-        raise ValueError(f"`seed` must be in [-2**63, 2**64), got {seed}.")
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def data_parallel_sum(value: torch.Tensor) -> torch.Tensor:
-    """`value` summed over the ranks of data-parallel training (see `data_parallel`), as a detached copy.
-    The loss's batch-wide normalizers (the masked MSE's and the frequency term's counts, the reweighting's mean
-    error) use these sums, so the ranks' averaged gradient equals the gradient of their whole global batch as one
-    process computes it, however unevenly padding and prefixes spread over the ranks."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return value
-    total = value.detach().float().clone()
-    torch.distributed.all_reduce(total)
-    return total
-
-
-def data_parallel(model: torch.nn.Module) -> bool:
-    """Whether `model` trains (training mode) in a process group of several ranks, which all run its loss."""
-    return (
-        model.training
-        and torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
-
-
-def uniform(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
-    """U[0, 1) drawn on the generator's device (so a CPU generator drives a GPU model), returned on `device`."""
-    draw_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=draw_device).to(device)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -823,6 +629,10 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
     """
     The XR0 policy: observation (images + prompt + state) -> normalized action chunk (B, T, A).
 
+    It holds the modules and what everything else composes: `encode_observation` (one VLM prefill) and `velocity`
+    (one DiT evaluation). The sampler lives in `sampler_xr0.py`, the training recipe in `recipe_xr0.py`;
+    `sample_actions`, `optimize_sampler`, `compute_loss` and `forward` are their entry points on the model.
+
     Parameter names follow the published checkpoints: `vlm.*` (stock Qwen3VLForConditionalGeneration),
     `dit.layers.{i}.*`, `state_projector`, `action_projector`, `action_output_layer`, `t_embedder`,
     `t_projector`, `sink`. The DiT's rotary tables come from the VLM's own text rotary module.
@@ -839,8 +649,8 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         self.t_embedder = XR0TimestepEmbedder(hidden_size)
         self.t_projector = XR0TimeModulation(hidden_size)
         self.sink = nn.Embedding(1, hidden_size)
-        # The Euler loop behind `sample_actions` (plain and trained-prefix sampling): `_integrate` when None, else
-        # what `optimize_sampler` built from it (a compiled function, a CUDA-graph replayer).
+        # The Euler loop behind `sample_actions` when `optimize_sampler` built one (a compiled function, a
+        # CUDA-graph replayer); None = the eager `sampler_xr0.euler_integrate`.
         self._inference_loop = None
         self.post_init()
 
@@ -852,18 +662,15 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
 
     # ---- observation -----------------------------------------------------------------------------------------
 
-    def _vlm_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids) -> dict:
-        position_ids = prompt_position_ids(
+    def vlm_inputs(self, input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids=None):
+        """The VLM's keyword arguments for a prompt (B, L): its images checked against its image tokens, its
+        MRoPE position ids computed here (the same on every transformers line)."""
+        check_images(self.config, input_ids, attention_mask, pixel_values, image_grid_thw)
+        positions = prompt_position_ids(
             self.vlm, input_ids, attention_mask, image_grid_thw, mm_token_type_ids
         )
-        return dict(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            pixel_values=pixel_values,
-            image_grid_thw=image_grid_thw,
-            return_dict=True,
-        )
+        images = dict(pixel_values=pixel_values, image_grid_thw=image_grid_thw)
+        return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **images)
 
     def encode_observation(
         self,
@@ -887,9 +694,9 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        check_observation(self.config, input_ids, attention_mask, pixel_values, image_grid_thw, state)
         config = self.config
-        vlm_inputs = self._vlm_inputs(
+        check_prompt_and_state(config, input_ids, attention_mask, state)
+        vlm_inputs = self.vlm_inputs(
             input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids
         )
         position_ids = vlm_inputs["position_ids"]  # (3, B, L)
@@ -909,24 +716,21 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         cache_mask = attention_mask.bool()  # (B, L)
         keep = cache_mask[:, None, :, None]
         repeats = config.num_dit_attention_heads // config.dit_config.num_key_value_heads
-        cache_keys, cache_values = [], []
-        for keys, values in layer_kv:
-            # (B, H_kv, L, D) -> (B, h, L, D)
-            cache_keys.append(keys.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
-            cache_values.append(values.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1))
+        # (B, H_kv, L, D) -> (B, h, L, D) per layer
+        cache_keys = tuple(k.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1) for k, _ in layer_kv)
+        cache_values = tuple(v.masked_fill(~keep, 0).repeat_interleave(repeats, dim=1) for _, v in layer_kv)
 
         # The DiT tokens continue the prompt's positions, each MRoPE axis from its own maximum, as the official
         # forward computes them.
         next_position = position_ids.masked_fill(~cache_mask[None], 0).amax(dim=2) + 1  # (3, B)
-
         state_tokens = self.state_projector(state.to(self.dtype))  # (B, S, H)
         sink = self.sink.weight[None].expand(state.shape[0], -1, -1)  # (B, 1, H)
         return XR0Observation(
-            cache_keys=tuple(cache_keys),
-            cache_values=tuple(cache_values),
-            cache_mask=cache_mask,
-            next_position=next_position,
-            context_tokens=torch.cat([sink, state_tokens], dim=1),
+            cache_keys,
+            cache_values,
+            cache_mask,
+            next_position,
+            context_tokens=torch.cat([sink, state_tokens], 1),
         )
 
     def chunk_layout(
@@ -945,14 +749,13 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 do not get `noisy_action_position_offset`. None = no prefix.
             hidden_actions: (B, T) bool, action tokens hidden as keys (training only).
         """
-        config = self.config
+        config, device = self.config, observation.next_position.device
         first_action = 1 + observation.state_length
-        device = observation.next_position.device
+        if prefix_lengths is None:
+            prefix_lengths = torch.zeros(observation.batch_size, dtype=torch.long, device=device)
         steps = torch.arange(first_action + action_length, device=device)
         position_ids = observation.next_position[..., None] + steps  # (3, B, Q)
-        is_noisy = torch.ones(observation.batch_size, action_length, dtype=torch.bool, device=device)
-        if prefix_lengths is not None:
-            is_noisy = ~prefix_positions(prefix_lengths, action_length).to(device)
+        is_noisy = ~prefix_positions(prefix_lengths, action_length).to(device)  # (B, T)
         position_ids[..., first_action:] += (
             config.noisy_action_position_offset * is_noisy.to(position_ids)[None]
         )
@@ -962,9 +765,7 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
             action_length,
             config.action_attention_window,
             hidden_actions=hidden_actions,
-            prefix_lengths=prefix_lengths
-            if prefix_lengths is not None
-            else torch.zeros(observation.batch_size, dtype=torch.long, device=device),
+            prefix_lengths=prefix_lengths,
         )
         # (cos, sin), each (B, Q, D), in the cache's dtype, from the VLM's text rotary module.
         rotary = self.vlm.model.language_model.rotary_emb(observation.cache_keys[0], position_ids)
@@ -1003,457 +804,22 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         hidden_states = self.dit(hidden_states, time_modulation, observation, layout)
         return self.action_output_layer(hidden_states[:, -noisy_actions.shape[1] :])
 
-    def sample_noise(self, like: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """
-        Standard normal noise of `like`'s shape, drawn in `like`'s dtype on the generator's device (`like`'s
-        device without one), returned as float32 on the model's device.
+    def sample_actions(self, observation, action_mask, *args, **options) -> torch.Tensor:
+        """(B, T, A) float32 normalized actions for `observation` by Euler integration of `velocity`; the other
+        arguments (noise, generator, num_steps, action_prefix, prefix_mode, guidance): `sampler_xr0.sample_actions`."""
+        return sample_actions(self, observation, action_mask, *args, **options)
 
-        Drawn this way, `generator=torch.Generator(action_mask.device).manual_seed(s)` gives exactly the noise of
-        the official forward with `seed=s` (which seeds the global RNG and calls `randn_like(action_mask)`).
-        """
-        device = generator.device if generator is not None else like.device
-        noise = torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype)
-        return noise.to(device=self.device, dtype=torch.float32)
-
-    def sample_actions(
-        self,
-        observation: XR0Observation,
-        action_mask: torch.Tensor,
-        noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-        num_steps: Optional[int] = None,
-        action_prefix: Optional[torch.Tensor] = None,
-        prefix_mode: str = "trained",
-        guidance: Optional[PrefixGuidance] = None,
-    ) -> torch.Tensor:
-        """
-        Euler integration of the flow from noise (t=0) to actions (t=1): x <- x + v(x, k/N)·(1/N), k = 0..N-1,
-        in float32 whatever the model's dtype.
-
-        Args:
-            observation: from `encode_observation`.
-            action_mask: (B, T, A); T (the chunk length) is the robot type's, taken from this mask.
-            noise: (B, T, A) initial x_0; drawn like `action_mask` from `generator` (or fresh) when None.
-            num_steps: N, defaults to `config.num_inference_steps`.
-            action_prefix: (B, p, A) normalized actions of the previous chunk for the first p steps of this one
-                (real-time execution), p <= T. How they condition the chunk is `prefix_mode`:
-                - "trained" (a checkpoint post-trained with prefixes, `config.action_prefix_probability` > 0): the
-                  p actions are committed; they stay clean through every step (zero velocity), the DiT attends to
-                  them as it learned to, and they are returned as given.
-                - "guided" (any checkpoint): every Euler step's velocity is corrected toward them by guided
-                  inpainting (`PrefixGuidance`): the committed `guidance.inference_delay` steps with weight 1,
-                  the rest of the overlap with the mask's decaying weight. The committed steps are returned as
-                  given, the others as sampled.
-            guidance: the guided mode's settings; `PrefixGuidance()` when None.
-        Returns:
-            (B, T, A) float32 normalized actions.
-        """
-        num_steps = self.config.num_inference_steps if num_steps is None else num_steps
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"`num_steps` must be a positive int, got {num_steps!r}.")
-        if prefix_mode not in PREFIX_MODES:
-            raise ValueError(f"`prefix_mode` must be one of {PREFIX_MODES}, got {prefix_mode!r}.")
-        if guidance is not None and prefix_mode != "guided":
-            raise ValueError(f"`guidance` applies to prefix_mode='guided', not {prefix_mode!r}.")
-        batch_size = observation.batch_size
-        action_length = check_action_tensor("action_mask", action_mask, batch_size, self.config.action_dim)
-        if noise is None:
-            noise = self.sample_noise(action_mask, generator)
-        else:
-            check_action_tensor("noise", noise, batch_size, self.config.action_dim, action_length)
-        loop = self._integrate if self._inference_loop is None else self._inference_loop
-        if action_prefix is None:
-            return loop(observation, action_mask, noise, num_steps)
-        clean_actions, prefix_lengths = prefix_as_chunk(
-            action_prefix, batch_size, action_length, self.config.action_dim
-        )
-        if prefix_mode == "trained":
-            if not self.config.action_prefix_probability > 0 and not torch.compiler.is_compiling():
-                logger.warning_once(
-                    "This checkpoint was trained without action prefixes (config.action_prefix_probability = 0), "
-                    "so prefix_mode='trained' conditions it on inputs it never saw. Use prefix_mode='guided' "
-                    "(guided inpainting, for any checkpoint) or sample without a prefix."
-                )
-            return loop(observation, action_mask, noise, num_steps, clean_actions, prefix_lengths)
-
-        guidance = PrefixGuidance() if guidance is None else guidance
-        overlap = action_prefix.shape[1]
-        delay = overlap if guidance.inference_delay is None else guidance.inference_delay
-        if delay > overlap:
-            raise ValueError(
-                f"`guidance.inference_delay` d = {delay} is beyond the prefix's p = {overlap} steps: the committed "
-                "steps are the front of the previous chunk's overlap, so d <= p."
-            )
-        weights = guidance_mask(delay, overlap, action_length, guidance.mask_schedule, self.device)
-        actions = self._integrate_guided(
-            observation, action_mask, noise, num_steps, clean_actions, weights, guidance
-        )
-        actions[:, :delay] = clean_actions[:, :delay].to(actions)
-        return actions
-
-    def _integrate(
-        self,
-        observation,
-        action_mask,
-        noise,
-        num_steps,
-        clean_actions=None,
-        prefix_lengths=None,
-        hidden_actions=None,
-    ):
-        """The Euler loop shared by inference, prefix-conditioned inference and training's reweighting pass.
-        Positions below `prefix_lengths` (B,) hold `clean_actions` (B, T, A) throughout; `hidden_actions` (B, T)
-        (training's reweighting pass only): prefix tokens the noisy tokens do not see."""
-        actions = noise.to(device=self.device, dtype=torch.float32)
-        action_mask = action_mask.to(self.device)
-        action_length = actions.shape[1]
-        layout = self.chunk_layout(observation, action_length, prefix_lengths, hidden_actions)
-        is_prefix = None
-        if prefix_lengths is not None:
-            is_prefix = prefix_positions(prefix_lengths, action_length).to(self.device)[
-                ..., None
-            ]  # (B, T, 1)
-            actions = torch.where(is_prefix, clean_actions.to(actions), actions)
-        dt = 1.0 / num_steps
-        for step in range(num_steps):
-            timestep = torch.full(
-                (observation.batch_size,), step * dt, device=self.device, dtype=torch.float32
-            )
-            velocity = self.velocity(actions, timestep, observation, action_mask, layout).float()
-            if is_prefix is not None:
-                velocity = velocity.masked_fill(is_prefix, 0.0)
-            actions = actions + dt * velocity
-        return actions
-
-    def optimize_sampler(
-        self,
-        compile: bool = True,
-        mode: Optional[str] = None,
-        backend: str = "inductor",
-        dynamic: Optional[bool] = None,
-        cuda_graphs: bool = False,
-        max_graphs: int = 16,
-    ) -> "XR0ForActionGeneration":
-        """
-        Opt-in fast path for the Euler loop of `sample_actions` (plain and trained-prefix sampling; guided sampling
-        needs autograd and stays eager). The input checks keep running eagerly before the loop; the VLM prefill
-        (`encode_observation`) is not touched. Call it after moving the model to its device and dtype.
-
-        Args:
-            compile: `torch.compile(..., fullgraph=True)` the loop: the 5 DiT evaluations, the chunk layout and
-                the Euler updates in one graph. The first call per input geometry compiles (seconds to minutes).
-            mode, backend, dynamic: passed to `torch.compile`. With `dynamic=None` a second prompt length makes
-                torch recompile once with a dynamic prompt dimension.
-            cuda_graphs: capture the loop as a CUDA graph per input geometry (batch, T, prompt length, prefix or
-                not, dtypes, number of steps) and replay it: on a GPU the 5 steps are otherwise bound by kernel
-                launches. CUDA only. Inputs are copied into static buffers and the output copied out, so results
-                never alias the graph's memory.
-            max_graphs: captured geometries kept (least recently used dropped first).
-        Returns:
-            self. `optimize_sampler(compile=False, cuda_graphs=False)` restores the eager loop.
-        """
-        if cuda_graphs and self.device.type != "cuda":
-            raise ValueError(f"`cuda_graphs=True` needs the model on a CUDA device; it is on {self.device}.")
-        # The DiT's fallback notice, if any, now: a traced call skips it.
+    def optimize_sampler(self, *args, **options) -> "XR0ForActionGeneration":
+        """Compiles the Euler loop behind `sample_actions` and/or replays it from CUDA graphs; its arguments
+        (compile, mode, backend, dynamic, cuda_graphs, max_graphs): `sampler_xr0.optimize_sampler`."""
+        # The DiT attention's fallback notice, if any, now: a traced call skips it.
         dit_attention_function(self.config._attn_implementation)
-        loop = self._integrate
-        if compile:
-            loop = torch.compile(loop, fullgraph=True, mode=mode, backend=backend, dynamic=dynamic)
-        if cuda_graphs:
-            loop = CUDAGraphLoop(loop, max_graphs)
-        self._inference_loop = loop if compile or cuda_graphs else None
-        return self
+        return optimize_sampler(self, *args, **options)
 
-    def _integrate_guided(self, observation, action_mask, noise, num_steps, target, weights, guidance):
-        """The Euler loop of guided inpainting: x <- x + (v + w(τ)·g)·(1/N), g from `guided_velocity`, toward
-        `target` (B, T, A) with the soft mask `weights` (T,). Every DiT token is noisy: no clean prefix."""
-        # Gradients are needed even under a caller's torch.inference_mode(); tensors made there cannot enter
-        # autograd, so the loop then works on ordinary copies of them.
-        with torch.inference_mode(False), torch.enable_grad():
-            if torch.is_inference(observation.context_tokens):
-                observation = observation.clone()
-            action_mask = action_mask.to(self.device).clone()
-            target = target.to(device=self.device, dtype=torch.float32).clone()
-            weights = weights.to(self.device).clone()[None, :, None]  # (1, T, 1)
-            actions = noise.to(device=self.device, dtype=torch.float32).clone()
-            layout = self.chunk_layout(observation, actions.shape[1])
-            dt = 1.0 / num_steps
-            for step in range(num_steps):
-                timestep = torch.full(
-                    (observation.batch_size,), step * dt, device=self.device, dtype=torch.float32
-                )
-                weight = guidance_weight(step * dt, guidance.max_weight)
-                if weight == 0.0:
-                    with torch.no_grad():
-                        velocity = self.velocity(actions, timestep, observation, action_mask, layout).float()
-                    actions = actions + dt * velocity
-                    continue
-                velocity, correction = self.guided_velocity(
-                    actions, timestep, observation, action_mask, target, weights, guidance.jacobian, layout
-                )
-                actions = actions + dt * (velocity + weight * correction)
-        return actions
-
-    def guided_velocity(
-        self,
-        noisy_actions: torch.Tensor,
-        timestep: torch.Tensor,
-        observation: XR0Observation,
-        action_mask: torch.Tensor,
-        target: torch.Tensor,
-        weights: torch.Tensor,
-        jacobian: str = "vjp",
-        layout: Optional[XR0ChunkLayout] = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        The velocity and guided inpainting's correction at one Euler step (`PrefixGuidance`), before the weight.
-
-        Args:
-            noisy_actions: (B, T, A) A^τ. timestep: (B,) τ.
-            target: (B, T, A) Y, the previous chunk's actions in front. weights: broadcastable to (B, T, A), W.
-            jacobian: "vjp": g = (W ⊙ (Y - Â¹))ᵀ ∂Â¹/∂A^τ through the DiT; "identity": g = W ⊙ (Y - Â¹).
-        Returns:
-            (velocity v, correction g), each (B, T, A) float32 and detached; the model's parameters get no `.grad`.
-        """
-        one_minus_t = (1.0 - timestep.float())[:, None, None]
-        if jacobian == "identity":
-            with torch.no_grad():
-                velocity = self.velocity(noisy_actions, timestep, observation, action_mask, layout).float()
-                denoised = noisy_actions + one_minus_t * velocity  # Â¹
-                return velocity, weights * action_mask * (target - denoised)
-        if jacobian != "vjp":
-            raise ValueError(f"`jacobian` must be one of {GUIDANCE_JACOBIANS}, got {jacobian!r}.")
-        with torch.enable_grad():
-            noisy_actions = noisy_actions.detach().float().requires_grad_(True)
-            velocity = self.velocity(noisy_actions, timestep, observation, action_mask, layout).float()
-            denoised = noisy_actions + one_minus_t * velocity
-            error = (weights * action_mask * (target - denoised)).detach()
-            # Only the actions are differentiated: autograd.grad leaves the parameters' .grad untouched.
-            (correction,) = torch.autograd.grad(denoised, noisy_actions, grad_outputs=error)
-        return velocity.detach(), correction
-
-    # ---- training --------------------------------------------------------------------------------------------
-
-    def sample_time(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(B,) flow times t = (1 - u)·time_max, u ~ Beta(alpha, 1) drawn by inverse CDF (u = U^(1/alpha))."""
-        u = uniform((batch_size,), generator, self.device) ** (1.0 / self.config.time_sampling_alpha)
-        return (1.0 - u) * self.config.time_max
-
-    def sample_prefix(self, batch_size: int, action_length: int, generator: Optional[torch.Generator] = None):
-        """Training prefixes: (prefix_lengths (B,), hidden_actions (B, T) bool). With probability
-        `action_prefix_probability` a sample gets p ~ U{1..min(max_action_prefix_length, T)} clean actions; each of
-        its prefix tokens but the last `prefix_keep_last` is hidden from the noisy tokens with probability
-        `prefix_hide_probability`. The released code draws p and these coins once per batch (shared by its
-        samples); here each sample draws its own (the same distribution per sample, more variety per batch)."""
-        config = self.config
-        longest = min(config.max_action_prefix_length, action_length)
-        use_prefix = uniform((batch_size,), generator, self.device) < config.action_prefix_probability
-        lengths = 1 + (uniform((batch_size,), generator, self.device) * longest).long().clamp(max=longest - 1)
-        prefix_lengths = torch.where(use_prefix, lengths, torch.zeros_like(lengths))
-        steps = torch.arange(action_length, device=self.device)[None]
-        in_prefix = steps < prefix_lengths[:, None]
-        kept = steps >= prefix_lengths[:, None] - config.prefix_keep_last
-        coin = uniform((batch_size, action_length), generator, self.device) < config.prefix_hide_probability
-        return prefix_lengths, in_prefix & ~kept & coin
-
-    def sample_training_draws(
-        self,
-        actions: torch.Tensor,
-        repeats: int,
-        generator: Optional[torch.Generator] = None,
-        sample_seeds: Optional[torch.Tensor] = None,
-    ) -> XR0TrainingDraws:
-        """
-        A training step's random draws for `actions` (B·R, T, A), the R repeats of each sample side by side.
-
-        From `generator` for the whole batch (noise, then flow times, then prefixes); or, with `sample_seeds` (B,),
-        sample i's R repeats come from a generator seeded with `sample_seeds[i]`, in the same order. A run whose
-        seeds are a function of the run's seed and each sample's identity (`xr0.training.data.sample_seed`) then
-        draws the same for a sample on any rank, with any number of processes, before and after a resume.
-        """
-        action_length = actions.shape[1]
-        if sample_seeds is None:
-            noise = self.sample_noise(actions, generator)
-            timestep = self.sample_time(actions.shape[0], generator)
-            return XR0TrainingDraws(
-                noise, timestep, *self.sample_prefix(actions.shape[0], action_length, generator)
-            )
-        if not isinstance(sample_seeds, torch.Tensor) or sample_seeds.shape != (actions.shape[0] // repeats,):
-            raise ValueError(
-                f"`sample_seeds` must be a ({actions.shape[0] // repeats},) int tensor, one seed per sample, got "
-                f"{_describe(sample_seeds)}."
-            )
-        draws = []
-        for i, seed in enumerate(sample_seeds.tolist()):
-            own = torch.Generator().manual_seed(seed)
-            noise = self.sample_noise(actions[i * repeats : (i + 1) * repeats], own)
-            timestep = self.sample_time(repeats, own)
-            draws.append((noise, timestep, *self.sample_prefix(repeats, action_length, own)))
-        return XR0TrainingDraws(*(torch.cat(parts) for parts in zip(*draws, strict=True)))
-
-    def compute_loss(
-        self,
-        observation: XR0Observation,
-        actions: torch.Tensor,
-        action_mask: torch.Tensor,
-        action_is_pad: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-        sample_seeds: Optional[torch.Tensor] = None,
-        draws: Optional[XR0TrainingDraws] = None,
-    ) -> dict:
-        """
-        Flow-matching loss of the training recipe (report: pre- and post-training), asynchronous post-training
-        included.
-
-        Args:
-            observation: from `encode_observation` (with gradients where the VLM trains).
-            actions: (B, T, A) normalized ground-truth chunk; T is the robot type's chunk length.
-            action_mask: (B, T, A), the robot's active dims (also the DiT input mask, as at inference).
-            action_is_pad: (B, T) bool, steps past the episode end (excluded from the loss).
-            generator: source of every random draw (noise, t, prefixes, hidden tokens) for the whole batch.
-            sample_seeds: (B,) int64, one seed per sample instead (see `sample_training_draws`): a sample's draws
-                then depend on its seed only, not on its batch, its rank or the number of processes.
-            draws: the step's draws given instead of sampled (`XR0TrainingDraws`, B·R rows); then neither
-                `generator` nor `sample_seeds`.
-        Returns:
-            dict with `loss` and its parts `flow_loss` (masked MSE) and `frequency_loss`, each a scalar tensor.
-            Under data-parallel training the masked MSE is normalized by the mean count over the ranks, so the
-            ranks' averaged gradient is that of the whole global batch (as one process computes it).
-        """
-        config = self.config
-        batch_size = observation.batch_size
-        action_length = check_action_tensor("actions", actions, batch_size, config.action_dim)
-        check_action_tensor("action_mask", action_mask, batch_size, config.action_dim, action_length)
-        valid = torch.ones(batch_size, action_length, dtype=torch.bool, device=self.device)
-        if action_is_pad is not None:
-            if not isinstance(action_is_pad, torch.Tensor) or tuple(action_is_pad.shape) != (
-                batch_size,
-                action_length,
-            ):
-                raise ValueError(
-                    f"`action_is_pad` must have shape (B, T) = ({batch_size}, {action_length}), "
-                    f"got {_describe(action_is_pad)}."
-                )
-            valid = ~action_is_pad.to(self.device).bool()
-
-        repeats = config.training_repeat
-        observation = observation.repeat_interleave(repeats)
-        actions = actions.to(self.device, torch.float32).repeat_interleave(repeats, dim=0)
-        action_mask = action_mask.to(self.device).repeat_interleave(repeats, dim=0)
-        valid = valid.repeat_interleave(repeats, dim=0)
-        batch_size *= repeats
-
-        if draws is None:
-            draws = self.sample_training_draws(actions, repeats, generator, sample_seeds)
-        else:
-            if generator is not None or sample_seeds is not None:
-                raise ValueError("Pass `draws` or a source of draws (`generator`, `sample_seeds`), not both.")
-            if not isinstance(draws, XR0TrainingDraws):
-                raise TypeError(f"`draws` must be an XR0TrainingDraws, got {type(draws).__name__}.")
-            draws.check(batch_size, action_length, config.action_dim)
-            draws = draws.to(self.device)
-        noise, timestep = draws.noise, draws.timestep
-        prefix_lengths, hidden_actions = draws.prefix_lengths, draws.hidden_actions
-        t = timestep[:, None, None]
-        noisy_actions = (1 - t) * noise + t * actions
-        target = actions - noise
-
-        is_prefix = prefix_positions(prefix_lengths, action_length)  # (B, T)
-        layout = self.chunk_layout(observation, action_length, prefix_lengths, hidden_actions)
-        noisy_actions = torch.where(is_prefix[..., None], actions, noisy_actions)
-        velocity = self.velocity(noisy_actions, timestep, observation, action_mask, layout).float()
-        velocity = velocity.masked_fill(is_prefix[..., None], 0.0)
-
-        loss_mask = action_mask.float() * (valid & ~is_prefix)[..., None].float()  # (B, T, A)
-        weight = torch.ones_like(loss_mask)
-        uses_prefix = prefix_lengths > 0
-        # Under data-parallel training every rank joins the reweighting's all-reduce, prefixes or not.
-        if config.loss_reweighting and (bool(uses_prefix.any()) or data_parallel(self)):
-            weight = self._prefix_loss_weight(
-                observation, actions, action_mask, prefix_lengths, loss_mask, noise, hidden_actions
-            )
-            weight = torch.where(uses_prefix[:, None, None], weight, torch.ones_like(weight))
-
-        # Each rank's loss is averaged over the ranks: normalizing both terms by their mean counts over the ranks
-        # makes that average the global batch's loss (in one process: the counts). One all-reduce for both.
-        counts = torch.stack([loss_mask.sum(), frequency_terms(loss_mask, prefix_lengths)])
-        if data_parallel(self):
-            counts = data_parallel_sum(counts) / torch.distributed.get_world_size()
-        count, spectral_count = counts.clamp(min=1.0).unbind()
-        flow_loss = ((velocity - target) ** 2 * loss_mask * weight).sum() / count
-        # Each sample's mean weight scales its frequency term, as released.
-        sample_weight = (weight * loss_mask).sum(dim=(1, 2)) / loss_mask.sum(dim=(1, 2)).clamp(min=1.0)
-        spectral_loss = frequency_loss(
-            velocity, target, loss_mask, sample_weight, spectral_count, prefix_lengths
-        )
-        # The released loss: 0.5 · weighted MSE + c · frequency term (c = 0 when the term is off).
-        loss = 0.5 * flow_loss + config.frequency_loss_weight * spectral_loss
-        return {"loss": loss, "flow_loss": flow_loss.detach(), "frequency_loss": spectral_loss.detach()}
-
-    def _join_action_loss_sums(self) -> None:
-        """A rank whose batch holds vision-language samples only still joins the action loss's all-reduces, in
-        `compute_loss`'s order (the reweighting's error sum and count, then the two terms' counts), adding zeros: the
-        other ranks would otherwise wait for it. Zero counts keep the global batch's normalization exact."""
-        zero = torch.zeros((), device=self.device)
-        for _ in range(2 if self.config.loss_reweighting else 0):  # the reweighting's error sum and count
-            data_parallel_sum(zero)
-        data_parallel_sum(torch.zeros(2, device=self.device))  # the two terms' counts
-
-    @torch.no_grad()
-    def _prefix_loss_weight(
-        self, observation, actions, action_mask, prefix_lengths, loss_mask, noise, hidden_actions=None
-    ):
-        """|actions generated from the prefix and the sample's own training noise - ground truth| / its masked
-        mean, clamped to `loss_reweight_range` (report: post-training; released code). The generation attends as
-        the training pass does: the prefix tokens hidden there (`hidden_actions` (B, T)) are hidden here too."""
-        generated = self._integrate(
-            observation,
-            action_mask,
-            noise,
-            self.config.num_inference_steps,
-            actions,
-            prefix_lengths,
-            hidden_actions=hidden_actions,
-        )
-        error = (generated - actions).abs()
-        has_prefix = (prefix_lengths > 0)[:, None, None].float()
-        masked = loss_mask * has_prefix
-        # The mean over the global batch: the same weights whatever rank a sample trains on.
-        total, count = (error * masked).sum(), masked.sum()
-        if data_parallel(self):
-            total, count = data_parallel_sum(total), data_parallel_sum(count)
-        mean_error = total / count.clamp(min=1.0)
-        low, high = self.config.loss_reweight_range
-        return (error / mean_error.clamp(min=1e-8)).clamp(low, high)
-
-    def language_loss(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor,
-        labels: torch.LongTensor,
-        pixel_values: Optional[torch.Tensor] = None,
-        image_grid_thw: Optional[torch.LongTensor] = None,
-        mm_token_type_ids: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Next-token loss of the VLM (through its tied LM head) on vision-language samples: co-training keeps
-        the backbone's language ability while the action expert trains (report: 1 VL sample per 6 robot).
-        The mean cross-entropy over the answer tokens, as transformers' causal-LM loss computes it, but the LM
-        head runs at those positions only: full logits would be (B, L, 151936), most of a small model's step."""
-        if not isinstance(labels, torch.Tensor) or labels.shape != input_ids.shape:
-            raise ValueError(
-                f"`language_batch['labels']` must have the shape of its `input_ids` {tuple(input_ids.shape)}."
-            )
-        check_images(self.config, input_ids, attention_mask, pixel_values, image_grid_thw)
-        vlm_inputs = self._vlm_inputs(
-            input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids
-        )
-        hidden = self.vlm.model(**vlm_inputs, use_cache=False).last_hidden_state  # (B, L, H)
-        targets = labels[:, 1:].to(hidden.device)  # token k + 1 is predicted at position k
-        answered = targets != -100
-        if not answered.any():
-            raise ValueError("`language_batch['labels']` holds no target token (all -100).")
-        logits = self.vlm.lm_head(hidden[:, :-1][answered])  # (N_answer_tokens, vocab)
-        return F.cross_entropy(logits.float(), targets[answered])
+    def compute_loss(self, observation, actions, action_mask, *args, **options) -> dict:
+        """The training recipe's flow-matching loss and its parts for ground-truth `actions` (B, T, A); the other
+        arguments (action_is_pad, generator, sample_seeds, draws): `recipe_xr0.compute_loss`."""
+        return compute_loss(self, observation, actions, action_mask, *args, **options)
 
     # ---- the one entry point ---------------------------------------------------------------------------------
 
@@ -1489,56 +855,37 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
         Args:
             input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids: processor outputs.
             state: (B, S, state_dim) raw state, zero-padded (S = 1 for the published checkpoints).
-            action_mask: (B, T, A), 1 at the robot's active action dims; T is the robot type's chunk length (10
-                for LIBERO and CALVIN, 4 for SimplerEnv, 15 or 30 for the pre-training robot types).
-            actions: (B, T, A) normalized ground truth (training). action_is_pad: (B, T) bool (training).
-            action_prefix: (B, p, A) normalized actions of the previous chunk for the first p steps (inference),
-                used as `prefix_mode` says: "trained" (committed, clean tokens; checkpoints post-trained with
-                prefixes) or "guided" (guided inpainting with `guidance`, any checkpoint); see `sample_actions`.
-            language_batch: vision-language co-training samples (training): a dict with `input_ids`,
-                `attention_mask`, `labels` (-100 = ignored) and optionally `pixel_values`, `image_grid_thw`
-                (see the processor's `encode_conversations`); their next-token loss is added with
+            action_mask: (B, T, A), 1 at the robot's active action dims; T is the robot type's chunk length.
+            actions, action_is_pad, sample_seeds, training_draws: (B, T, A) normalized ground truth, (B, T) bool
+                padded steps, and the step's draws or their seeds (training; see `recipe_xr0.compute_loss`).
+            language_batch: vision-language co-training samples (training; the processor's
+                `encode_conversations`, with `labels`); their next-token loss is added with
                 `config.language_loss_weight`. The robot inputs may then be absent (a language-only batch).
-            sample_seeds: (B,) int64, each sample's seed for its training draws (see `sample_training_draws`).
-            training_draws: the training step's draws given instead of sampled (`XR0TrainingDraws`: noise, flow
-                times, prefix lengths, hidden prefix tokens, one row per repeated sample).
-            noise: (B, T, A) initial noise; overrides `generator`/`seed`.
-            generator: a `torch.Generator` for all randomness; the noise is drawn in `action_mask`'s shape and
-                dtype on the generator's device. seed: an int; the same as
-                `generator=torch.Generator(action_mask.device).manual_seed(seed)`, which draws exactly the noise of
-                the official forward for that seed. Neither touches the global RNG; with none of
-                noise/generator/seed, fresh noise is drawn.
-            num_steps: Euler steps, defaults to `config.num_inference_steps`.
+            action_prefix, prefix_mode, guidance, noise, num_steps: inference (see `sampler_xr0.sample_actions`).
+            generator: a `torch.Generator` for all randomness. seed: an int, the same as
+                `generator=torch.Generator(action_mask.device).manual_seed(seed)`: the noise of the official
+                forward for that seed. Neither touches the global RNG.
         Returns:
             `XR0ActionOutput` with `actions` (B, T, A), float32, normalized; or `loss`, `flow_loss`,
-            `frequency_loss` when training.
+            `frequency_loss` (and `language_loss`) when training.
         """
         unexpected = set(kwargs) - {"return_dict", "num_items_in_batch", "use_cache", "token_type_ids"}
         if unexpected:
             raise TypeError(f"XR0ForActionGeneration.forward got unexpected arguments {sorted(unexpected)}.")
-        language_loss = None if language_batch is None else self.language_loss(**language_batch)
-        if input_ids is None and language_loss is not None:
+        config = self.config
+        language = None if language_batch is None else language_loss(self, **language_batch)
+        if input_ids is None and language is not None:
             if data_parallel(self):
-                self._join_action_loss_sums()
+                join_action_loss_sums(self)
             return XR0ActionOutput(
-                loss=self.config.language_loss_weight * language_loss, language_loss=language_loss.detach()
+                loss=config.language_loss_weight * language, language_loss=language.detach()
             )
-        if input_ids is None:
-            raise ValueError("`input_ids` is required: (B, L) prompt token ids from the XR0 processor.")
-        if state is None:
-            raise ValueError(
-                f"`state` is required: (B, S, {self.config.state_dim}) raw robot state, zero-padded."
-            )
-        if action_mask is None:
-            raise ValueError(
-                f"`action_mask` is required: (B, T, {self.config.action_dim}), 1 at the robot's active action dims "
-                "for each of the T steps of its chunk (see the processor's `get_action_mask`)."
-            )
+        check_forward_inputs(config, input_ids, state, action_mask)
         if seed is not None:
             if generator is not None:
                 raise ValueError("Pass either `seed` or `generator`, not both.")
             generator = generator_from_seed(
-                seed, action_mask.device if isinstance(action_mask, torch.Tensor) else "cpu"
+                seed, action_mask.device if torch.is_tensor(action_mask) else "cpu"
             )
         observation = self.encode_observation(
             input_ids,
@@ -1553,151 +900,53 @@ class XR0ForActionGeneration(XR0PreTrainedModel):
                 raise ValueError(
                     "`action_prefix`, `guidance` and `noise` are inference inputs; training draws its own."
                 )
-            losses = self.compute_loss(
+            losses = compute_loss(
+                self,
                 observation,
                 actions,
                 action_mask,
                 action_is_pad,
-                generator=generator,
-                sample_seeds=sample_seeds,
-                draws=training_draws,
+                generator,
+                sample_seeds,
+                training_draws,
             )
-            if language_loss is not None:
-                losses["loss"] = losses["loss"] + self.config.language_loss_weight * language_loss
-                losses["language_loss"] = language_loss.detach()
+            if language is not None:
+                losses["loss"] = losses["loss"] + config.language_loss_weight * language
+                losses["language_loss"] = language.detach()
             return XR0ActionOutput(**losses)
-        if language_loss is not None:
+        if language is not None:
             raise ValueError("`language_batch` is a training input: pass it with `actions`, or alone.")
         if training_draws is not None or sample_seeds is not None:
             raise ValueError(
                 "`training_draws` and `sample_seeds` are training inputs: pass them with `actions`."
             )
-        actions = self.sample_actions(
-            observation,
-            action_mask,
-            noise=noise,
-            generator=generator,
-            num_steps=num_steps,
-            action_prefix=action_prefix,
-            prefix_mode=prefix_mode,
-            guidance=guidance,
+        actions = sample_actions(
+            self, observation, action_mask, noise, generator, num_steps, action_prefix, prefix_mode, guidance
         )
         return XR0ActionOutput(actions=actions)
-
-
-class CUDAGraphLoop:
-    """
-    The Euler loop replayed from CUDA graphs, one captured graph per input geometry.
-
-    A call copies its inputs into the graph's static buffers, replays the graph and returns a copy of the static
-    output. The first call of a geometry warms the loop up on a side stream (compiling it, when it is compiled),
-    then captures it. Runs under `torch.inference_mode()`: sampling never needs gradients here.
-    """
-
-    def __init__(self, loop, max_graphs: int = 16):
-        self.loop = loop
-        self.max_graphs = max_graphs
-        self.graphs = OrderedDict()  # geometry -> (graph, static inputs, static output)
-
-    @torch.inference_mode()
-    def __call__(self, observation, action_mask, noise, num_steps, clean_actions=None, prefix_lengths=None):
-        inputs = observation.tensors() + [action_mask, noise]
-        if clean_actions is not None:
-            inputs += [clean_actions, prefix_lengths]
-        geometry = (num_steps, len(observation.cache_keys)) + tuple(
-            (tuple(t.shape), t.dtype, t.device) for t in inputs
-        )
-        if geometry not in self.graphs:
-            self.graphs[geometry] = self._capture(inputs, len(observation.tensors()), num_steps)
-            if len(self.graphs) > self.max_graphs:
-                self.graphs.popitem(last=False)
-        self.graphs.move_to_end(geometry)
-        graph, static_inputs, static_output = self.graphs[geometry]
-        for static, given in zip(static_inputs, inputs, strict=True):
-            static.copy_(given)
-        graph.replay()
-        return static_output.clone()
-
-    def _capture(self, inputs: list, observation_size: int, num_steps: int):
-        static_inputs = [t.clone() for t in inputs]
-
-        def run():
-            observation = XR0Observation.from_tensors(static_inputs[:observation_size])
-            return self.loop(
-                observation,
-                *static_inputs[observation_size : observation_size + 2],
-                num_steps,
-                *static_inputs[observation_size + 2 :],
-            )
-
-        side_stream = torch.cuda.Stream()
-        side_stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side_stream):
-            for _ in range(2):  # allocations, cuBLAS workspaces and compilation happen before the capture
-                run()
-        torch.cuda.current_stream().wait_stream(side_stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_output = run()
-        return graph, static_inputs, static_output
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Input checks: every tensor a caller hands in, with the field named
 
 
-def check_action_tensor(
-    name: str, tensor: torch.Tensor, batch_size: int, action_dim: int, action_length: Optional[int] = None
-) -> int:
-    """Checks a (B, T, A) chunk-shaped input and returns its T (any T >= 1 unless `action_length` is given)."""
-    length = "T" if action_length is None else str(action_length)
-    expected = f"(B, T, A) = ({batch_size}, {length}, {action_dim})"
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor of shape {expected}, got {type(tensor).__name__}.")
-    if (
-        tensor.ndim != 3
-        or tensor.shape[0] != batch_size
-        or tensor.shape[2] != action_dim
-        or tensor.shape[1] < 1
-        or (action_length is not None and tensor.shape[1] != action_length)
-    ):
-        raise ValueError(f"`{name}` must have shape {expected}, got {tuple(tensor.shape)}.")
-    if not tensor.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
-    check_finite(name, tensor)
-    return tensor.shape[1]
-
-
-def check_finite(name: str, tensor: torch.Tensor) -> None:
-    """Raises on NaN/inf. Reading the answer back is a host sync that splits a compiled graph, so a traced call
-    skips it: `optimize_sampler` compiles the loop behind `sample_actions`, whose checks run eagerly before it."""
-    if torch.compiler.is_compiling():
-        return
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
-
-
-def prefix_as_chunk(action_prefix: torch.Tensor, batch_size: int, action_length: int, action_dim: int):
-    """(B, p, A) committed actions -> ((B, T, A) chunk with the prefix in front, (B,) prefix lengths)."""
-    if not isinstance(action_prefix, torch.Tensor) or action_prefix.ndim != 3:
-        raise ValueError(f"`action_prefix` must be a (B, p, A) tensor, got {_describe(action_prefix)}.")
-    b, p, a = action_prefix.shape
-    if b != batch_size or a != action_dim or not 0 <= p <= action_length:
+def check_forward_inputs(config: XR0Config, input_ids, state, action_mask) -> None:
+    """The robot inputs `forward` needs, named with what to pass when one is missing."""
+    if input_ids is None:
+        raise ValueError("`input_ids` is required: (B, L) prompt token ids from the XR0 processor.")
+    if state is None:
+        raise ValueError(f"`state` is required: (B, S, {config.state_dim}) raw robot state, zero-padded.")
+    if action_mask is None:
         raise ValueError(
-            f"`action_prefix` must have shape (B, p, A) = ({batch_size}, p <= T = {action_length}, "
-            f"{action_dim}), got {tuple(action_prefix.shape)}."
+            f"`action_mask` is required: (B, T, {config.action_dim}), 1 at the robot's active action dims "
+            "for each of the T steps of its chunk (see the processor's `get_action_mask`)."
         )
-    check_finite("action_prefix", action_prefix)
-    clean = torch.zeros(batch_size, action_length, action_dim, device=action_prefix.device)
-    clean[:, :p] = action_prefix.float()
-    return clean, torch.full((batch_size,), p, dtype=torch.long, device=action_prefix.device)
 
 
-def check_observation(
-    config: XR0Config, input_ids, attention_mask, pixel_values, image_grid_thw, state
-) -> None:
+def check_prompt_and_state(config: XR0Config, input_ids, attention_mask, state) -> None:
+    """The prompt's token ids and padding mask, and the robot state; the images are checked by `check_images`."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.numel() == 0:
-        raise ValueError(f"`input_ids` must be a non-empty (B, L) tensor, got {_describe(input_ids)}.")
+        raise ValueError(f"`input_ids` must be a non-empty (B, L) tensor, got {describe(input_ids)}.")
     vocab_size = config.vlm_config.text_config.vocab_size
     if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
         raise TypeError(f"`input_ids` must be an integer tensor, got {input_ids.dtype}.")
@@ -1709,7 +958,7 @@ def check_observation(
     if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(
             f"`attention_mask` must have the shape of `input_ids` {tuple(input_ids.shape)}, "
-            f"got {_describe(attention_mask)}."
+            f"got {describe(attention_mask)}."
         )
     if not attention_mask.bool().any(dim=1).all():
         raise ValueError("`attention_mask` has a row with no real token.")
@@ -1723,14 +972,14 @@ def check_observation(
     ):
         raise ValueError(
             f"`state` must have shape (B, S, state_dim) = ({batch_size}, S >= 1, {config.state_dim}) (zero-pad the "
-            f"robot state to state_dim), got {_describe(state)}."
+            f"robot state to state_dim), got {describe(state)}."
         )
     if not torch.isfinite(state).all():
         raise ValueError("`state` contains NaN or infinite values.")
-    check_images(config, input_ids, attention_mask, pixel_values, image_grid_thw)
 
 
 def check_images(config: XR0Config, input_ids, attention_mask, pixel_values, image_grid_thw) -> None:
+    """The images against the prompt's image tokens: each image's patches and the tokens that stand for them."""
     vision_config = config.vlm_config.vision_config
     merge = vision_config.spatial_merge_size**2
     num_image_tokens = int(((input_ids == config.vlm_config.image_token_id) & attention_mask.bool()).sum())
@@ -1749,7 +998,7 @@ def check_images(config: XR0Config, input_ids, attention_mask, pixel_values, ima
         or image_grid_thw.shape[1] != 3
     ):
         raise ValueError(
-            f"`image_grid_thw` must be a (num_images, 3) tensor, got {_describe(image_grid_thw)}."
+            f"`image_grid_thw` must be a (num_images, 3) tensor, got {describe(image_grid_thw)}."
         )
     if (
         image_grid_thw.dtype.is_floating_point
@@ -1770,7 +1019,7 @@ def check_images(config: XR0Config, input_ids, attention_mask, pixel_values, ima
     ):
         raise ValueError(
             f"`pixel_values` must have shape (num_patches, C·t·p·p) = ({num_patches}, {patch_features}) for "
-            f"`image_grid_thw` {image_grid_thw.tolist()}, got {_describe(pixel_values)}."
+            f"`image_grid_thw` {image_grid_thw.tolist()}, got {describe(pixel_values)}."
         )
     if num_image_tokens != num_patches // merge:
         raise ValueError(
@@ -1778,12 +1027,6 @@ def check_images(config: XR0Config, input_ids, attention_mask, pixel_values, ima
             f"gives {num_patches // merge} ({num_patches} patches / {merge} merged): each image needs "
             "t·h·w/merge² `<|image_pad|>` tokens."
         )
-
-
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    return f"{type(value).__name__}"
 
 
 XR0Config.register_for_auto_class()

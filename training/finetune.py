@@ -33,12 +33,13 @@ from typing import Optional
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
-from xr0_client.cli import configure_logging
+from xr0_common.cli import configure_logging
 
 from .. import REPO_ROOT
 from ..checkpoint_layout import REMOTE_CODE_FILES
 from ..modeling_xr0 import ACTION_EXPERT_MODULES, XR0ForActionGeneration
 from ..processing_xr0 import XR0Processor
+from ..recipe_xr0 import LAMBDA_WINDOW, RECIPES
 from .data import (
     MixedDataset,
     SeededSamples,
@@ -51,42 +52,6 @@ from .report import write_fine_tune_card
 
 logger = logging.getLogger("xr0.finetune")
 
-# The post-training recipes. The released post-training code trains every model with the Λ-shaped band
-# (window 4) and the +10 position offset of noisy actions, with or without the asynchronous clean prefix; the
-# window and offset are saved in the config, so inference uses the layout the model was trained with.
-# `published` keeps the layout the published checkpoints are served with (causal, offset 0).
-LAMBDA_WINDOW = 4  # the released band: action i attends to actions i - 4 .. i (--action_attention_window)
-RECIPES = {
-    "async": {  # the released default: band + offset + clean prefixes, reweighting, frequency term
-        "action_attention_window": LAMBDA_WINDOW,
-        "noisy_action_position_offset": 10,
-        "action_prefix_probability": 0.5,
-        "max_action_prefix_length": 6,
-        "loss_reweighting": True,
-        "frequency_loss_weight": 1.0,
-    },
-    "sync": {  # band + offset without prefixes
-        "action_attention_window": LAMBDA_WINDOW,
-        "noisy_action_position_offset": 10,
-        "action_prefix_probability": 0.0,
-        "loss_reweighting": False,
-        "frequency_loss_weight": 1.0,
-    },
-    "async-causal": {  # training-time RTC, the report's baseline: clean prefixes with a causal mask instead of Λ
-        "action_attention_window": None,
-        "noisy_action_position_offset": 10,
-        "action_prefix_probability": 0.5,
-        "max_action_prefix_length": 6,
-        "loss_reweighting": True,
-        "frequency_loss_weight": 1.0,
-    },
-    "published": {  # causal, offset 0: keep serving a fine-tuned published checkpoint as published
-        "action_attention_window": None,
-        "noisy_action_position_offset": 0,
-        "action_prefix_probability": 0.0,
-        "loss_reweighting": False,
-    },
-}
 LORA_TARGET = r"vlm\.model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
 

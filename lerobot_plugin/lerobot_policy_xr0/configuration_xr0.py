@@ -15,8 +15,8 @@ from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 from lerobot.policies.rtc.configuration_rtc import RTCConfig
 from lerobot.utils.constants import ACTION, OBS_STATE
 
+from xr0.recipe_xr0 import RECIPES
 from xr0.sampling_xr0 import PREFIX_MODES
-from xr0.training.finetune import RECIPES
 
 # How a real-time chunk uses the previous chunk's leftover actions: the committed ones as a trained clean prefix,
 # or guided inpainting toward the whole overlap (any checkpoint).
