@@ -7,7 +7,15 @@ from pathlib import Path
 from . import REPO_ROOT
 
 # The remote code that AutoModel/AutoProcessor(..., trust_remote_code=True) load from a checkpoint directory.
-REMOTE_CODE_FILES = ("configuration_xr0.py", "modeling_xr0.py", "processing_xr0.py", "sampling_xr0.py")
+REMOTE_CODE_FILES = (
+    "configuration_xr0.py",
+    "modeling_xr0.py",
+    "processing_xr0.py",
+    "recipe_xr0.py",
+    "robot_types_xr0.py",
+    "sampler_xr0.py",
+    "sampling_xr0.py",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 

@@ -24,6 +24,8 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from transformers.utils import cached_file
 
+from .robot_types_xr0 import processor_robot_types
+
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -39,51 +41,10 @@ PROMPT_TASK = (
 # Dims whose std is at most this are padding (the published rule for the action mask).
 ACTIVE_STD_THRESHOLD = 1e-5
 
-# The published robot types: camera views as the official clients send them (request key, prompt title), chunk
-# lengths, and what each action dim means. Their statistics come with each checkpoint (`action_config`), and their
-# (T, 32) shape is what sets T. The pre-training robot types have no fixed camera contract (register their views
-# before use), and nothing published says what their action dims are.
-_TWO_VIEWS = [["base", "Base"], ["wrist_left", "Left-Wrist"]]
-_END_EFFECTOR_DELTAS = ["Δx", "Δy", "Δz", "Δroll", "Δpitch", "Δyaw", "gripper"]
-# LIBERO: robosuite's OSC_POSE controller input (position, axis-angle rotation), which scales [-1, 1] to ±0.05 m and
-# ±0.5 rad, then the Panda gripper (-1 open, +1 close).
-_LIBERO_ACTIONS = {
-    "action_names": ["Δx", "Δy", "Δz", "Δrot x", "Δrot y", "Δrot z", "gripper"],
-    "action_units": ["1 = 5 cm"] * 3 + ["1 = 0.5 rad"] * 3 + ["-1 open, +1 close"],
-}
-# CALVIN: its relative actions (`rel_actions`, what its env takes as a 7-vector): position ×50 and Euler angles ×20,
-# clipped to [-1, 1]; gripper -1 close, +1 open.
-_CALVIN_ACTIONS = {
-    "action_names": _END_EFFECTOR_DELTAS,
-    "action_units": ["1 = 2 cm"] * 3 + ["1 = 0.05 rad"] * 3 + ["-1 close, +1 open"],
-}
-# SimplerEnv (Bridge, Fractal): end-effector deltas in metres and roll-pitch-yaw radians (the client turns them into
-# axis-angle), gripper openness 0 closed .. 1 open (each robot's own gripper command is derived from it).
-_SIMPLERENV_ACTIONS = {
-    "action_names": _END_EFFECTOR_DELTAS,
-    "action_units": ["m"] * 3 + ["rad"] * 3 + ["0 closed, 1 open"],
-}
-PUBLISHED_ROBOT_TYPES = {
-    "libero_all": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10, **_LIBERO_ACTIONS},
-    "calvin_abcd_orig": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10, **_CALVIN_ACTIONS},
-    "calvin_abc_orig": {"views": _TWO_VIEWS, "active_action_dims": 7, "chunk_length": 10, **_CALVIN_ACTIONS},
-    "bridge_delta": {
-        "views": [["base", "Base"]],
-        "active_action_dims": 7,
-        "chunk_length": 4,
-        **_SIMPLERENV_ACTIONS,
-    },
-    "fractal_delta": {
-        "views": [["base", "Ego"]],
-        "active_action_dims": 7,
-        "chunk_length": 4,
-        **_SIMPLERENV_ACTIONS,
-    },
-    "agibot_pt_v3": {"chunk_length": 30},
-    "midata_mix_ann_pt_v1": {"chunk_length": 30},
-    "droid_pt": {"chunk_length": 15},
-    "molmoact_pt": {"chunk_length": 15},
-}
+# The published robot types as the processor keeps them (camera views as the official clients send them, chunk
+# lengths, what each action dim means), from the one registry of their facts. Their statistics come with each
+# checkpoint (`action_config`), and their (T, 32) shape is what sets T.
+PUBLISHED_ROBOT_TYPES = processor_robot_types()
 # Pixel bounds of the image resize when a checkpoint's preprocessor_config.json states no `min_pixels` /
 # `max_pixels`: the Qwen2-VL image processor's defaults. The official runtime (transformers 4.57.1, slow image
 # processor, as the official server loads it) discards a saved `size` and uses these, so a file that carries only

@@ -38,8 +38,15 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from xr0_client.benchmarks import official_instruction
-from xr0_client.protocol import field_name, shown
+from xr0_common.protocol import field_name, shown
 
+from ..robot_types_xr0 import (
+    OPENPI_PROMPT_KEY,
+    OPENPI_STATE_KEY,
+    OPENPI_VIEW_KEYS,
+    ROBOT_TYPES,
+    openpi_key_map,
+)
 from ..sampling_xr0 import GUIDANCE_JACOBIANS, MASK_SCHEDULES, PREFIX_MODES, PrefixGuidance
 
 if TYPE_CHECKING:  # loaded where used: --help and requests parse without torch
@@ -51,16 +58,6 @@ PREFIX_KEYS = {"action_prefix", "prefix_mode", "inference_delay"}
 OBSERVATION_KEYS = {"images", "instruction", "state", "robot_type", "seed", *PREFIX_KEYS}
 REQUIRED_KEYS = {"images", "instruction", "state"}  # and robot_type, unless the server serves only one
 OPTIONAL_KEYS = {"robot_type", "seed", *PREFIX_KEYS}
-# openpi's observation keys (its LIBERO example, examples/libero/main.py) -> our camera views. Every published
-# robot type with views names them base (+ wrist_left), so one table serves them all:
-# - libero_all: agent view -> base, eye-in-hand -> wrist_left; openpi's 8-D state (eef position, axis-angle of
-#   the eef quaternion with robosuite's formula, 2 gripper joint positions) is exactly the XR0 LIBERO state, which
-#   the server zero-pads to 32 as for every state.
-# - calvin_*: static camera -> base, gripper camera -> wrist_left; state = robot_obs[:7], as our CALVIN client.
-# - bridge_delta / fractal_delta: the one camera -> base; state as our SimplerEnv client builds it (8 values).
-OPENPI_VIEW_KEYS = {"observation/image": "base", "observation/wrist_image": "wrist_left"}
-OPENPI_STATE_KEY = "observation/state"
-OPENPI_PROMPT_KEY = "prompt"
 MAX_IMAGE_SIDE = 4096  # the floor is the processor's; the ceiling bounds pixels and aspect ratio
 # Magnitude bounds: a finite but huge input (3.4e38 fits float32) overflows inside the model into NaN actions.
 MAX_ABS_STATE = 1e4  # robot units, and after the robot type's normalization
@@ -131,12 +128,7 @@ def is_openpi_observation(message: dict) -> bool:
 
 def openpi_keys(processor, robot_type: str) -> Optional[dict]:
     """{openpi key: our field} for `robot_type`, or None when its views have no openpi name."""
-    views = [key for key, _ in processor.robot_spec(robot_type).views]
-    by_view = {view: key for key, view in OPENPI_VIEW_KEYS.items()}
-    if not set(views) <= set(by_view):
-        return None
-    keys = {by_view[view]: f"images.{view}" for view in views}
-    return {**keys, OPENPI_STATE_KEY: "state", OPENPI_PROMPT_KEY: "instruction"}
+    return openpi_key_map([key for key, _ in processor.robot_spec(robot_type).views])
 
 
 def _from_openpi(message: dict, processor) -> tuple:
@@ -161,9 +153,7 @@ def _from_openpi(message: dict, processor) -> tuple:
     prompt = message[OPENPI_PROMPT_KEY]
     if not isinstance(prompt, str) or not prompt.strip():
         raise RequestError(OPENPI_PROMPT_KEY, "expected a non-empty string")
-    from ..processing_xr0 import PUBLISHED_ROBOT_TYPES  # loaded with the processor
-
-    if robot_type in PUBLISHED_ROBOT_TYPES:
+    if robot_type in ROBOT_TYPES:
         prompt = official_instruction(robot_type, prompt)
     ours = {
         "images": {

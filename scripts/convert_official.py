@@ -20,10 +20,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..checkpoint_layout import REMOTE_CODE_FILES
+from ..robot_types_xr0 import ROBOT_TYPES
 from .write_root_files import (
     MAX_SHARD_BYTES,
     config_dict,
@@ -148,13 +149,7 @@ def convert(
 
     from ..configuration_xr0 import OFFICIAL_MODEL_TYPE, XR0Config, from_official_config_dict
     from ..modeling_xr0 import checkpoint_wrapper_prefix
-    from ..processing_xr0 import (
-        DEFAULT_MAX_PIXELS,
-        DEFAULT_MIN_PIXELS,
-        PUBLISHED_ROBOT_TYPES,
-        XR0Processor,
-        set_image_bounds,
-    )
+    from ..processing_xr0 import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, XR0Processor, set_image_bounds
 
     directory, provenance = resolve_source(source, revision)
     official = json.loads((directory / "config.json").read_text())
@@ -225,7 +220,7 @@ def convert(
     )
     set_image_bounds(processor.image_processor, *image_bounds)
     if variant["robot_type"]:
-        published = PUBLISHED_ROBOT_TYPES[variant["robot_type"]]
+        published = ROBOT_TYPES[variant["robot_type"]]
         processor.register_robot_type(
             variant["robot_type"],
             views=published["views"],

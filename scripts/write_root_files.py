@@ -15,9 +15,10 @@ import json
 import logging
 from pathlib import Path
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 from .. import REPO_ROOT
+from ..robot_types_xr0 import processor_robot_types
 
 logger = logging.getLogger("xr0.write_root_files")
 
@@ -94,15 +95,13 @@ def processor_config(
     action_length: int = 30, action_dim: int = 32, state_dim: int = 32, robot_types=None
 ) -> dict:
     """processor_config.json: the model's widths and the robot types (default: the published ones)."""
-    from ..processing_xr0 import PUBLISHED_ROBOT_TYPES
-
     return {
         "auto_map": PROCESSOR_AUTO_MAP,
         "processor_class": "XR0Processor",
         "action_length": action_length,
         "action_dim": action_dim,
         "state_dim": state_dim,
-        "robot_types": robot_types if robot_types is not None else PUBLISHED_ROBOT_TYPES,
+        "robot_types": robot_types if robot_types is not None else processor_robot_types(),
     }
 
 

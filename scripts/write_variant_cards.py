@@ -1,6 +1,8 @@
 """Render each variant's model card, variants/<name>/README.md, from its variants/<name>/variant.json (what is
-particular to the published checkpoint: repo, revision, image preprocessing, protocol, results) and its robot
-type's entry in `processing_xr0.PUBLISHED_ROBOT_TYPES` (views, active dims, T), so each fact is written once.
+particular to the published checkpoint: repo, revision, results) and its robot type's entry in
+`robot_types_xr0.ROBOT_TYPES` (views, active dims, T, images, state, protocol), so each fact is written once.
+`python -m xr0.scripts.write_generated_files` writes them with the registry's other copies; this writes the cards
+alone:
 
     python -m xr0.scripts.write_variant_cards
 """
@@ -8,9 +10,10 @@ type's entry in `processing_xr0.PUBLISHED_ROBOT_TYPES` (views, active dims, T), 
 import json
 import logging
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 from .. import REPO_ROOT
+from ..robot_types_xr0 import ROBOT_TYPES
 from ..training.report import FRONT_MATTER
 
 logger = logging.getLogger("xr0.write_variant_cards")
@@ -28,7 +31,8 @@ def python_call(opening: str, arguments: list, width: int = 110) -> list:
 
 
 def render(variant: dict, robot_types: dict) -> str:
-    """The card of `variant` (a variant.json); `robot_types`: the published robot types' fields."""
+    """The card of `variant` (a variant.json); `robot_types`: the registry of robot-type facts
+    (`robot_types_xr0.ROBOT_TYPES`)."""
     robot = robot_types.get(variant["robot_type"]) or {}
     base_model = (
         "Qwen/Qwen3-VL-4B-Instruct"
@@ -70,19 +74,17 @@ def render(variant: dict, robot_types: dict) -> str:
     lines += ["```", ""]
     if variant["robot_type"]:
         titles = ", ".join(f"`{key}` (prompt title “{title}”)" for key, title in robot["views"])
-        image = variant["image"]
-        size = f"{image['size'][0]}×{image['size'][1]}" if image["size"] else "as the simulator renders them"
         lines += [
             "## Inputs and execution",
             "",
             f"- Robot type: `{variant['robot_type']}`",
             f"- Camera views, in prompt order: {titles}",
-            f"- Images: {size}; {image['preprocessing']}",
-            f"- State: {variant['state_layout']}",
+            f"- Images: {images(robot)}",
+            f"- State: {robot['state_layout']}",
             f"- Actions: chunks of T = {robot['chunk_length']} steps (the first dimension of the robot type's "
             f"statistics), {robot['active_action_dims']} active dims, de-normalized with the checkpoint's statistics",
-            f"- Steps executed per chunk: all {robot['chunk_length']} (the whole chunk, as the official client does)",
-            f"- Evaluation protocol: {variant['protocol']}",
+            f"- Steps executed per chunk: {_executed(robot)}",
+            f"- Evaluation protocol: {robot['protocol']}",
             "",
             "## Results (as reported)",
             "",
@@ -124,13 +126,24 @@ def render(variant: dict, robot_types: dict) -> str:
     return "\n".join(lines)
 
 
+def images(robot: dict) -> str:
+    """The images a robot type's official client sends: size, then preprocessing."""
+    size = robot["image"]["size"]
+    return f"{f'{size[0]}×{size[1]}' if size else 'as the simulator renders them'}; {robot['image']['preprocessing']}"
+
+
+def _executed(robot: dict) -> str:
+    steps, length = robot["steps_per_chunk"], robot["chunk_length"]
+    if steps == length:
+        return f"all {steps} (the whole chunk, as the official client does)"
+    return f"the first {steps} of {length} (as the official client does)"
+
+
 def main(argv=None) -> None:
     ArgumentParser(description=__doc__).parse_args(argv)  # --help exits here, before anything is written
-    from ..processing_xr0 import PUBLISHED_ROBOT_TYPES  # after parsing: it loads torch
-
     for path in sorted(VARIANTS_DIR.glob("*/variant.json")):
         card = path.parent / "README.md"
-        card.write_text(render(json.loads(path.read_text()), PUBLISHED_ROBOT_TYPES))
+        card.write_text(render(json.loads(path.read_text()), ROBOT_TYPES))
         logger.info("wrote %s", card)
 
 

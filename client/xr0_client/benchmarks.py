@@ -18,6 +18,8 @@ from typing import Optional, Protocol
 import numpy as np
 from PIL import Image
 
+from .robot_types import ROBOT_TYPES
+
 
 class Policy(Protocol):
     def infer(self, observation: dict) -> dict: ...
@@ -141,14 +143,16 @@ def euler_xyz_to_axis_angle(roll: float, pitch: float, yaw: float) -> np.ndarray
 
 # ---- instructions -------------------------------------------------------------------------------------------------
 
-SIMPLERENV_ROBOT_TYPES = ("bridge_delta", "fractal_delta")
-
 
 def official_task_text(robot_type: str, task: str) -> str:
-    """A task description as the official client of `robot_type` writes it, before it appends ".": SimplerEnv
-    upper-cases the first letter; LIBERO and CALVIN use str.capitalize (first letter upper, the rest lowered)."""
+    """A task description as the official client of `robot_type` writes it, before it appends ".": the robot
+    type's `instruction` convention, "first_upper" (SimplerEnv: the first letter upper-cased) or "capitalize"
+    (LIBERO, CALVIN, and any robot type the registry does not name: str.capitalize, first letter upper, the rest
+    lowered)."""
     task = str(task)
-    return task[:1].upper() + task[1:] if robot_type in SIMPLERENV_ROBOT_TYPES else task.capitalize()
+    if ROBOT_TYPES.get(robot_type, {}).get("instruction") == "first_upper":
+        return task[:1].upper() + task[1:]
+    return task.capitalize()
 
 
 def official_instruction(robot_type: str, task: str) -> str:
@@ -236,14 +240,17 @@ class CalvinClient(BenchmarkClient):
     else -1."""
 
     robot_type = "calvin_abc_orig"
+    ROBOT_TYPE_CHOICES = sorted(
+        name for name, facts in ROBOT_TYPES.items() if facts.get("benchmark") == "CALVIN"
+    )
 
     def __init__(
         self, policy: Policy, robot_type: str = "calvin_abc_orig", steps_per_chunk: Optional[int] = None
     ):
         super().__init__(policy, steps_per_chunk)
-        if robot_type not in ("calvin_abc_orig", "calvin_abcd_orig"):
+        if robot_type not in self.ROBOT_TYPE_CHOICES:
             raise ValueError(
-                f"CALVIN robot_type must be calvin_abc_orig or calvin_abcd_orig, got {robot_type!r}"
+                f"CALVIN robot_type must be {' or '.join(self.ROBOT_TYPE_CHOICES)}, got {robot_type!r}"
             )
         self.robot_type = robot_type
 
@@ -271,8 +278,12 @@ class SimplerEnvClient(BenchmarkClient):
     dataset recorded it, zero-padded to 32; instruction with its first letter upper-cased and a "." appended;
     roll-pitch-yaw actions become axis-angle, the gripper as each robot expects."""
 
-    IMAGE_SIZES = {"bridge_delta": (256, 256), "fractal_delta": (320, 256)}
-    TITLES = {"bridge_delta": "Base", "fractal_delta": "Ego"}
+    IMAGE_SIZES = {  # (width, height)
+        name: tuple(facts["image"]["size"])
+        for name, facts in ROBOT_TYPES.items()
+        if facts.get("benchmark") == "SimplerEnv"
+    }
+    TITLES = {name: ROBOT_TYPES[name]["views"][0][1] for name in IMAGE_SIZES}
     # Bridge's end-effector frame relative to SimplerEnv's (a top-down gripper).
     BRIDGE_DEFAULT_ROTATION = np.array([[0, 0, 1.0], [0, 1.0, 0], [-1.0, 0, 0]])
 

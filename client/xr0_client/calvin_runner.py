@@ -147,7 +147,7 @@ class Calvin(Benchmark):
             "--dataset_path", default=None, help="CALVIN's task_ABC_D (or task_ABCD_D) folder"
         )
         parser.add_argument(
-            "--robot_type", default="calvin_abc_orig", choices=["calvin_abc_orig", "calvin_abcd_orig"]
+            "--robot_type", default="calvin_abc_orig", choices=CalvinClient.ROBOT_TYPE_CHOICES
         )
         parser.add_argument(
             "--sequences", type=int, default=NUM_SEQUENCES, help="chains to evaluate, in order"

@@ -40,10 +40,13 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from .robot_types import MODEL_PREFIX_MODES
+
 logger = logging.getLogger("xr0.realtime")
 
 
-PREFIX_MODES = ("none", "trained", "guided")  # how the executor conditions the next chunk on the current one
+# How the executor conditions the next chunk on the current one: not at all, or in one of the model's modes.
+PREFIX_MODES = ("none", *MODEL_PREFIX_MODES)
 
 
 class ChunkSource(Protocol):
@@ -323,7 +326,7 @@ class RealtimeExecutor:
     def run(self, num_ticks: int, until: Optional[Callable[[], bool]] = None) -> ExecutionMetrics:
         """Runs `num_ticks` control ticks after the first chunk arrived, or until `until()` (checked after each
         tick's action; e.g. the task succeeded) returns True. Ctrl-C stops it between two actions: `metrics`
-        then says "interrupted" and KeyboardInterrupt goes on to the caller (`xr0_client.cli.exit_on_interrupt`
+        then says "interrupted" and KeyboardInterrupt goes on to the caller (`xr0_common.cli.exit_on_interrupt`
         turns it into a summary line and exit status 130)."""
         try:
             return self._run(num_ticks, until)
