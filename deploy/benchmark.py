@@ -24,7 +24,7 @@ from xr0_client import (
     pack,
     unpack,
 )
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from .policy import load_policy, parse_request

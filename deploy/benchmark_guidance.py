@@ -13,7 +13,7 @@ random weights; the VLM's layers are not built (they do not enter the timed part
 import statistics
 import time
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..sampling_xr0 import PrefixGuidance

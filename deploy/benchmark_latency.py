@@ -23,7 +23,7 @@ import statistics
 import sys
 import time
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 MODELS = ("published", "published-dit")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -27,8 +27,8 @@ from websockets.asyncio.server import serve
 from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 
-from xr0_client.cli import ArgumentParser, exit_on_interrupt
-from xr0_client.protocol import ProtocolError, error_text, field_name, pack, shown, unpack
+from xr0_common.cli import ArgumentParser, exit_on_interrupt
+from xr0_common.protocol import ProtocolError, error_text, field_name, pack, shown, unpack
 
 from .policy import (
     RequestError,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 logger = logging.getLogger("xr0.build_tokenizer")
 

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 from .. import REPO_ROOT
 

@@ -9,7 +9,7 @@ login` or HF_TOKEN).
 import sys
 from pathlib import Path
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 REQUIRED_FILES = ("config.json",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 
 def rss_mb() -> float:

@@ -12,7 +12,7 @@ from forward to backward, which this model's cached keys/values need); ZeRO-3 sh
 
 import re
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 GIB = 2**30
 

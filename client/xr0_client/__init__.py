@@ -5,9 +5,10 @@
 - `LiberoClient`, `CalvinClient`, `SimplerEnvClient` build benchmark requests as the official clients do (`benchmarks`).
 """
 
+from xr0_common.protocol import ProtocolError, pack, unpack
+
 from .benchmarks import CalvinClient, LiberoClient, SimplerEnvClient, official_request_seed
 from .client import ConnectionRejected, ServerError, XR0Client
-from .protocol import ProtocolError, pack, unpack
 from .realtime import (
     FakeClock,
     LocalChunkSource,

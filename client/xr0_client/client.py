@@ -13,7 +13,7 @@ from typing import Optional
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from .protocol import pack, unpack
+from xr0_common.protocol import pack, unpack
 
 
 class ServerError(RuntimeError):

@@ -17,7 +17,8 @@ import sys
 
 import numpy as np
 
-from .cli import ArgumentParser, exit_on_interrupt
+from xr0_common.cli import ArgumentParser, exit_on_interrupt
+
 from .client import XR0Client
 from .realtime import PREFIX_MODES, RealtimeExecutor, RemoteChunkSource, ThreadedRunner
 

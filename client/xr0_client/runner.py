@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from xr0_common.cli import ArgumentParser, exit_on_interrupt
+
 from .benchmarks import BenchmarkClient
-from .cli import ArgumentParser, exit_on_interrupt
 from .client import XR0Client
 from .evaluation import (
     VIDEO_CHOICES,
