@@ -21,6 +21,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..labs.task import LabTask
+
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must be set before mujoco is imported
 
 ROBOT_TYPE = "metaworld"
@@ -59,6 +61,22 @@ ROBOT_SPEC = {  # the robot type's registry fields (XR0Processor.register_robot_
     "action_units": ACTION_UNITS,
     "state_names": STATE_NAMES,
 }
+
+
+def stop_moving(last_action: np.ndarray) -> np.ndarray:
+    """The safe action of a waiting arm: no hand motion, the gripper keeps its command (an object stays held)."""
+    return np.array([0.0, 0.0, 0.0, last_action[3]])
+
+
+LAB = LabTask(  # Meta-World MT10 as a lab task (xr0.labs)
+    robot_type=ROBOT_TYPE,
+    control_hz=CONTROL_HZ,
+    action_dim=len(ACTION_NAMES),
+    safe_action=stop_moving,
+    fixture_model="metaworld",
+    summary_file="metaworld.json",
+    robot_spec=ROBOT_SPEC,
+)
 
 
 def resolve_tasks(names) -> list:

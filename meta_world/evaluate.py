@@ -32,31 +32,17 @@ from typing import Optional
 
 import numpy as np
 
-from xr0_client.cli import ArgumentParser, exit_on_interrupt
-from xr0_client.evaluation import VIDEO_CHOICES, EpisodeVideo, ResultsError, ResultsFile, wilson_interval
-from xr0_client.realtime import PREFIX_MODES as EXECUTOR_PREFIX_MODES
-from xr0_client.realtime import LocalChunkSource, default_commit_steps, simulate_episode
+from xr0_client.evaluation import VIDEO_CHOICES, EpisodeVideo, ResultsError, ResultsFile
+from xr0_common.cli import ArgumentParser, exit_on_interrupt
 
-from .env import CONTROL_HZ, EXECUTE_STEPS, MAX_EPISODE_STEPS, MT10, MetaWorldTask, configuration_seed
+from ..labs import evaluate as closed_loop
+from .env import CONTROL_HZ, EXECUTE_STEPS, LAB, MAX_EPISODE_STEPS, MT10, MetaWorldTask, configuration_seed
 from .env import resolve_tasks as resolve_task_names
 
 logger = logging.getLogger("xr0.eval_metaworld")
 SUITE = "metaworld"
 GOAL_TASKS = ("reach-v3", "push-v3", "pick-place-v3")  # tasks whose success is distance to a free goal
 VIDEO_EVERY = 2  # ticks per video frame: 40 fps
-
-
-def training_seed(model_dir) -> Optional[int]:
-    """The configuration seed of the demonstrations a checkpoint was trained on, when it records one."""
-    path = Path(model_dir) / "metaworld.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("dataset", {}).get("seed")
-
-
-def stop_moving(last_action: np.ndarray) -> np.ndarray:
-    """The safe action of a waiting arm: no hand motion, the gripper keeps its command (an object stays held)."""
-    return np.array([0.0, 0.0, 0.0, last_action[3]])
 
 
 class GoalJump:
@@ -130,34 +116,25 @@ def policy_loop(
     metrics_out: dict,
     prefix_mode: str = "trained",
 ):
-    requests = 0
-
-    def observe() -> dict:
-        nonlocal requests
-        requests += 1
-        # An explicit noise seed per request: the evaluation is deterministic per configuration.
-        return dict(world.observation(), seed=(configuration * 1000 + requests) % 2**63)
-
     def act(step_world, done) -> None:
-        metrics = simulate_episode(
-            LocalChunkSource(policy),
-            observe,
+        metrics = closed_loop.run_policy_episode(
+            LAB,
+            policy,
+            world.observation,
             step_world,
-            control_hz=CONTROL_HZ,
-            latency_s=latency_s,
+            configuration,
             mode=mode,
+            latency_s=latency_s,
             execute_steps=execute_steps,
             commit_steps=commit_steps,
             max_ticks=max_steps + 1,  # the action of the last tick acts when the next begins
             until=done,
-            safe_action=stop_moving,
-            action_dim=4,
             prefix_mode=prefix_mode,
         )
         metrics_out.update(
             idle_ticks=metrics.idle_ticks,
             chunks=metrics.chunks,
-            seam_jump=float(np.mean(metrics.seam_deltas)) if metrics.seam_deltas else None,
+            seam_jump=closed_loop.mean_or_none(metrics.seam_deltas),
         )
 
     return act
@@ -165,32 +142,37 @@ def policy_loop(
 
 def task_line(task: str, episodes: list) -> dict:
     """The JSON line of one task (or of all, task 'all'): policy and expert on the same configurations."""
-    successes = sum(e["success"] for e in episodes)
     expert = sum(e["expert_success"] for e in episodes)
-    low, high = wilson_interval(successes, len(episodes))
     steps = [e["steps"] for e in episodes if e["success"]]
     expert_steps = [e["expert_steps"] for e in episodes if e["expert_success"]]
     after = [e["steps_after_jump"] for e in episodes if e.get("steps_after_jump") is not None]
     expert_after = [
         e["expert_steps_after_jump"] for e in episodes if e.get("expert_steps_after_jump") is not None
     ]
-    seams = [e["seam_jump"] for e in episodes if e.get("seam_jump") is not None]
     line = {
         "task": task,
         "instruction": MT10.get(task),
-        "success_rate": successes / len(episodes),
-        "success_ci95": [round(low, 4), round(high, 4)],
-        "successes": successes,
-        "episodes": len(episodes),
-        "mean_steps_to_success": float(np.mean(steps)) if steps else None,
+        **closed_loop.success_fields(sum(e["success"] for e in episodes), len(episodes)),
+        "mean_steps_to_success": closed_loop.mean_or_none(steps),
         "expert_success_rate": expert / len(episodes),
-        "expert_mean_steps_to_success": float(np.mean(expert_steps)) if expert_steps else None,
+        "expert_mean_steps_to_success": closed_loop.mean_or_none(expert_steps),
         "idle_ticks_per_episode": float(np.mean([e["idle_ticks"] for e in episodes])),
-        "seam_jump": float(np.mean(seams)) if seams else None,
+        "seam_jump": closed_loop.mean_or_none(
+            [e["seam_jump"] for e in episodes if e.get("seam_jump") is not None]
+        ),
     }
     if any(e.get("jump_tick") is not None for e in episodes):
-        line["mean_steps_after_jump"] = float(np.mean(after)) if after else None
-        line["expert_mean_steps_after_jump"] = float(np.mean(expert_after)) if expert_after else None
+        line["mean_steps_after_jump"] = closed_loop.mean_or_none(after)
+        line["expert_mean_steps_after_jump"] = closed_loop.mean_or_none(expert_after)
+    return line
+
+
+def overall_line(episodes: list, **fields) -> dict:
+    """The line of all tasks together (then `fields`), with the policy's success as a fraction of the expert's."""
+    line = {**task_line("all", episodes), **fields}
+    line["success_relative_to_expert"] = (
+        line["success_rate"] / line["expert_success_rate"] if line["expert_success_rate"] else None
+    )
     return line
 
 
@@ -212,13 +194,13 @@ def evaluate(
 ) -> list:
     """Runs the episodes (skipping those `results` already holds); returns the JSON lines (per task, then all).
     `prefix_mode` None is the checkpoint's default (`executor_prefix_mode`)."""
-    from ..deploy.policy import executor_prefix_mode
-
-    prefix_mode = executor_prefix_mode(prefix_mode, mode, policy.model.config)
-    chunk_length = policy.processor.chunk_length("metaworld")
-    if commit_steps is None:
-        commit_steps = default_commit_steps(latency_ms, CONTROL_HZ)
-    check_settings(mode, episodes, latency_ms, max_steps, execute_steps, commit_steps, chunk_length)
+    prefix_mode, commit_steps = closed_loop.execution_settings(
+        LAB, policy, episodes, mode, latency_ms, execute_steps, commit_steps, prefix_mode
+    )
+    if not 1 <= max_steps <= MAX_EPISODE_STEPS:
+        raise ValueError(
+            f"max_steps must be in [1, {MAX_EPISODE_STEPS}] (Meta-World's limit), got {max_steps}"
+        )
     jump = GoalJump(*goal_jump) if goal_jump is not None else None
     if jump is not None and set(tasks) - set(GOAL_TASKS):
         raise ValueError(
@@ -282,32 +264,7 @@ def evaluate(
             world.close()
     mine = [e for e in results.episodes if e["task"] in tasks and e["episode"] < episodes]
     lines = [task_line(task, [e for e in mine if e["task"] == task]) for task in tasks]
-    overall = task_line("all", mine)
-    overall["tasks"] = len(tasks)
-    overall["success_relative_to_expert"] = (
-        overall["success_rate"] / overall["expert_success_rate"] if overall["expert_success_rate"] else None
-    )
-    return lines + [overall]
-
-
-def check_settings(mode, episodes, latency_ms, max_steps, execute_steps, commit_steps, chunk_length) -> None:
-    if mode not in ("sync", "async"):
-        raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if not 0 <= latency_ms <= 10_000:
-        raise ValueError(f"latency_ms must be in [0, 10000], got {latency_ms}")
-    if not 1 <= max_steps <= MAX_EPISODE_STEPS:
-        raise ValueError(
-            f"max_steps must be in [1, {MAX_EPISODE_STEPS}] (Meta-World's limit), got {max_steps}"
-        )
-    if not 1 <= execute_steps < chunk_length:
-        raise ValueError(f"execute_steps must be in [1, {chunk_length}), got {execute_steps}")
-    if mode == "async" and not 1 <= commit_steps <= chunk_length - execute_steps:
-        raise ValueError(
-            f"commit_steps must be in [1, {chunk_length - execute_steps}] (chunk length {chunk_length} minus "
-            f"execute_steps {execute_steps}): a latency of {latency_ms:g} ms needs {commit_steps}"
-        )
+    return lines + [overall_line(mine, tasks=len(tasks))]
 
 
 class VideoRecorder:
@@ -333,21 +290,8 @@ class VideoRecorder:
         return str(path) if path is not None else None
 
 
-def load(model: str, device: str = "cpu", guidance=None):
-    import torch
-
-    from ..deploy.policy import load_policy
-
-    return load_policy(model, device, torch.float32, guidance)
-
-
 def main(argv=None) -> None:
-    from ..deploy.policy import (
-        add_prefix_mode_arguments,
-        executor_prefix_mode,
-        guidance_from_arguments,
-        guidance_settings,
-    )
+    from ..deploy.policy import executor_prefix_mode, guidance_from_arguments, guidance_settings
 
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="checkpoint directory, e.g. fixtures/metaworld/mt10")
@@ -356,14 +300,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task")
     parser.add_argument("--seed", type=int, default=1, help="configuration seed (not the demonstrations')")
-    parser.add_argument("--mode", choices=("sync", "async"), default="async")
-    parser.add_argument("--latency_ms", type=float, default=0.0, help="simulated inference latency")
+    closed_loop.add_execution_arguments(parser, execute_steps=EXECUTE_STEPS)
     parser.add_argument(
         "--max_steps", type=int, default=250, help="steps per episode (Meta-World: at most 500)"
-    )
-    parser.add_argument("--execute_steps", type=int, default=EXECUTE_STEPS, help="actions before re-planning")
-    parser.add_argument(
-        "--commit_steps", type=int, default=None, help="async prefix (default: latency in ticks)"
     )
     parser.add_argument(
         "--goal_jump", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"), help="move the goal once"
@@ -371,21 +310,15 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--results_file", type=Path, default=None, help="JSON of every episode; resumes a run"
     )
-    add_prefix_mode_arguments(parser, EXECUTOR_PREFIX_MODES)
     parser.add_argument("--video", choices=VIDEO_CHOICES, default="none")
     parser.add_argument("--video_dir", type=Path, default=Path("runs/metaworld/videos"))
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     try:
         tasks = resolve_task_names(args.tasks)
     except ValueError as error:
         parser.error(str(error))
-    recorded = training_seed(args.model)
-    if recorded is not None and recorded == args.seed:
-        parser.error(
-            f"--seed {args.seed} recorded this checkpoint's demonstrations: evaluate on other configurations "
-            "(another seed)"
-        )
+    recorded = closed_loop.training_record(args.model, LAB.summary_file) or {}
+    closed_loop.refuse_the_training_seed(parser, args.seed, recorded.get("seed"), "configurations")
     from ..configuration_xr0 import XR0Config  # after parsing: it loads transformers
     from ..deploy.policy import checkpoint_identity
 
@@ -410,7 +343,7 @@ def main(argv=None) -> None:
         )
     except ResultsError as error:
         parser.error(str(error))
-    policy = load(args.model, args.device, guidance)
+    policy = closed_loop.load(args.model, args.device, guidance)
     start, resumed = time.perf_counter(), len(results.episodes)
     with exit_on_interrupt(lambda: f"{len(results.episodes)} episodes recorded in {args.results_file}"):
         try:

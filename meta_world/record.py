@@ -20,23 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
-from ..training.lerobot_writer import LeRobotWriter
+from ..labs.record import dataset_writer, write_dataset_summary
 from .env import (
     ACTION_NAMES,
-    CONTROL_HZ,
     IMAGE_SIZE,
-    ROBOT_TYPE,
-    STATE_DIM,
+    LAB,
     STATE_NAMES,
     VIEWS,
     MetaWorldTask,
     configuration_seed,
     resolve_tasks,
 )
-
-SUMMARY_FILE = "metaworld.json"
 
 
 def max_tries(episodes: int) -> int:
@@ -62,15 +58,8 @@ def record(
     if not (np.isfinite(action_noise) and action_noise >= 0):
         raise ValueError(f"action_noise must be a finite standard deviation >= 0, got {action_noise!r}")
     start = time.perf_counter()
-    writer = LeRobotWriter(
-        output,
-        fps=CONTROL_HZ,
-        robot_type=ROBOT_TYPE,
-        state_dim=STATE_DIM,
-        action_dim=len(ACTION_NAMES),
-        cameras={key: (IMAGE_SIZE, IMAGE_SIZE) for key, _ in VIEWS},
-        state_names=STATE_NAMES,
-        action_names=ACTION_NAMES,
+    writer = dataset_writer(
+        LAB, output, {key: (IMAGE_SIZE, IMAGE_SIZE) for key, _ in VIEWS}, STATE_NAMES, ACTION_NAMES
     )
     per_task = {}
     for task in tasks:
@@ -112,7 +101,7 @@ def record(
         "tasks": per_task,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (Path(output) / "meta" / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_dataset_summary(LAB, output, summary)
     return summary
 
 

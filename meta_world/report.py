@@ -18,13 +18,14 @@ its first episode at latency 0). Tasks run `--jobs` at a time, one torch thread 
 import json
 import logging
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
+from ..labs.evaluate import load
+from ..labs.report import run_in_workers, save_gif
 from .env import CONTROL_HZ, MT10, MetaWorldTask, configuration_seed
-from .evaluate import evaluate, load, policy_loop, run_episode, task_line
+from .evaluate import evaluate, overall_line, policy_loop, run_episode, task_line
 from .train import DEFAULT_FIXTURE
 
 logger = logging.getLogger("xr0.metaworld_report")
@@ -34,9 +35,6 @@ GIF_EVERY = 4  # ticks per GIF frame: 20 fps of an 80 Hz episode
 
 def _run(job: dict) -> list:
     """One (task, settings) run in a worker process: its episodes."""
-    import torch
-
-    torch.set_num_threads(1)
     from xr0_client.evaluation import ResultsFile
 
     results = ResultsFile(None, {})
@@ -78,9 +76,7 @@ def write_gif(model: str, task: str, seed: int, path: Path) -> None:
     verdict = f"success at step {outcome['steps']}" if outcome["success"] else "failure"
     for image in images[-1:]:
         ImageDraw.Draw(image).text((2, 2), verdict, fill=(0, 140, 0) if outcome["success"] else (200, 0, 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    duration = int(1000 * GIF_EVERY / CONTROL_HZ)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0, optimize=True)
+    save_gif(path, images, frame_ms=int(1000 * GIF_EVERY / CONTROL_HZ))
 
 
 def jobs(args) -> list:
@@ -177,20 +173,13 @@ def main(argv=None) -> None:
         args.model = args.work_dir / "mt10"
     start = time.perf_counter()
     planned = jobs(args)
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        episodes = list(pool.map(_run, [job for _, job in planned]))
+    episodes = run_in_workers(_run, [job for _, job in planned], args.jobs)
     rows, pooled = {}, {}  # row name -> [per-task lines..., overall]; row name -> all its episodes
     for (name, job), mine in zip(planned, episodes, strict=True):
         rows.setdefault(name, []).append(task_line(job["task"], mine))
         pooled.setdefault(name, []).extend(mine)
     for name, mine in pooled.items():
-        overall = task_line("all", mine)
-        overall["success_relative_to_expert"] = (
-            overall["success_rate"] / overall["expert_success_rate"]
-            if overall["expert_success_rate"]
-            else None
-        )
-        rows[name].append(overall)
+        rows[name].append(overall_line(mine))
     markdown = table(rows)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "table.md").write_text(markdown + "\n")

@@ -5,7 +5,7 @@
 
 1. records `--episodes` successful expert demonstrations per MT10 task (`xr0.meta_world.record`, configuration seed `--seed`,
    DART noise `--action_noise`) into one LeRobot v3.0 dataset, each task with its instruction;
-2. writes a randomly initialized tiny XR0 (`METAWORLD_VLM_CONFIG` / `METAWORLD_DIT_CONFIG`: the real architecture
+2. writes a randomly initialized tiny XR0 (the configuration `metaworld` of `xr0.tiny_model`: the real architecture
    at small sizes, the real tokenizer and image processor, a 39-wide state) with the robot type `metaworld`
    registered (views, T = 32, state and action names);
 3. trains it with plain `xr0-finetune --recipe async` (the released recipe: Λ band, +10 offset, clean prefixes,
@@ -22,53 +22,20 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 from .. import REPO_ROOT
-from ..training.fixture import (
-    FIXTURE_TEXT_CONFIG,
-    finetune_arguments,
-    pack_fixture,
-    run_finetune,
-    write_random_checkpoint,
-)
-from .env import CHUNK_LENGTH, ROBOT_SPEC, ROBOT_TYPE, STATE_DIM
-from .record import SUMMARY_FILE as DATASET_SUMMARY_FILE
+from ..labs import train as fixture_training
+from ..labs.record import read_dataset_summary
+from .env import LAB
 from .record import record, resolve_tasks
 
-METAWORLD_VLM_CONFIG = {
-    "text_config": dict(FIXTURE_TEXT_CONFIG),  # a copy: configs may be edited in place
-    "vision_config": {
-        "depth": 2,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_heads": 4,
-        "out_hidden_size": 48,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "deepstack_visual_indexes": [0],
-        "num_position_embeddings": 64,
-    },
-    "tie_word_embeddings": True,
-}
-METAWORLD_DIT_CONFIG = {
-    "hidden_size": 192,
-    "num_hidden_layers": 4,
-    "head_dim": 16,  # = the VLM's: DiT queries attend to its cached keys
-    "num_key_value_heads": 2,
-    "intermediate_size": 576,
-}
 DEFAULT_FIXTURE = REPO_ROOT / "fixtures" / "metaworld" / "mt10"
-SUMMARY_FILE = "metaworld.json"  # in the fixture: how it was trained, and on which demonstrations
 TRAINING = {  # xr0-finetune arguments of the fixture
     "recipe": "async",
-    "per_device_train_batch_size": 32,
+    **fixture_training.FIXTURE_TRAINING,
     "learning_rate": 1e-3,
     "warmup_steps": 100,
-    "lr_scheduler_type": "cosine",
-    "weight_decay": 0.01,
-    "normalize_state": True,
     "max_action_prefix_length": 16,  # commits of up to 200 ms at 80 Hz
 }
 
@@ -79,18 +46,6 @@ def record_in_child_process(*arguments) -> dict:
     lives and dies apart from the training."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(record, *arguments).result()
-
-
-def write_base_checkpoint(directory: Path, seed: int) -> Path:
-    from ..configuration_xr0 import XR0Config
-
-    config = XR0Config(
-        vlm_config=METAWORLD_VLM_CONFIG,
-        dit_config=METAWORLD_DIT_CONFIG,
-        action_length=CHUNK_LENGTH,
-        state_dim=STATE_DIM,
-    )
-    return write_random_checkpoint(directory, config, seed, robot_types={ROBOT_TYPE: ROBOT_SPEC})
 
 
 def main(argv=None) -> None:
@@ -119,34 +74,20 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     work = args.work_dir
     dataset = work / "data"
-    if not (dataset / "meta" / "info.json").is_file():
+    if not fixture_training.dataset_recorded(dataset):
         record_in_child_process(dataset, tasks, args.episodes, args.seed, args.action_noise)
-    data_summary = json.loads((dataset / "meta" / DATASET_SUMMARY_FILE).read_text())
-    recorded_with = {"seed": args.seed, "action_noise": args.action_noise, "episodes_per_task": args.episodes}
-    for option, value in recorded_with.items():
-        if data_summary[option] != value:
-            parser.error(
-                f"{dataset} was recorded with {option} {data_summary[option]}, not {value}: use another "
-                "--work_dir (or remove it) to record anew"
-            )
+    data_summary = read_dataset_summary(LAB, dataset)
+    recorded = {
+        "seed": data_summary["seed"],
+        "action_noise": data_summary["action_noise"],
+        "episodes": data_summary["episodes_per_task"],
+    }
+    fixture_training.check_recorded_with(parser, dataset, recorded, args)
     base, output = work / "base", work / "mt10"
     if not (base / "config.json").is_file():
-        write_base_checkpoint(base, args.seed)
-    minutes, history = run_finetune(
-        finetune_arguments(
-            model=base,
-            dataset=dataset,
-            robot_type=ROBOT_TYPE,
-            output_dir=output,
-            max_steps=args.steps,
-            seed=args.seed,
-            logging_steps=50,
-            save_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            **TRAINING,
-        )
+        fixture_training.write_base_checkpoint(LAB, base, args.seed)
+    minutes, history = fixture_training.run_finetune(
+        fixture_training.run_arguments(LAB, base, dataset, output, args.steps, args.seed, **TRAINING)
     )
     samples = args.steps * TRAINING["per_device_train_batch_size"]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
@@ -162,10 +103,10 @@ def main(argv=None) -> None:
         "dataset": data_summary,
         "loss_history": history,
     }
-    (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (output / LAB.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("dataset", "loss_history")}))
     if args.install:
-        size = pack_fixture(output, args.fixture, SUMMARY_FILE, summary)
+        size = fixture_training.pack_fixture(output, args.fixture, LAB.summary_file, summary)
         print(json.dumps({"installed": str(args.fixture), "megabytes": round(size / 1e6, 1)}))
 
 

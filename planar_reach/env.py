@@ -33,6 +33,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..labs.task import LabTask
+
 COLORS = {  # name -> RGB; far apart in colour, so a 16-pixel patch tells them apart
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -108,6 +110,14 @@ def layout_seed(run_seed: int, episode: int) -> int:
 
 
 DEFAULT_SETTINGS = ReachSettings()
+LAB = LabTask(  # PlanarReach as a lab task (xr0.labs)
+    robot_type=ROBOT_TYPE,
+    control_hz=DEFAULT_SETTINGS.control_hz,
+    action_dim=len(ACTION_NAMES),
+    safe_action="zero",  # velocity control: an arm with nothing to do stops
+    fixture_model="planar-reach",
+    summary_file="planar_reach.json",
+)
 
 
 class PlanarReachEnv:

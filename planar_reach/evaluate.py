@@ -34,25 +34,23 @@ from typing import Optional
 
 import numpy as np
 
-from xr0_client.cli import ArgumentParser
-from xr0_client.evaluation import wilson_interval
-from xr0_client.realtime import PREFIX_MODES as EXECUTOR_PREFIX_MODES
-from xr0_client.realtime import LocalChunkSource, default_commit_steps, simulate_episode
+from xr0_common.cli import ArgumentParser
 
-from .env import DEFAULT_SETTINGS, OBSERVATIONS, PlanarReachEnv, ReachSettings, layout_seed
+from ..labs import evaluate as closed_loop
+from ..labs.report import save_gif
+from .env import DEFAULT_SETTINGS, LAB, OBSERVATIONS, PlanarReachEnv, ReachSettings, layout_seed
 
 REACTION_ANGLE_DEGREES = (
     30.0  # reaction time: ticks from a jump until the executed velocity points this close
 )
 
 
-def training_record(model_dir) -> dict:
+def trained_on(model_dir) -> dict:
     """The demonstrations a checkpoint was trained on, as its `planar_reach.json` records them ({} if it has none):
     their layout `seed` and `observation` tier (checkpoints from before the tiers: `images_named`)."""
-    path = Path(model_dir) / "planar_reach.json"
-    if not path.is_file():
+    dataset = closed_loop.training_record(model_dir, LAB.summary_file)
+    if dataset is None:
         return {}
-    dataset = json.loads(path.read_text()).get("dataset", {})
     return {"seed": dataset.get("seed"), "observation": dataset.get("observation", "images_named")}
 
 
@@ -71,14 +69,7 @@ def run_episode(
     env.reset(layout)
     if frames is not None:
         frames.append((env.render_top(), env.render_wrist()))
-    requests = 0
     aimed_at = None  # the first tick after a jump at which the executed velocity points at the new target
-
-    def observe() -> dict:
-        nonlocal requests
-        requests += 1
-        # An explicit noise seed per request: the evaluation is deterministic per layout.
-        return dict(env.observation(), seed=layout * 1000 + requests)
 
     def step_world(action) -> None:
         nonlocal aimed_at
@@ -88,20 +79,20 @@ def run_episode(
         if frames is not None:
             frames.append((env.render_top(), env.render_wrist()))
 
-    metrics = simulate_episode(
-        LocalChunkSource(policy),
-        observe,
+    metrics = closed_loop.run_policy_episode(
+        LAB,
+        policy,
+        env.observation,
         step_world,
-        control_hz=env.settings.control_hz,
-        latency_s=latency_s,
+        layout,
         mode=mode,
+        latency_s=latency_s,
         execute_steps=execute_steps,
         commit_steps=commit_steps,
         max_ticks=env.settings.max_steps,
         until=lambda: env.success,
-        safe_action="zero",  # velocity control: an arm with nothing to do stops
-        action_dim=2,
         prefix_mode=prefix_mode,
+        control_hz=env.settings.control_hz,
     )
     return {
         "success": env.success,
@@ -142,29 +133,23 @@ def evaluate(
     """`episodes` episodes on layouts `layout_seed(seed, i)`; `observation` (the tier) and `jump_at` replace the
     fields of `settings`; `prefix_mode` None is the checkpoint's default (`executor_prefix_mode`). Returns the
     JSON line's numbers."""
-    from ..deploy.policy import executor_prefix_mode, guidance_settings
+    from ..deploy.policy import guidance_settings
 
-    if mode not in ("sync", "async"):
-        raise ValueError(f"mode must be 'sync' or 'async', got {mode!r}")
-    prefix_mode = executor_prefix_mode(prefix_mode, mode, policy.model.config)
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
-    if not (0 <= latency_ms <= 10_000):
-        raise ValueError(f"latency_ms must be in [0, 10000], got {latency_ms}")
     changes = {"target_speed": target_speed, "jump_at": jump_at}
     if observation is not None and observation != settings.observation:
         changes.update(observation=observation, num_targets=None)  # the tier's own count of targets
     env = PlanarReachEnv(replace(settings, **changes))
-    chunk_length = policy.processor.chunk_length("planar_reach")
-    if not 1 <= execute_steps < chunk_length:
-        raise ValueError(f"execute_steps must be in [1, {chunk_length}), got {execute_steps}")
-    if commit_steps is None:
-        commit_steps = default_commit_steps(latency_ms, env.settings.control_hz)
-    if mode == "async" and not 1 <= commit_steps <= chunk_length - execute_steps:
-        raise ValueError(
-            f"commit_steps must be in [1, {chunk_length - execute_steps}] (chunk length {chunk_length} minus "
-            f"execute_steps {execute_steps}), got {commit_steps}"
-        )
+    prefix_mode, commit_steps = closed_loop.execution_settings(
+        LAB,
+        policy,
+        episodes,
+        mode,
+        latency_ms,
+        execute_steps,
+        commit_steps,
+        prefix_mode,
+        control_hz=env.settings.control_hz,
+    )
     start = time.perf_counter()
     results = []
     for episode in range(episodes):
@@ -185,21 +170,14 @@ def evaluate(
         if frames is not None:
             write_gif(gif, frames, f"{mode} {latency_ms:g} ms: {env.instruction}", results[-1]["success"])
     elapsed = time.perf_counter() - start
-    successes = sum(r["success"] for r in results)
     times = [r["time_to_success_s"] for r in results if r["success"]]
-    seams = [d for r in results for d in r["seam_deltas"]]
-    inner = [d for r in results for d in r["inner_deltas"]]
-    low, high = wilson_interval(successes, episodes)
     jumps = jump_statistics(results) if jump_at is not None else {}
     return {
-        "success_rate": successes / episodes,
-        "success_ci95": [round(low, 4), round(high, 4)],
-        "successes": successes,
-        "episodes": episodes,
-        "mean_time_to_success_s": float(np.mean(times)) if times else None,
+        **closed_loop.success_fields(sum(r["success"] for r in results), episodes),
+        "mean_time_to_success_s": closed_loop.mean_or_none(times),
         "idle_ticks_per_episode": float(np.mean([r["idle_ticks"] for r in results])),
-        "seam_jump": float(np.mean(seams)) if seams else None,
-        "mean_inner_jump": float(np.mean(inner)) if inner else None,
+        "seam_jump": closed_loop.mean_or_none([d for r in results for d in r["seam_deltas"]]),
+        "mean_inner_jump": closed_loop.mean_or_none([d for r in results for d in r["inner_deltas"]]),
         "chunks_per_episode": float(np.mean([r["chunks"] for r in results])),
         **jumps,
         "mode": mode,
@@ -225,9 +203,9 @@ def jump_statistics(results: list) -> dict:
     return {
         "jumped_episodes": len(jumped),
         "reacted_episodes": len(reactions),
-        "mean_reaction_ticks": float(np.mean(reactions)) if reactions else None,
+        "mean_reaction_ticks": closed_loop.mean_or_none(reactions),
         "median_reaction_ticks": float(np.median(reactions)) if reactions else None,
-        "mean_ticks_to_success_after_jump": float(np.mean(after)) if after else None,
+        "mean_ticks_to_success_after_jump": closed_loop.mean_or_none(after),
     }
 
 
@@ -247,20 +225,11 @@ def write_gif(path: Path, frames: list, title: str, success: bool) -> None:
     marker.text(
         (2 * width - 60, 1), "success" if success else "timeout", fill=(0, 140, 0) if success else (200, 0, 0)
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], duration=66, loop=0, optimize=True)
-
-
-def load(model: str, device: str = "cpu", guidance=None):
-    import torch
-
-    from ..deploy.policy import load_policy
-
-    return load_policy(model, device, torch.float32, guidance)
+    save_gif(path, images, frame_ms=66)
 
 
 def main(argv=None) -> None:
-    from ..deploy.policy import add_prefix_mode_arguments, guidance_from_arguments
+    from ..deploy.policy import guidance_from_arguments
 
     parser = ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -268,17 +237,10 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1, help="layout seed (not the one of the demonstrations)")
-    parser.add_argument("--mode", choices=("sync", "async"), default="async")
-    parser.add_argument("--latency_ms", type=float, default=0.0, help="simulated inference latency")
     parser.add_argument(
         "--target_speed", type=float, default=0.0, help="workspace units per second (0 = static)"
     )
-    parser.add_argument(
-        "--execute_steps", type=int, default=10, help="actions of a chunk before the next request"
-    )
-    parser.add_argument(
-        "--commit_steps", type=int, default=None, help="async prefix length (default: latency in ticks)"
-    )
+    closed_loop.add_execution_arguments(parser, execute_steps=10)
     parser.add_argument(
         "--observation",
         choices=OBSERVATIONS,
@@ -293,19 +255,14 @@ def main(argv=None) -> None:
         metavar=("FIRST", "LAST"),
         help="the named target teleports once, at a tick drawn in [FIRST, LAST]",
     )
-    add_prefix_mode_arguments(parser, EXECUTOR_PREFIX_MODES)
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--gif", type=Path, default=None, help="write the first episode as a GIF")
     args = parser.parse_args(argv)
     try:
         guidance = guidance_from_arguments(args)
     except ValueError as error:
         parser.error(str(error))
-    recorded = training_record(args.model)
-    if recorded.get("seed") is not None and recorded["seed"] == args.seed:
-        parser.error(
-            f"--seed {args.seed} recorded this checkpoint's demonstrations: evaluate on other layouts (another seed)"
-        )
+    recorded = trained_on(args.model)
+    closed_loop.refuse_the_training_seed(parser, args.seed, recorded.get("seed"), "layouts")
     trained_tier = recorded.get("observation")
     if args.observation is None:
         args.observation = trained_tier or DEFAULT_SETTINGS.observation
@@ -318,7 +275,7 @@ def main(argv=None) -> None:
         ReachSettings(observation=args.observation, jump_at=tuple(args.jump_at) if args.jump_at else None)
     except ValueError as error:
         parser.error(str(error))
-    policy = load(args.model, args.device, guidance)
+    policy = closed_loop.load(args.model, args.device, guidance)
     try:
         result = evaluate(
             policy,

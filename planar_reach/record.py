@@ -24,14 +24,14 @@ from typing import Optional
 
 import numpy as np
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
-from ..training.lerobot_writer import LeRobotWriter
+from ..labs.record import dataset_writer, write_dataset_summary
 from .env import (
     ACTION_NAMES,
     DEFAULT_SETTINGS,
+    LAB,
     OBSERVATIONS,
-    ROBOT_TYPE,
     STATE_NAMES,
     PlanarReachEnv,
     ReachSettings,
@@ -57,15 +57,13 @@ def record(
     if observation is not None:
         settings = replace(settings, observation=observation, num_targets=None)  # the tier's own count
     start = time.perf_counter()
-    writer = LeRobotWriter(
+    writer = dataset_writer(
+        LAB,
         output,
-        fps=int(settings.control_hz),
-        robot_type=ROBOT_TYPE,
-        state_dim=settings.state_dim,
-        action_dim=2,
         cameras={"top": (settings.image_size,) * 2, "wrist": (settings.image_size,) * 2},
         state_names=STATE_NAMES[settings.observation],
         action_names=ACTION_NAMES,
+        control_hz=settings.control_hz,
     )
     speeds, lengths, failures = [], [], 0
     for episode in range(episodes):
@@ -106,7 +104,7 @@ def record(
         "settings": settings.__dict__,
         "seconds": round(time.perf_counter() - start, 1),
     }
-    (Path(output) / "meta" / "planar_reach.json").write_text(json.dumps(summary, indent=2))
+    write_dataset_summary(LAB, output, summary)
     return summary
 
 

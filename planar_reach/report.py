@@ -30,16 +30,17 @@ Writes `--output`/results.json, table.md, success_vs_latency.png and one GIF per
 import json
 import logging
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
+from ..labs.evaluate import load
+from ..labs.report import run_in_workers
 from .env import PlanarReachEnv, ReachSettings, ScriptedExpert, layout_seed
-from .evaluate import evaluate, load
+from .evaluate import evaluate
 from .train import DEFAULT_FIXTURES
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,7 @@ def rows(latencies: list, target_speeds: list, jump_at: Optional[tuple]) -> list
 
 
 def _run_row(job: dict) -> dict:
-    import torch
-
-    torch.set_num_threads(1)
+    """One row in a worker process: its JSON line."""
     policy = load(str(Path(job["fixtures"]) / job["variant"]))
     result = evaluate(
         policy,
@@ -84,16 +83,23 @@ def _run_row(job: dict) -> dict:
     return {"variant": job["variant"], **result}
 
 
+def under_way(env: PlanarReachEnv, layout: int, ticks: int) -> ScriptedExpert:
+    """Resets `env` to `layout` and lets the scripted expert drive `ticks` ticks; returns the expert (it goes on
+    from what it has seen)."""
+    env.reset(layout)
+    expert = ScriptedExpert(env)
+    for _ in range(ticks):
+        env.step(expert.act())
+    return expert
+
+
 def prefix_following(policy, samples: int, seed: int, target_speed: float, prefix_length: int = 6) -> dict:
     """Cosines of the actions after a misleading prefix with the prefix's direction and with the expert's."""
     env = PlanarReachEnv(ReachSettings(target_speed=target_speed))
     rng = np.random.default_rng(seed)
     following, reactivity = [], []
     for index in range(samples):
-        env.reset(layout_seed(seed, index))
-        expert = ScriptedExpert(env)
-        for _ in range(int(rng.integers(0, 10))):  # a little way into the episode
-            env.step(expert.act())
+        expert = under_way(env, layout_seed(seed, index), int(rng.integers(0, 10)))  # a little way into it
         angle = rng.uniform(0, 2 * np.pi)
         direction = np.array([np.cos(angle), np.sin(angle)])
         prefix = np.tile(direction * env.settings.max_speed, (prefix_length, 1)).astype(np.float32)
@@ -119,10 +125,7 @@ def after_a_jump(policy, samples: int, seed: int, prefix_length: int = 6) -> dic
     rng = np.random.default_rng([seed, 4])
     errors, copying = [], []
     for index in range(samples):
-        env.reset(layout_seed(seed, index))
-        expert = ScriptedExpert(env)
-        for _ in range(int(rng.integers(3, 10))):  # under way toward the first position
-            env.step(expert.act())
+        under_way(env, layout_seed(seed, index), int(rng.integers(3, 10)))  # toward the first position
         heading = env.goal_position - env.effector
         prefix = np.tile(heading / np.linalg.norm(heading) * env.settings.max_speed, (prefix_length, 1))
         while True:  # the jump: somewhere else, away from the arm
@@ -288,8 +291,7 @@ def main(argv=None) -> None:
         )
         for row in rows(args.latencies, args.target_speeds, tuple(args.jump_at))
     ]
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(_run_row, jobs))
+    results = run_in_workers(_run_row, jobs, args.jobs)
     copying = {
         variant: {
             "misleading_prefix": prefix_following(

@@ -4,7 +4,7 @@
     python -m xr0.planar_reach.train --work_dir runs/planar-reach --install  # ... and replace the fixtures
 
 1. records `--episodes` expert demonstrations (`xr0.planar_reach.record`, layout seed `--seed`);
-2. writes a randomly initialized tiny XR0 (`PLANAR_REACH_VLM_CONFIG` / `PLANAR_REACH_DIT_CONFIG`: the real
+2. writes a randomly initialized tiny XR0 (the configuration `planar-reach` of `xr0.tiny_model`: the real
    architecture at small sizes, the real tokenizer and image processor);
 3. pre-trains it with `xr0-finetune --recipe sync` (`--pretrain_steps`, shared by the three checkpoints, as the
    report's pre-training is shared by its post-trained models);
@@ -18,83 +18,27 @@
 import json
 from pathlib import Path
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 from .. import REPO_ROOT
-from ..training.fixture import (
-    FIXTURE_TEXT_CONFIG,
-    finetune_arguments,
-    pack_fixture,
-    run_finetune,
-    write_random_checkpoint,
-)
-from .env import DEFAULT_SETTINGS, OBSERVATIONS, ROBOT_TYPE
+from ..labs import train as fixture_training
+from ..labs.record import read_dataset_summary
+from .env import DEFAULT_SETTINGS, LAB, OBSERVATIONS
 from .record import record
 
-PLANAR_REACH_VLM_CONFIG = {
-    "text_config": dict(FIXTURE_TEXT_CONFIG),  # a copy: configs may be edited in place
-    "vision_config": {
-        "depth": 4,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_heads": 4,
-        "out_hidden_size": 48,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "deepstack_visual_indexes": [1],
-        "num_position_embeddings": 64,
-    },
-    "tie_word_embeddings": True,
-}
-PLANAR_REACH_DIT_CONFIG = {
-    "hidden_size": 128,
-    "num_hidden_layers": 4,
-    "head_dim": 16,
-    "num_key_value_heads": 2,
-    "intermediate_size": 256,
-}
 # fixture name -> xr0-finetune recipe
 VARIANTS = {"sync": "sync", "async-rtc": "async-causal", "async-lambda": "async"}
 DEFAULT_FIXTURES = REPO_ROOT / "fixtures" / "planar-reach"
-SUMMARY_FILE = "planar_reach.json"  # in each fixture: how it was trained, and on which demonstrations
 TRAINING = {  # xr0-finetune arguments shared by every run
-    "per_device_train_batch_size": 32,
-    "lr_scheduler_type": "cosine",
-    "weight_decay": 0.01,
-    "normalize_state": True,
+    **fixture_training.FIXTURE_TRAINING,
     "max_action_prefix_length": 10,  # commits of up to 300 ms at 30 Hz
 }
 PRETRAIN = {"recipe": "sync", "learning_rate": 5e-4, "warmup_steps": 100}
 POSTTRAIN = {"learning_rate": 1e-3, "warmup_steps": 50}
 
 
-def write_base_checkpoint(directory: Path, seed: int) -> Path:
-    """The untrained starting point: transformers' initialization of the tiny architecture, fp32."""
-    from ..configuration_xr0 import XR0Config
-
-    config = XR0Config(
-        vlm_config=PLANAR_REACH_VLM_CONFIG, dit_config=PLANAR_REACH_DIT_CONFIG, action_length=30
-    )
-    return write_random_checkpoint(directory, config, seed)
-
-
 def stage_arguments(model: Path, dataset: Path, output: Path, max_steps: int, seed: int, **stage) -> list:
-    return finetune_arguments(
-        model=model,
-        dataset=dataset,
-        robot_type=ROBOT_TYPE,
-        output_dir=output,
-        max_steps=max_steps,
-        seed=seed,
-        logging_steps=50,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        **TRAINING,
-        **stage,
-    )
+    return fixture_training.run_arguments(LAB, model, dataset, output, max_steps, seed, **TRAINING, **stage)
 
 
 def main(argv=None) -> None:
@@ -125,7 +69,7 @@ def main(argv=None) -> None:
 
     work = args.work_dir
     dataset = work / "data"
-    if not (dataset / "meta" / "info.json").is_file():
+    if not fixture_training.dataset_recorded(dataset):
         print(
             json.dumps(
                 {
@@ -139,25 +83,20 @@ def main(argv=None) -> None:
                 }
             )
         )
-    data_summary = json.loads((dataset / "meta" / "planar_reach.json").read_text())
+    data_summary = read_dataset_summary(LAB, dataset)
     recorded = {  # datasets from before these options had neither
         "action_noise": data_summary.get("action_noise", 0.0),
         "observation": data_summary.get("observation", "images_named"),
     }
-    for option, value in recorded.items():
-        if value != getattr(args, option):
-            parser.error(
-                f"{dataset} was recorded with --{option} {value}, not {getattr(args, option)}: use another "
-                "--work_dir (or remove it) to record anew"
-            )
+    fixture_training.check_recorded_with(parser, dataset, recorded, args)
     import torch  # after parsing, so that --help prints at once
 
     base, pretrained = work / "base", work / "pretrained"
     if not (base / "config.json").is_file():
-        write_base_checkpoint(base, args.seed)
-    pretrain_record = pretrained / "planar_reach.json"
+        fixture_training.write_base_checkpoint(LAB, base, args.seed)
+    pretrain_record = pretrained / LAB.summary_file
     if not pretrain_record.is_file():
-        minutes, history = run_finetune(
+        minutes, history = fixture_training.run_finetune(
             stage_arguments(base, dataset, pretrained, args.pretrain_steps, args.seed, **PRETRAIN)
         )
         pretrain_record.write_text(
@@ -167,7 +106,7 @@ def main(argv=None) -> None:
     for variant in args.variants:
         output = work / variant
         stage = {"recipe": VARIANTS[variant], **POSTTRAIN}
-        minutes, history = run_finetune(
+        minutes, history = fixture_training.run_finetune(
             stage_arguments(pretrained, dataset, output, args.steps, args.seed, **stage)
         )
         summary = {
@@ -182,10 +121,10 @@ def main(argv=None) -> None:
             "dataset": data_summary,
             "loss_history": {"pretraining": pretrain["loss_history"], "posttraining": history},
         }
-        (output / "planar_reach.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (output / LAB.summary_file).write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({"trained": variant, "minutes": summary["training_minutes"]}))
         if args.install:
-            size = pack_fixture(output, args.fixtures / variant, SUMMARY_FILE, summary)
+            size = fixture_training.pack_fixture(output, args.fixtures / variant, LAB.summary_file, summary)
             print(json.dumps({"installed": str(args.fixtures / variant), "megabytes": round(size / 1e6, 1)}))
 
 

@@ -11,41 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from xr0_client.cli import ArgumentParser
+from xr0_common.cli import ArgumentParser
 
 from .. import REPO_ROOT
 from ..checkpoint_layout import REMOTE_CODE_FILES, TOKENIZER_FILES, link_to_repository_root
 from .write_root_files import config_dict, image_processor_config, processor_config, write_json
 
-CHECKPOINT_VLM_CONFIG = {
-    "text_config": {
-        "vocab_size": 151936,  # the real vocabulary: the embeddings are most of the file
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 8,
-        "max_position_embeddings": 4096,
-        "rope_theta": 10000.0,
-        "rope_scaling": {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True},
-        "tie_word_embeddings": True,
-    },
-    "vision_config": {
-        "depth": 2,
-        "hidden_size": 16,
-        "intermediate_size": 32,
-        "num_heads": 2,
-        "out_hidden_size": 16,
-        "patch_size": 16,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "deepstack_visual_indexes": [0],
-        "num_position_embeddings": 64,
-    },
-    "tie_word_embeddings": True,
-}
-CHECKPOINT_DIT_CONFIG = {"hidden_size": 32, "num_hidden_layers": 2, "head_dim": 8, "num_key_value_heads": 1}
+CONFIGURATION = "tiny-xr0"  # xr0.tiny_model.TINY_CONFIGURATIONS
 DEFAULT_OUTPUT = REPO_ROOT / "fixtures" / "tiny-xr0"
 ROBOT_TYPE = "libero_all"
 
@@ -57,7 +29,7 @@ def main(argv=None) -> None:
     import torch
 
     from ..processing_xr0 import PUBLISHED_ROBOT_TYPES
-    from ..tiny_model import tiny_model
+    from ..tiny_model import tiny_configuration, tiny_model
 
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
@@ -66,14 +38,14 @@ def main(argv=None) -> None:
     ):  # links of an earlier run: save_pretrained would write through them
         (output / name).unlink(missing_ok=True)
 
-    model = tiny_model(
-        seed=0, vlm_config=CHECKPOINT_VLM_CONFIG, dit_config=CHECKPOINT_DIT_CONFIG, action_length=30
-    )
+    model = tiny_model(seed=0, configuration=CONFIGURATION)
     model.to(torch.bfloat16).save_pretrained(output)
     # save_pretrained wrote copies of the code files and a line-dependent config; replace both.
     for name in REMOTE_CODE_FILES:
         (output / name).unlink(missing_ok=True)
-    write_json(output / "config.json", config_dict(model.config, CHECKPOINT_VLM_CONFIG))
+    write_json(
+        output / "config.json", config_dict(model.config, tiny_configuration(CONFIGURATION)["vlm_config"])
+    )
 
     # Made-up statistics in the published layout (`action_config` in preprocessor_config.json, (T, 32) per robot
     # type): these weights were never trained, so there is nothing real to de-normalize with.
@@ -89,7 +61,7 @@ def main(argv=None) -> None:
     write_json(
         output / "preprocessor_config.json", {**image_processor_config(), "action_config": action_config}
     )
-    write_json(output / "processor_config.json", processor_config(action_length=30))
+    write_json(output / "processor_config.json", processor_config(action_length=model.config.action_length))
 
     link_to_repository_root(output)
     size = (output / "model.safetensors").stat().st_size

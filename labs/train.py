@@ -1,9 +1,10 @@
-"""Small trained checkpoints that ship with the repository (the closed-loop fixtures): a randomly initialized tiny
-XR0 of the real architecture, `xr0-finetune` runs on it, and the packing of a result into a fixture directory.
+"""What every lab's training shares: the fixture's base checkpoint from its named tiny configuration, xr0-finetune
+runs in this process, the check that a dataset was recorded as asked, and the packing of a result into a fixture
+directory (the shipped checkpoints under fixtures/).
 
-The benchmarks' own `train` modules (`xr0.planar_reach.train`, `xr0.meta_world.train`) choose the sizes, the
-robot type and the steps; everything they share lives here, so every fixture is made one way. torch and the model
-load when a checkpoint is written, so that those commands print `--help` at once.
+A fixture is a randomly initialized tiny XR0 of the real architecture (`xr0.tiny_model.TINY_CONFIGURATIONS`, the
+lab's `fixture_model`) trained by plain `xr0-finetune`, so every fixture is made one way. torch and the model load
+when a checkpoint is written, so that the labs' commands print `--help` at once.
 """
 
 import json
@@ -14,24 +15,66 @@ from typing import Optional
 
 from .. import REPO_ROOT
 from ..checkpoint_layout import link_to_repository_root
+from .task import LabTask
 
-# The language model of every closed-loop fixture: the real tokenizer and vocabulary (frozen embeddings are most of
-# the file), 4 layers of 48; its head_dim 16 and 2 KV heads are what each fixture's DiT must match.
-FIXTURE_TEXT_CONFIG = {
-    "vocab_size": 151936,
-    "hidden_size": 48,
-    "intermediate_size": 192,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "max_position_embeddings": 4096,
-    "rope_theta": 10000.0,
-    "rope_scaling": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
-    "tie_word_embeddings": True,
-}
 # Written by the Trainer or the processor, not needed by a fixture (the tokenizer is linked to the root's).
 LEFTOVER_FILES = ("special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
+# xr0-finetune arguments of every fixture run: the batch, schedule and state normalization of the labs.
+FIXTURE_TRAINING = {
+    "per_device_train_batch_size": 32,
+    "lr_scheduler_type": "cosine",
+    "weight_decay": 0.01,
+    "normalize_state": True,
+}
+# How a fixture run logs and saves: a loss every 50 steps, the last model only, no progress bar, no workers.
+RUN_SETTINGS = {
+    "logging_steps": 50,
+    "save_strategy": "no",
+    "report_to": "none",
+    "disable_tqdm": True,
+    "dataloader_num_workers": 0,
+}
+
+
+def dataset_recorded(dataset: Path) -> bool:
+    """Whether `dataset` holds a complete recording (a recording that died leaves no info.json)."""
+    return (dataset / "meta" / "info.json").is_file()
+
+
+def check_recorded_with(parser, dataset: Path, recorded: dict, args) -> None:
+    """Exits (status 2) when `recorded` ({option: value} from the dataset's summary) differs from the command's
+    `args` of the same names: a dataset of other settings is never trained on silently."""
+    for option, value in recorded.items():
+        if value != getattr(args, option):
+            parser.error(
+                f"{dataset} was recorded with --{option} {value}, not {getattr(args, option)}: use another "
+                "--work_dir (or remove it) to record anew"
+            )
+
+
+def write_base_checkpoint(lab: LabTask, directory: Path, seed: int) -> Path:
+    """The lab's untrained starting point: its named tiny configuration, transformers' initialization, fp32."""
+    from ..tiny_model import tiny_config
+
+    robot_types = {lab.robot_type: lab.robot_spec} if lab.robot_spec is not None else None
+    return write_random_checkpoint(directory, tiny_config(lab.fixture_model), seed, robot_types=robot_types)
+
+
+def run_arguments(
+    lab: LabTask, model: Path, dataset: Path, output_dir: Path, max_steps: int, seed: int, **training
+) -> list:
+    """xr0-finetune's command line of one fixture run on the lab's robot type; `training`: the run's own options
+    (recipe, learning rate, ... on top of `FIXTURE_TRAINING`)."""
+    return finetune_arguments(
+        model=model,
+        dataset=dataset,
+        robot_type=lab.robot_type,
+        output_dir=output_dir,
+        max_steps=max_steps,
+        seed=seed,
+        **RUN_SETTINGS,
+        **training,
+    )
 
 
 def write_random_checkpoint(directory: Path, config, seed: int, robot_types: Optional[dict] = None) -> Path:
@@ -65,7 +108,7 @@ def finetune_arguments(**arguments) -> list:
 
 def run_finetune(arguments: list) -> tuple:
     """Runs xr0-finetune in this process; returns (minutes, [(step, loss), ...])."""
-    from .finetune import run
+    from ..training.finetune import run
 
     start = time.perf_counter()
     trainer = run(arguments)
