@@ -2,6 +2,8 @@
 # Runs the test suite on both supported transformers lines, the newest 5.x and 4.57.x, side by side, each in its
 # own virtual environment with the CPU build of torch, then checks that a directory saved on either line loads
 # on the other and acts the same. Offline: nothing is downloaded at test time.
+# Arguments go to pytest on both lines: `bash scripts/test.sh -m "not slow"` skips the tests marked slow (the
+# rest of this script runs as always).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

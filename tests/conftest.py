@@ -1,9 +1,16 @@
 """Test set-up: an offline hub. The package `xr0` (this repository, `pip install -e .`) and the helper modules of
-this folder (pytest puts it on the path) are imported directly."""
+this folder (pytest puts it on the path) are imported directly. The tests live in one folder per part of the code
+they test (model/, processor/, training/, serving/, client/, labs/, repository/); each of those folders is on the
+path as well, so that a test module imports another's helpers by module name (`from test_processing import image`)
+wherever it runs from. The shared fixtures are below. Tests that take more than a few seconds on 2 CPU cores
+(trainings, launches of commands and servers, closed-loop runs) are marked `slow` (registered in pyproject.toml):
+`pytest -m "not slow" tests` runs the rest in a few minutes; scripts/test.sh and CI run everything."""
 
 import logging
 import os
 import signal
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -11,13 +18,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 from xr0 import REPO_ROOT  # noqa: E402,F401
-from xr0_client.cli import _StderrHandler  # noqa: E402  (the handler configure_logging installs)
+from xr0_common.cli import _StderrHandler  # noqa: E402  (the handler configure_logging installs)
 
 # A suite started in the background by a non-interactive shell (`pytest &` in a script, as scripts/test.sh runs
 # the two transformers lines) inherits SIGINT ignored, and every command a test starts would inherit it too: the
 # Ctrl-C tests would then hang. Give children what a command started from a terminal gets, the default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# Every folder of tests on the path (this one is already there), in alphabetical order.
+TESTS = Path(__file__).resolve().parent
+for folder in sorted(TESTS.iterdir(), reverse=True):
+    if folder.is_dir() and any(folder.glob("test_*.py")) and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +45,16 @@ def root_logger_as_it_was():
     for handler in list(root.handlers):
         if isinstance(handler, _StderrHandler):
             root.removeHandler(handler)
+
+
+# ---- the tiny random model of tiny.py (model tests) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    from tiny import tiny_model
+
+    return tiny_model()
 
 
 # ---- a tiny checkpoint directory and a LeRobot v3.0 dataset for it (training tests) ----------------------------
@@ -53,7 +76,7 @@ def tiny_checkpoint(tmp_path_factory):
     return directory
 
 
-# ---- the tiny checkpoint as a policy and a server (test_server.py, test_executor.py) ---------------------------
+# ---- the tiny checkpoint as a policy and a server (serving/test_server.py, client/test_executor.py) ------------
 
 
 @pytest.fixture(scope="module")

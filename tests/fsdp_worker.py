@@ -1,5 +1,5 @@
 """XR0 under FSDP2 (`torch.distributed.fsdp.fully_shard`), run by torchrun with gloo processes on the CPU (the
-test in test_distributed.py starts it with 1 and with 2 processes):
+test in training/test_distributed.py starts it with 1 and with 2 processes):
 
     torchrun --nproc_per_node 2 tests/fsdp_worker.py CHECKPOINT OUTPUT {train,resume} [--mixed_precision bf16]
 

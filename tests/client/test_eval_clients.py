@@ -394,7 +394,7 @@ def test_a_runner_refuses_a_server_whose_metadata_names_no_usable_chunk_length(t
 
     from websockets.sync.server import serve
 
-    from xr0_client.protocol import pack
+    from xr0_common.protocol import pack
 
     metadata = {"robot_types": {"calvin_abc_orig": {"chunk_length": chunk_length}}}
     server = serve(lambda connection: connection.send(pack(metadata)), "127.0.0.1", 0)

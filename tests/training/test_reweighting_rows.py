@@ -9,6 +9,7 @@ import torch
 from tiny import action_mask, encode, observation, tiny_model
 
 from xr0.modeling_xr0 import XR0TrainingDraws
+from xr0.recipe_xr0 import prefix_loss_weight
 
 ACTIVE = 7  # active action dims of `action_mask`
 
@@ -43,7 +44,7 @@ def test_the_mean_error_is_that_of_the_prefixed_rows_only():
     counted[0, :2] = 0  # the prefix
     counted[0, 5] = 0  # padding
     loss_mask = mask * counted
-    weight = model._prefix_loss_weight(obs, torch.zeros(2, 6, 32), mask, lengths, loss_mask, mixed_noise())
+    weight = prefix_loss_weight(model, obs, torch.zeros(2, 6, 32), mask, lengths, loss_mask, mixed_noise())
     assert weight[0, 2:5, :ACTIVE] == pytest.approx(torch.tensor([0.5, 1.5, 1.0])[:, None].expand(3, ACTIVE))
     assert weight[1, :, :ACTIVE] == pytest.approx(torch.full((6, ACTIVE), 5.0))
 

@@ -18,6 +18,8 @@ from robot_datasets import write_conversations
 from safetensors.torch import load_file
 from tiny import tiny_model
 
+from xr0.recipe_xr0 import sample_training_draws
+
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 ENV.pop(
@@ -73,16 +75,17 @@ def test_a_samples_training_draws_depend_on_its_seed_only():
     hidden tokens whatever batch (rank, position) it is in."""
     model = tiny_model()
     actions = torch.zeros(6, 10, model.config.action_dim)  # 3 samples x 2 repeats
-    together = model.sample_training_draws(actions, 2, sample_seeds=torch.tensor([11, 22, 33]))
-    apart = model.sample_training_draws(actions[:4], 2, sample_seeds=torch.tensor([33, 11]))
+    together = sample_training_draws(model.config, actions, 2, sample_seeds=torch.tensor([11, 22, 33]))
+    apart = sample_training_draws(model.config, actions[:4], 2, sample_seeds=torch.tensor([33, 11]))
     for whole, part in zip(astuple(together), astuple(apart), strict=True):
         torch.testing.assert_close(part[:2], whole[4:6], atol=0, rtol=0)  # sample 33's two repeats
         torch.testing.assert_close(part[2:4], whole[0:2], atol=0, rtol=0)  # sample 11's
     # Seeds drive the draws (the comparison is not vacuous): another seed, other noise.
-    other = model.sample_training_draws(actions[:2], 2, sample_seeds=torch.tensor([12]))
+    other = sample_training_draws(model.config, actions[:2], 2, sample_seeds=torch.tensor([12]))
     assert not torch.equal(other.noise, together.noise[:2])
 
 
+@pytest.mark.slow
 def test_resuming_inside_an_epoch_under_the_async_recipe_is_exact(tiny_checkpoint, lerobot_dir, tmp_path):
     """An interrupted async run resumed from checkpoint-4 ends where the uninterrupted run ends at step 6."""
     straight = tmp_path / "straight"
@@ -101,6 +104,7 @@ def test_resuming_inside_an_epoch_under_the_async_recipe_is_exact(tiny_checkpoin
     assert max_relative_difference(checkpoint, straight) > 1e-4  # steps 5-6 changed the weights
 
 
+@pytest.mark.slow
 def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, lerobot_dir, tmp_path):
     """Global batch 4, seed 0, 13 steps, one past the end of the first epoch (the next one reshuffled): one
     process with batches of 4, torchrun with two processes of 2 on one node, `accelerate launch` with two
@@ -182,6 +186,7 @@ def test_torchrun_on_one_and_on_two_nodes_equals_one_process(tiny_checkpoint, le
     reason="transformers 4.57's Trainer saves a gloo run's optimizer state tagged 'cpu:0' and cannot load it back "
     "(torch.load: 'don't know how to restore data location'): a CPU-only limitation of that line",
 )
+@pytest.mark.slow
 def test_resuming_a_two_process_run_is_exact(tiny_checkpoint, lerobot_dir, tmp_path):
     common = ("--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
     straight = tmp_path / "straight"
@@ -198,6 +203,7 @@ def worker_environment(pid) -> list:
     return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
 
 
+@pytest.mark.slow
 def test_a_rank_that_dies_stops_the_run_with_its_rank_named(tiny_checkpoint, lerobot_dir, tmp_path):
     """SIGKILL one worker mid-run: torchrun ends the other and exits non-zero within a bounded time, naming the
     failed rank and the signal, instead of hanging in a collective."""
@@ -228,6 +234,7 @@ def test_a_rank_that_dies_stops_the_run_with_its_rank_named(tiny_checkpoint, ler
     assert "SIGKILL" in report or "Signal 9" in report, report[-3000:]
 
 
+@pytest.mark.slow
 def test_lora_under_torchrun_trains_the_same_adapters_and_expert_as_one_process(
     tiny_checkpoint, lerobot_dir, tmp_path
 ):
@@ -245,6 +252,7 @@ def test_lora_under_torchrun_trains_the_same_adapters_and_expert_as_one_process(
     assert {"vlm", "dit"} <= changed, changed  # the adapters merged into the VLM, and the expert, trained
 
 
+@pytest.mark.slow
 def test_a_rank_with_only_vision_language_samples_does_not_stall_the_others(
     tiny_checkpoint, lerobot_dir, tmp_path
 ):
@@ -266,7 +274,7 @@ def test_a_rank_with_only_vision_language_samples_does_not_stall_the_others(
 def run_fsdp_worker(checkpoint, output, mode: str, nproc: int, *extra) -> str:
     command = [
         str(TORCHRUN), "--nnodes", "1", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), str(Path(__file__).with_name("fsdp_worker.py")),
+        "--master_port", str(free_port()), str(Path(__file__).parents[1] / "fsdp_worker.py"),
         str(checkpoint), str(output), mode, *extra,
     ]  # fmt: skip
     return run(command).stdout
@@ -276,6 +284,7 @@ def run_fsdp_worker(checkpoint, output, mode: str, nproc: int, *extra) -> str:
     int(transformers.__version__.split(".")[0]) < 5,
     reason="FSDP2's sharding is torch's, the same under both transformers lines; one line runs it (CI time)",
 )
+@pytest.mark.slow
 def test_fsdp2_trains_as_the_unsharded_model_saves_full_checkpoints_and_resumes(tiny_checkpoint, tmp_path):
     """FSDP2 (`fully_shard`, one unit per `_no_split_modules` block) over two gloo processes: three SGD steps on
     a global batch of 4 give the weights of the same steps on the plain model in one process; the full state

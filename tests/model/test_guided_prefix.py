@@ -7,7 +7,8 @@ import pytest
 import torch
 from tiny import action_mask, encode, observation, tiny_model
 
-from xr0.modeling_xr0 import PrefixGuidance, guidance_mask, guidance_weight
+from xr0.sampler_xr0 import guidance_mask, guidance_weight, guided_velocity
+from xr0.sampling_xr0 import PrefixGuidance
 
 
 def setup(seed=0, batch_size=2, dtype=torch.float32):
@@ -88,7 +89,7 @@ def test_the_vector_jacobian_product_matches_finite_differences():
     target[:, :4] = prefix
     weights = guidance_mask(1, 4, noise.shape[1], "exp").double()[None, :, None]
     timestep = torch.full((2,), 0.4, dtype=torch.float64)
-    _, correction = model.guided_velocity(noise, timestep, obs, mask, target, weights, "vjp")
+    _, correction = guided_velocity(model, noise, timestep, obs, mask, target, weights, "vjp")
 
     def denoised(actions):  # Â¹ = A + (1 - τ) v(A)
         with torch.no_grad():
@@ -113,7 +114,7 @@ def test_the_vector_jacobian_product_matches_finite_differences():
         ) / (12 * h)
         assert float((correction * direction).sum()) == pytest.approx(numeric, rel=1e-4)
     # the Jacobian is not the identity: the two corrections differ
-    _, identity = model.guided_velocity(noise, timestep, obs, mask, target, weights, "identity")
+    _, identity = guided_velocity(model, noise, timestep, obs, mask, target, weights, "identity")
     assert (correction - identity).abs().max() > 1e-3
 
 
@@ -183,7 +184,9 @@ def test_a_trained_prefix_on_a_checkpoint_that_never_saw_one_warns_once():
             self.messages.append(record.getMessage())
 
     handler = Collect()
-    target = logging.getLogger(type(model).__module__)
+    target = logging.getLogger(
+        type(model).__module__.rsplit(".", 1)[0] + ".sampler_xr0"
+    )  # the sampler's notice
     target.addHandler(handler)
     try:
         with torch.no_grad():

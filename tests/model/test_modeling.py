@@ -14,6 +14,7 @@ from xr0.modeling_xr0 import (
     generator_from_seed,
     prompt_position_ids,
 )
+from xr0.sampler_xr0 import sample_noise
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_seed_draws_the_official_noise(model, shape, dtype):
     torch.manual_seed(11)
     official = torch.randn_like(mask)
     torch.set_rng_state(state)
-    ours = model.sample_noise(mask, generator_from_seed(11, mask.device))
+    ours = sample_noise(mask, generator_from_seed(11, mask.device), model.device)
     assert ours.dtype == torch.float32 and torch.equal(ours, official.float())
 
 

@@ -1,9 +1,14 @@
-"""The real-time executor with the tiny checkpoint: local and remote chunk sources, late inference, seams."""
+"""The real-time executor with the tiny checkpoint: local and remote chunk sources, late inference, seams, and the
+dry run (`python -m xr0_client.dry_run`) against a server."""
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from served import observation
+from served import TINY, observation
 
 from xr0_client import (
     FakeClock,
@@ -135,6 +140,7 @@ def seam_summaries(seed=0, ticks=480, modes=("trained", "none"), action_prefix_p
     return summaries
 
 
+@pytest.mark.slow
 def test_prefix_makes_seams_smoother_on_a_trained_tiny_model():
     """Conditioned on the committed prefix, a new chunk continues the executed motion: its seam is as smooth
     as a step inside a chunk and far smoother than the seam of a chunk inferred without the prefix (a random
@@ -147,6 +153,7 @@ def test_prefix_makes_seams_smoother_on_a_trained_tiny_model():
     assert smooth["seam_delta_mean"] < 1.5 * smooth["inner_delta_mean"], smooth
 
 
+@pytest.mark.slow
 def test_guided_prefix_makes_seams_smoother_on_a_tiny_model_trained_without_prefixes():
     """The sync recipe never shows a prefix; guided inpainting of the current chunk's overlap (8 actions, 3 of
     them committed) still makes the next chunk continue its phase, where a chunk inferred blind jumps."""
@@ -167,3 +174,29 @@ def test_executor_with_the_remote_server_on_the_wall_clock(server):
         runner.close()
     assert len(sent) == 45 and metrics.chunks >= 2
     assert all(latency > 0 for latency in metrics.latencies_s)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [("--execute_steps", "5", "--commit_steps", "4", "--prefix_mode", "guided"), ()],
+    ids=["given", "defaults"],
+)
+@pytest.mark.slow
+def test_the_dry_run_executes_guided_chunks_against_the_server(options):
+    """Given, or by default: the defaults are half the server's chunk (T = 10: 5), one less committed (4) and the
+    prefix mode the server advertises for its checkpoint (the tiny one never trained with prefixes: guided)."""
+    from xr0.deploy.policy import load_policy
+    from xr0.deploy.server import PolicyServer
+
+    server = PolicyServer(load_policy(str(TINY), "cpu", torch.float32), port=0).start_in_thread()
+    try:
+        dry_run = subprocess.run(
+            [sys.executable, "-m", "xr0_client.dry_run", "--port", str(server.port), "--ticks", "40", *options],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert dry_run.returncode == 0, dry_run.stderr[-3000:]
+    assert "chunks of 10, execute_steps 5, commit_steps 4, prefix_mode guided" in dry_run.stderr
+    summary = json.loads(dry_run.stdout.strip().splitlines()[-1])
+    assert summary["chunks"] >= 2 and summary["failures"] == 0 and summary["ticks"] == 40

@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import pytest
 from published_layout import write_published_checkpoint
 from quiet_loads import captured_warnings
 from robot_datasets import write_lerobot
@@ -19,7 +20,7 @@ from transformers.utils import logging as transformers_logging
 from xr0 import REPO_ROOT
 from xr0.scripts import convert_official
 
-QUIET_LOADS = Path(__file__).with_name("quiet_loads.py")
+QUIET_LOADS = Path(__file__).parents[1] / "quiet_loads.py"
 
 
 def test_the_capture_sees_python_warnings_and_transformers_log_records():
@@ -35,6 +36,7 @@ def test_the_capture_sees_python_warnings_and_transformers_log_records():
     ]
 
 
+@pytest.mark.slow
 def test_every_kind_of_directory_loads_without_a_warning_or_a_prompt(tmp_path):
     checkpoint = tmp_path / "checkpoint"
     tiny_model().save_pretrained(checkpoint)

@@ -1,7 +1,9 @@
-"""The command-line conventions every entry point shares (xr0_client.cli)."""
+"""The command-line conventions every entry point shares (xr0_common.cli), and entry points run the way users run
+them, from a subprocess, judged by their exit status: a successful run exits 0 (so `xr0-finetune ... && next` goes
+on), a refused input exits 2 with one line, not a traceback; Ctrl-C ends with a summary line and 130."""
 
-import json
 import logging
+import os
 import queue
 import re
 import signal
@@ -14,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from robot_datasets import write_lerobot
+from served import TINY
+from tiny import tiny_model
 
 from xr0 import REPO_ROOT
-from xr0_client.cli import ArgumentParser
-
-TINY = REPO_ROOT / "fixtures" / "tiny-xr0"
+from xr0_common.cli import ArgumentParser
 
 
 def test_snake_case_options_answer_to_their_dashed_alias():
@@ -102,6 +105,7 @@ def interrupt(process, reader, seen: list, lines: queue.Queue) -> str:
     return "".join(seen)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_server_with_a_summary(tmp_path):
     from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
@@ -152,6 +156,7 @@ def test_a_refused_token_is_one_line_not_a_traceback():
     assert "rejected the connection with HTTP 401: the token was not accepted" in dry_run.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_executor_with_a_summary():
     from xr0.deploy.policy import load_policy
     from xr0.deploy.server import PolicyServer
@@ -174,26 +179,51 @@ def test_ctrl_c_stops_the_executor_with_a_summary():
     assert summary and int(summary.group(1)) >= 1 and int(summary.group(2)) >= 1, stderr[-2000:]
 
 
-@pytest.mark.parametrize(
-    "options",
-    [("--execute_steps", "5", "--commit_steps", "4", "--prefix_mode", "guided"), ()],
-    ids=["given", "defaults"],
-)
-def test_the_dry_run_executes_guided_chunks_against_the_server(options):
-    """Given, or by default: the defaults are half the server's chunk (T = 10: 5), one less committed (4) and the
-    prefix mode the server advertises for its checkpoint (the tiny one never trained with prefixes: guided)."""
-    from xr0.deploy.policy import load_policy
-    from xr0.deploy.server import PolicyServer
+# ---- exit status: 0 for a finished run, 2 and one line for a refused input ------------------------------------
 
-    server = PolicyServer(load_policy(str(TINY), "cpu", torch.float32), port=0).start_in_thread()
-    try:
-        dry_run = subprocess.run(
-            [sys.executable, "-m", "xr0_client.dry_run", "--port", str(server.port), "--ticks", "40", *options],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-    finally:
-        server.stop()
-    assert dry_run.returncode == 0, dry_run.stderr[-3000:]
-    assert "chunks of 10, execute_steps 5, commit_steps 4, prefix_mode guided" in dry_run.stderr
-    summary = json.loads(dry_run.stdout.strip().splitlines()[-1])
-    assert summary["chunks"] >= 2 and summary["failures"] == 0 and summary["ticks"] == 40
+
+def command(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+@pytest.mark.slow
+def test_a_finished_fine_tune_exits_with_status_0(tmp_path):
+    model = tmp_path / "model"
+    tiny_model().save_pretrained(model)
+    dataset = write_lerobot(tmp_path / "tiny_arm")
+    finished = subprocess.run(
+        [
+            command("xr0-finetune"),
+            *(
+                "--model",
+                model,
+                "--dataset",
+                dataset,
+                "--robot_type",
+                "tiny_arm",
+                "--output_dir",
+                tmp_path / "out",
+            ),
+            *("--max_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none"),
+            *("--save_strategy", "no", "--disable_tqdm", "true", "--dataloader_num_workers", "0"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert "Trainer" not in finished.stderr.splitlines()[-1]  # sys.exit was not handed the Trainer to print
+
+
+def test_a_refused_option_exits_with_status_2_and_one_line(tmp_path):
+    refused = subprocess.run(
+        [command("xr0-eval-reach"), "--model", tmp_path, "--jump_at", "0", "5"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        timeout=600,
+    )
+    assert refused.returncode == 2 and "jump_at" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -2,12 +2,7 @@
 
 import pytest
 import torch
-from tiny import IMAGE_PAD, action_mask, observation, tiny_model
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
+from tiny import IMAGE_PAD, action_mask, observation
 
 
 @pytest.fixture

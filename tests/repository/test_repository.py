@@ -18,11 +18,13 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from xr0 import REPO_ROOT
 from xr0.modeling_xr0 import XR0ForActionGeneration
-from xr0.processing_xr0 import PUBLISHED_ROBOT_TYPES
+from xr0.robot_types_xr0 import ROBOT_TYPES
 from xr0.scripts import convert_official, publish, write_root_files
 
 TINY_CHECKPOINT = REPO_ROOT / "fixtures" / "tiny-xr0"
 VARIANTS = ["base", "calvin-abc-d", "calvin-abcd-d", "libero", "simplerenv-google-robot", "simplerenv-widowx"]
+# Every field a robot type's entry may have (robot_types_xr0's docstring), none of which a variant.json repeats.
+ROBOT_TYPE_FIELDS = sorted({field for facts in ROBOT_TYPES.values() for field in facts})
 
 
 # ---- root files ----------------------------------------------------------------------------------------------
@@ -48,6 +50,7 @@ def test_root_config_builds_the_real_model_whose_keys_equal_the_index():
     assert files == [f"model-{i:05d}-of-{len(files):05d}.safetensors" for i in range(1, len(files) + 1)]
 
 
+@pytest.mark.slow
 def test_root_files_are_what_the_script_writes(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "xr0.scripts.write_root_files", "--output", str(tmp_path)],
@@ -78,6 +81,7 @@ def test_shard_plan_is_greedy_and_named_like_transformers():
 # ---- embedded tiny checkpoint --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_checkpoint_loads_with_auto_classes_and_acts():
     assert (TINY_CHECKPOINT / "model.safetensors").stat().st_size < 8e6
     model = AutoModel.from_pretrained(TINY_CHECKPOINT, trust_remote_code=True, dtype=torch.float32).eval()
@@ -99,8 +103,9 @@ def test_tiny_checkpoint_loads_with_auto_classes_and_acts():
 
 
 def test_six_variants_with_cards_rendered_from_variant_json_and_the_robot_registry():
-    """A variant.json holds what is particular to its published checkpoint; views, active dims and T are the
-    robot type's, in `PUBLISHED_ROBOT_TYPES` only, and each card is what the renderer makes of both."""
+    """A variant.json holds what is particular to its published checkpoint; views, active dims, T, images, state
+    and protocol are the robot type's, in `robot_types_xr0.ROBOT_TYPES` only, and each card is what the renderer
+    makes of both."""
     from xr0.scripts.write_variant_cards import render
 
     assert sorted(p.name for p in (REPO_ROOT / "variants").iterdir() if p.is_dir()) == VARIANTS
@@ -109,13 +114,12 @@ def test_six_variants_with_cards_rendered_from_variant_json_and_the_robot_regist
         card = (REPO_ROOT / "variants" / name / "README.md").read_text()
         assert variant["name"] == name and variant["repo_id"] == PUBLISHED_REPOS[name][0]
         assert variant["revision"] == PUBLISHED_REPOS[name][1] and variant["revision"] in card
-        assert not {"views", "active_action_dims", "chunk_length", "steps_per_chunk"} & set(variant)
-        assert card == render(variant, PUBLISHED_ROBOT_TYPES), (
-            "stale card: python -m xr0.scripts.write_variant_cards"
-        )
+        assert not set(ROBOT_TYPE_FIELDS) & set(variant)
+        assert card == render(variant, ROBOT_TYPES), "stale card: python -m xr0.scripts.write_generated_files"
         assert card.startswith("---\nlicense: apache-2.0\n") and variant["title"] in card
         if variant["robot_type"]:
-            published = PUBLISHED_ROBOT_TYPES[variant["robot_type"]]
+            published = ROBOT_TYPES[variant["robot_type"]]
+            assert name in published["variants"]
             assert f"chunks of T = {published['chunk_length']} steps" in card
             assert f"{published['active_action_dims']} active dims" in card
             for key, title in published["views"]:
@@ -124,7 +128,7 @@ def test_six_variants_with_cards_rendered_from_variant_json_and_the_robot_regist
                 assert f"| {row} | {value} |" in card
         else:
             for robot_type in variant["pretraining_robot_types"]:
-                assert f"`{robot_type}` (T = {PUBLISHED_ROBOT_TYPES[robot_type]['chunk_length']})" in card
+                assert f"`{robot_type}` (T = {ROBOT_TYPES[robot_type]['chunk_length']})" in card
             assert "base_model: XiaomiRobotics" not in card
 
 
@@ -162,6 +166,7 @@ def test_converter_pins_the_published_revisions():
 @pytest.mark.parametrize(
     "robot_type, length", [("libero_all", 10), ("fractal_delta", 4), ("agibot_pt_v3", 30)]
 )
+@pytest.mark.slow
 def test_converter_output_loads_and_acts_like_the_published_checkpoint(tmp_path, robot_type, length):
     source = tmp_path / "published"
     write_published_checkpoint(source, prefix="module.", shards=2)
@@ -227,6 +232,7 @@ def test_publish_dry_run_lists_the_upload(tmp_path, capsys):
     assert "dry run" in out and "me/xr0-libero" in out and "model.safetensors" in out
 
 
+@pytest.mark.slow
 def test_demo_prints_a_chunk_and_writes_the_plot(tmp_path):
     plot = tmp_path / "actions.png"
     # The entry point, from a directory that is not the repository.
@@ -340,6 +346,7 @@ def test_the_help_runs_do_block_torch(tmp_path):
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: command[-1])
+@pytest.mark.slow
 def test_every_entry_point_prints_help_from_any_directory_and_changes_nothing(help_runs, command):
     results, before, after = help_runs
     result, directory = results[command[-1]]
@@ -354,12 +361,23 @@ def test_every_entry_point_prints_help_from_any_directory_and_changes_nothing(he
     assert not dashed_only, f"dashed long options without their snake_case form: {dashed_only}"
 
 
-def test_the_client_package_imports_neither_torch_nor_transformers():
-    code = "import sys, xr0_client; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+@pytest.mark.parametrize(
+    "package, never",
+    [
+        ("xr0_client", ("torch", "transformers", "xr0")),  # the robot side
+        (
+            "xr0_common.cli, xr0_common.protocol",
+            ("torch", "transformers", "xr0", "xr0_client"),
+        ),  # both sides' layer
+    ],
+)
+def test_the_torch_free_packages_import_only_what_is_below_them(package, never):
+    code = f"import sys, {package}; print(sorted(m for m in {never!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_a_bare_directory_of_root_files_and_weights_loads_with_the_auto_classes(tmp_path):
     import shutil
 

@@ -324,6 +324,7 @@ def test_mask_threshold_is_the_published_rule(processor):
     assert p.get_action_mask("bridge_delta")[0, :8].tolist() == [1] * 7 + [0]  # no stats: active dims
 
 
+@pytest.mark.slow
 def test_registry_round_trip_with_state_statistics(tmp_path, processor):
     p = XR0Processor(processor.image_processor, processor.tokenizer)
     p.register_robot_type(
@@ -350,6 +351,7 @@ def test_registry_round_trip_with_state_statistics(tmp_path, processor):
     assert "# Front View" in loaded.tokenizer.decode(inputs["input_ids"][0])
 
 
+@pytest.mark.slow
 def test_action_names_and_units_are_registered_saved_and_checked(tmp_path, processor):
     assert processor.robot_spec("libero_all").action_labels(7)[0] == ("Δx", "1 = 5 cm")
     assert processor.robot_spec("bridge_delta").action_labels(7)[6] == ("gripper", "0 closed, 1 open")
@@ -550,6 +552,7 @@ QWEN3_VL_SIZE = {"shortest_edge": 65536, "longest_edge": 16777216}
         ),
     ],
 )
+@pytest.mark.slow
 def test_image_bounds_come_from_the_checkpoint(tmp_path, bounds, tokens):
     write_published_processor_dir(tmp_path, published_action_config())
     preprocessor = json.loads((tmp_path / "preprocessor_config.json").read_text())
@@ -604,6 +607,7 @@ def test_float_images_in_either_layout_equal_their_uint8_version(processor):
         assert torch.allclose(inputs["pixel_values"], reference), type(base)
 
 
+@pytest.mark.slow
 def test_a_tokenizer_without_the_vocabulary_fails_at_load(tmp_path):
     write_published_processor_dir(tmp_path, published_action_config())
     config = json.loads((tmp_path / "tokenizer.json").read_text())

@@ -5,12 +5,15 @@ import pytest
 import torch
 from tiny import action_mask, encode, observation, row, tiny_model
 
-from xr0.modeling_xr0 import build_dit_attention_mask, frequency_loss
+from xr0 import recipe_xr0
+from xr0.modeling_xr0 import build_dit_attention_mask
+from xr0.recipe_xr0 import frequency_loss, prefix_loss_weight, sample_prefix, sample_time
+from xr0.sampler_xr0 import euler_integrate, sample_noise
 
 
 def test_time_distribution_moments():
     model = tiny_model()
-    t = model.sample_time(200_000, torch.Generator().manual_seed(0))
+    t = sample_time(model.config, 200_000, torch.Generator().manual_seed(0), "cpu")
     a = 1.5  # u ~ Beta(1.5, 1), t = (1 - u) * 0.999
     mean_u, var_u = a / (a + 1), a / ((a + 1) ** 2 * (a + 2))
     assert 0.0 <= float(t.min()) and float(t.max()) <= 0.999
@@ -23,7 +26,7 @@ def test_time_distribution_moments():
 
 def test_prefix_sampling():
     model = tiny_model(action_prefix_probability=1.0, action_length=10)
-    lengths, hidden = model.sample_prefix(60_000, 10, torch.Generator().manual_seed(1))
+    lengths, hidden = sample_prefix(model.config, 60_000, 10, torch.Generator().manual_seed(1), "cpu")
     counts = torch.bincount(lengths, minlength=8)
     assert counts[0] == 0 and counts[7:].sum() == 0
     assert ((counts[1:7].float() / 60_000) - 1 / 6).abs().max() < 0.01  # p ~ U{1..6}
@@ -36,12 +39,12 @@ def test_prefix_sampling():
     rows = eligible.sum(dim=1) >= 2
     mixed = (hidden[rows] != eligible[rows]).any(dim=1) & hidden[rows].any(dim=1)
     assert mixed.float().mean() > 0.2, "tokens of one prefix are hidden independently"
-    half = tiny_model(action_prefix_probability=0.5).sample_prefix(
-        20_000, 6, torch.Generator().manual_seed(2)
+    half = sample_prefix(
+        tiny_model(action_prefix_probability=0.5).config, 20_000, 6, torch.Generator().manual_seed(2), "cpu"
     )[0]
     assert abs(float((half > 0).float().mean()) - 0.5) < 0.015
-    none = tiny_model().sample_prefix(1000, 6, torch.Generator().manual_seed(3))[0]
-    short = model.sample_prefix(10_000, 4, torch.Generator().manual_seed(4))[0]
+    none = sample_prefix(tiny_model().config, 1000, 6, torch.Generator().manual_seed(3), "cpu")[0]
+    short = sample_prefix(model.config, 10_000, 4, torch.Generator().manual_seed(4), "cpu")[0]
     assert short.min() == 1 and short.max() == 4, "p ~ U{1..min(6, T)} for a chunk of T = 4"
     assert not none.any()
 
@@ -84,7 +87,7 @@ def test_prefix_positions_drop_the_offset():
     assert free[0, 2:].tolist() == [start + 12 + k for k in range(6)]
 
 
-def fixed_noise_loss(model, velocity_fn, prefix_probability=1.0):
+def fixed_noise_loss(monkeypatch, model, velocity_fn, prefix_probability=1.0):
     """compute_loss with known noise and a velocity given as a function of (target, is_prefix)."""
     batch = observation(num_text_tokens=(2, 5))
     obs = encode(model, batch)
@@ -98,30 +101,34 @@ def fixed_noise_loss(model, velocity_fn, prefix_probability=1.0):
         seen["noisy"] = noisy
         return velocity_fn(target)
 
-    model.sample_noise = lambda like, generator=None: noise
+    monkeypatch.setattr(recipe_xr0, "sample_noise", lambda like, generator, device: noise)
     model.velocity = fake_velocity
     losses = model.compute_loss(obs, actions, mask, generator=torch.Generator().manual_seed(6))
     return losses, seen, actions, noise
 
 
-def test_prefix_is_excluded_from_the_loss_and_kept_clean():
+def test_prefix_is_excluded_from_the_loss_and_kept_clean(monkeypatch):
     model = tiny_model(action_prefix_probability=1.0, noisy_action_position_offset=10)
     generator = torch.Generator().manual_seed(6)
-    model.sample_time(2, generator)
-    lengths, _ = model.sample_prefix(2, 6, generator)
+    sample_time(model.config, 2, generator, "cpu")
+    lengths, _ = sample_prefix(model.config, 2, 6, generator, "cpu")
     assert (lengths > 0).all()
     is_prefix = torch.arange(6)[None, :, None] < lengths[:, None, None]
     # Wrong at every prefix position, right elsewhere: the loss must be exactly 0.
-    losses, seen, actions, noise = fixed_noise_loss(model, lambda target: target + 3.0 * is_prefix)
+    losses, seen, actions, noise = fixed_noise_loss(
+        monkeypatch, model, lambda target: target + 3.0 * is_prefix
+    )
     assert losses["loss"] == 0.0
     assert torch.equal(seen["noisy"][is_prefix.expand_as(actions)], actions[is_prefix.expand_as(actions)])
     # Wrong by 3 on every non-prefix active entry: masked MSE = 9, the released loss 0.5 · 9.
-    losses, *_ = fixed_noise_loss(tiny_model(action_prefix_probability=1.0), lambda target: target + 3.0)
+    losses, *_ = fixed_noise_loss(
+        monkeypatch, tiny_model(action_prefix_probability=1.0), lambda target: target + 3.0
+    )
     assert losses["flow_loss"].item() == pytest.approx(9.0)
     assert losses["loss"].item() == pytest.approx(4.5)
 
 
-def test_padding_and_inactive_dims_are_excluded():
+def test_padding_and_inactive_dims_are_excluded(monkeypatch):
     model = tiny_model()
     batch = observation(num_text_tokens=(2, 5))
     obs = encode(model, batch)
@@ -130,7 +137,7 @@ def test_padding_and_inactive_dims_are_excluded():
     is_pad = torch.zeros(2, 6, dtype=torch.bool)
     is_pad[1, 4:] = True
     noise = torch.zeros(2, 6, 32)
-    model.sample_noise = lambda like, generator=None: noise
+    monkeypatch.setattr(recipe_xr0, "sample_noise", lambda like, generator, device: noise)
     wrong = torch.zeros(2, 6, 32)
     wrong[1, 4:] = 5.0  # only in padded steps
     wrong[..., 7:] = 5.0  # and in inactive dims
@@ -151,8 +158,8 @@ def test_reweighting_formula_and_clamps():
         2, 6, 32, generator=torch.Generator().manual_seed(8)
     )  # the sample's own training noise
     with torch.no_grad():
-        weight = model._prefix_loss_weight(obs, actions, mask, lengths, loss_mask, noise)
-        generated = model._integrate(obs, mask, noise, 5, actions, lengths)
+        weight = prefix_loss_weight(model, obs, actions, mask, lengths, loss_mask, noise)
+        generated = euler_integrate(model, obs, mask, noise, 5, actions, lengths)
     error = (generated - actions).abs()
     expected = (error / ((error * loss_mask).sum() / loss_mask.sum())).clamp(0.5, 5.0)
     assert torch.allclose(weight, expected)
@@ -160,7 +167,7 @@ def test_reweighting_formula_and_clamps():
     assert torch.equal(generated[:, :2], actions[:, :2]), "the prefix stays as given through the Euler steps"
 
 
-def test_reweighting_regenerates_from_the_samples_own_training_noise():
+def test_reweighting_regenerates_from_the_samples_own_training_noise(monkeypatch):
     """compute_loss's reweighting pass generates each prefixed sample's chunk from the noise that sample was
     trained with (compute_loss's first draw from `generator`), not from fresh noise: its weight equals the
     weight built independently from `sample_actions` run on that noise, one row at a time, with the row's
@@ -170,16 +177,23 @@ def test_reweighting_regenerates_from_the_samples_own_training_noise():
     mask = action_mask(2, model.config)
     actions = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(7))
     lengths = torch.tensor([2, 4])
-    model.sample_prefix = lambda batch_size, length, generator=None: (
-        lengths,
-        torch.zeros(2, 6, dtype=torch.bool),
+    monkeypatch.setattr(
+        recipe_xr0,
+        "sample_prefix",
+        lambda config, batch_size, length, generator, device: (
+            lengths,
+            torch.zeros(2, 6, dtype=torch.bool),
+        ),
     )
     weights = []
-    reweight = model._prefix_loss_weight
-    model._prefix_loss_weight = lambda *args: weights.append(reweight(*args)) or weights[-1]
+    monkeypatch.setattr(
+        recipe_xr0,
+        "prefix_loss_weight",
+        lambda *args: weights.append(prefix_loss_weight(*args)) or weights[-1],
+    )
     with torch.no_grad():
         model.compute_loss(encode(model, batch), actions, mask, generator=torch.Generator().manual_seed(3))
-        noise = model.sample_noise(actions, torch.Generator().manual_seed(3))  # the training noise
+        noise = sample_noise(actions, torch.Generator().manual_seed(3), "cpu")  # the training noise
         generated = torch.cat(
             [
                 model.sample_actions(
@@ -229,7 +243,7 @@ def test_frequency_term_by_hand():
     assert term.item() == pytest.approx(28 / 12)
 
 
-def test_noisy_input_is_the_flow_interpolation():
+def test_noisy_input_is_the_flow_interpolation(monkeypatch):
     """x_t = (1 - t)·noise + t·actions at non-prefix positions (noise at t = 0, data at t = 1)."""
     model = tiny_model(action_prefix_probability=0.0)
     obs = encode(model, observation(num_text_tokens=(2, 5)))
@@ -243,14 +257,14 @@ def test_noisy_input_is_the_flow_interpolation():
 
     model.velocity = recording
     noise = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(2))
-    model.sample_noise = lambda like, generator=None: noise
+    monkeypatch.setattr(recipe_xr0, "sample_noise", lambda like, generator, device: noise)
     model.compute_loss(obs, actions, action_mask(2, model.config), generator=torch.Generator().manual_seed(3))
     t = seen["t"][:, None, None]
     assert torch.allclose(seen["noisy"], (1 - t) * noise + t * actions, atol=1e-6)
     assert (seen["t"] < 0.999).all() and (seen["t"] > 0).all()
 
 
-def test_repeated_rows_pair_each_observation_with_its_own_actions():
+def test_repeated_rows_pair_each_observation_with_its_own_actions(monkeypatch):
     model = tiny_model(training_repeat=3)
     obs = encode(model, observation(num_text_tokens=(2, 5)))
     actions = torch.stack([torch.full((6, 32), 1.0), torch.full((6, 32), -1.0)])
@@ -263,14 +277,14 @@ def test_repeated_rows_pair_each_observation_with_its_own_actions():
 
     model.velocity = recording
     noise = torch.zeros(6, 6, 32)
-    model.sample_noise = lambda like, generator=None: noise
+    monkeypatch.setattr(recipe_xr0, "sample_noise", lambda like, generator, device: noise)
     model.compute_loss(obs, actions, action_mask(2, model.config), generator=torch.Generator().manual_seed(0))
     for r in range(6):  # row r is observation r // 3 with actions[r // 3]
         assert torch.allclose(seen["noisy"][r], seen["t"][r] * actions[r // 3])
         assert torch.equal(seen["context"][r], obs.context_tokens[r // 3])
 
 
-def test_hide_probability_one_reaches_the_velocity_call():
+def test_hide_probability_one_reaches_the_velocity_call(monkeypatch):
     model = tiny_model(
         action_prefix_probability=1.0,
         prefix_hide_probability=1.0,
@@ -286,9 +300,13 @@ def test_hide_probability_one_reaches_the_velocity_call():
         return original(noisy, t, o, m, layout)
 
     model.velocity = recording
-    model.sample_prefix = lambda batch_size, length, generator=None: (
-        torch.tensor([5, 5]),
-        torch.tensor([[True, True, True, False, False, False]] * 2),
+    monkeypatch.setattr(
+        recipe_xr0,
+        "sample_prefix",
+        lambda config, batch_size, length, generator, device: (
+            torch.tensor([5, 5]),
+            torch.tensor([[True, True, True, False, False, False]] * 2),
+        ),
     )
     model.compute_loss(
         obs, torch.randn(2, 6, 32), action_mask(2, model.config), generator=torch.Generator().manual_seed(0)
@@ -298,17 +316,23 @@ def test_hide_probability_one_reaches_the_velocity_call():
     assert mask[2, :3].all(), "prefix tokens see each other"
 
 
-def test_rows_without_a_prefix_contribute_plain_mse():
+def test_rows_without_a_prefix_contribute_plain_mse(monkeypatch):
     model = tiny_model(action_prefix_probability=1.0, loss_reweighting=True)
     obs = encode(model, observation(num_text_tokens=(2, 5)))
     actions = torch.randn(2, 6, 32, generator=torch.Generator().manual_seed(1))
     noise = torch.zeros(2, 6, 32)
-    model.sample_noise = lambda like, generator=None: noise
-    model.sample_prefix = lambda batch_size, length, generator=None: (
-        torch.tensor([3, 0]),
-        torch.zeros(2, 6, dtype=torch.bool),
+    monkeypatch.setattr(recipe_xr0, "sample_noise", lambda like, generator, device: noise)
+    monkeypatch.setattr(
+        recipe_xr0,
+        "sample_prefix",
+        lambda config, batch_size, length, generator, device: (
+            torch.tensor([3, 0]),
+            torch.zeros(2, 6, dtype=torch.bool),
+        ),
     )
-    model._prefix_loss_weight = lambda *args: torch.full((2, 6, 32), 5.0)  # huge weights everywhere
+    monkeypatch.setattr(
+        recipe_xr0, "prefix_loss_weight", lambda *args: torch.full((2, 6, 32), 5.0)
+    )  # huge everywhere
     model.velocity = lambda noisy, t, o, m, layout=None: actions - noise + 1.0  # error 1 on every entry
     losses = model.compute_loss(
         obs, actions, action_mask(2, model.config), generator=torch.Generator().manual_seed(0)
@@ -363,6 +387,7 @@ def test_frozen_vlm_gets_no_gradient_and_the_expert_does():
 
 
 @pytest.mark.parametrize("async_recipe", [False, True])
+@pytest.mark.slow
 def test_tiny_model_overfits_one_batch(async_recipe):
     recipe = (
         dict(action_prefix_probability=0.5, action_attention_window=4, noisy_action_position_offset=10)

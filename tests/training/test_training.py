@@ -168,6 +168,7 @@ def evaluation_loss(model_dir, processor_dir, dataset_dir) -> float:
         )
 
 
+@pytest.mark.slow
 def test_trainer_run_lowers_the_loss_and_saves_a_loadable_directory(tiny_checkpoint, lerobot_dir, tmp_path):
     output = tmp_path / "finetuned"
     trainer = run_finetune(
@@ -212,6 +213,7 @@ def test_trainer_run_lowers_the_loss_and_saves_a_loadable_directory(tiny_checkpo
         )
 
 
+@pytest.mark.slow
 def test_lora_run_trains_adapters_and_saves_merged_weights(tiny_checkpoint, lerobot_dir, tmp_path):
     output = tmp_path / "lora"
     trainer = run_finetune(tiny_checkpoint, lerobot_dir, output, "--max_steps", "4", "--lora_rank", "4")
@@ -228,6 +230,7 @@ def test_lora_run_trains_adapters_and_saves_merged_weights(tiny_checkpoint, lero
     assert predict(output)[2].shape == (1, 6, 5)
 
 
+@pytest.mark.slow
 def test_lora_checkpoints_keep_the_trained_expert_and_resume(tiny_checkpoint, lerobot_dir, tmp_path):
     from peft import PeftModel
 
@@ -370,7 +373,7 @@ def test_language_loss_trains_the_vlm_and_adds_to_the_action_loss(tmp_path):
     language_only.loss.backward()
     assert language_only.loss == 0.5 * language_only.language_loss
     # The LM head runs at the answer positions only; the loss is transformers' own causal-LM loss all the same.
-    vlm_inputs = model._vlm_inputs(**{k: v for k, v in language_batch.items() if k != "labels"})
+    vlm_inputs = model.vlm_inputs(**{k: v for k, v in language_batch.items() if k != "labels"})
     reference = model.vlm(**vlm_inputs, labels=language_batch["labels"], use_cache=False).loss
     assert torch.allclose(language_only.language_loss, reference, atol=1e-5)
     assert model.vlm.model.language_model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
@@ -386,6 +389,7 @@ def test_language_loss_trains_the_vlm_and_adds_to_the_action_loss(tmp_path):
         model(**{k: v for k, v in robot.items() if k != "actions"}, language_batch=language_batch, seed=0)
 
 
+@pytest.mark.slow
 def test_cotraining_run_mixes_one_vl_sample_per_six(tiny_checkpoint, lerobot_dir, tmp_path):
     from robot_datasets import write_conversations
 
@@ -537,6 +541,7 @@ def test_constant_action_dims_are_reported(tmp_path, caplog):
 # ---- fine-tuning a practitioner can trust --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bf16_checkpoints_train_with_fp32_master_weights(lerobot_dir, tmp_path):
     bf16 = REPO_ROOT / "fixtures" / "tiny-xr0"  # stored in bf16
     trainer = run_finetune(bf16, lerobot_dir, tmp_path / "out", "--max_steps", "2")
@@ -550,6 +555,7 @@ def test_bf16_checkpoints_train_with_fp32_master_weights(lerobot_dir, tmp_path):
     assert states and {t.dtype for t in states} == {torch.float32}
 
 
+@pytest.mark.slow
 def test_checkpoints_are_complete_and_resume_exactly(tiny_checkpoint, lerobot_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -587,6 +593,7 @@ def test_checkpoints_are_complete_and_resume_exactly(tiny_checkpoint, lerobot_di
     assert changed > 1e-4, "steps 4-6 changed the weights (the comparison is not vacuous)"
 
 
+@pytest.mark.slow
 def test_resuming_continues_from_the_checkpoint_not_from_the_base_model(
     tiny_checkpoint, lerobot_dir, tmp_path, monkeypatch
 ):
@@ -704,6 +711,7 @@ def test_lerobot_cameras_by_dtype_chosen_keys_and_published_stats(tmp_path):
 
 
 @pytest.mark.parametrize("co_training", [False, True], ids=["robot frames", "co-training"])
+@pytest.mark.slow
 def test_each_epoch_draws_new_noise_for_every_frame(
     tiny_checkpoint, lerobot_dir, tmp_path, monkeypatch, co_training
 ):

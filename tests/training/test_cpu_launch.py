@@ -9,6 +9,8 @@ from test_distributed import ENV, TORCHRUN, finetune_arguments, free_port, one_p
 
 from xr0.training.finetune import has_accelerator
 
+pytestmark = pytest.mark.slow  # two torchrun launches of two processes each
+
 
 def arguments(checkpoint, dataset, output, per_device_batch: int, *extra) -> list:
     """The distributed tests' xr0-finetune arguments as a user on a laptop writes them: without --use_cpu; SGD, no

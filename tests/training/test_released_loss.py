@@ -8,6 +8,7 @@ from reference_xr0 import reference_loss
 from tiny import observation, tiny_model
 
 from xr0.modeling_xr0 import XR0TrainingDraws
+from xr0.recipe_xr0 import sample_training_draws
 
 RECIPE = dict(
     action_prefix_probability=0.5,
@@ -82,6 +83,7 @@ SHARED_PREFIX = [
 
 @pytest.mark.parametrize("length, prefix, hidden", SHARED_PREFIX)
 @pytest.mark.parametrize("active_dims", [32, 7])
+@pytest.mark.slow
 def test_one_prefix_per_batch_equals_the_released_loss(length, prefix, hidden, active_dims):
     """As released, every row shares p and the hidden tokens (one sample, training_repeat 2)."""
     compare(1, length, 2, [prefix] * 2, [hidden] * 2, active_dims)
@@ -115,7 +117,7 @@ def test_the_reweighting_pass_sees_the_training_hiding():
 def test_the_frequency_term_of_a_prefixed_row_is_its_suffixs_spectrum():
     """Hand-computed: a constant error e over the T - p = 4 steps after a prefix of p = 2 has the spectrum
     [4e, 0, 0] on each dim; with T = 6 and the prefix zeroed instead, a length-6 DFT would give other bins."""
-    from xr0.modeling_xr0 import frequency_loss
+    from xr0.recipe_xr0 import frequency_loss
 
     error = torch.zeros(1, 6, 2)
     error[0, 2:, 0] = 1.0  # dim 0: constant 1 after the prefix
@@ -169,8 +171,8 @@ def test_sampled_draws_given_back_reproduce_the_loss():
     mask = torch.ones(2, 10, 32)
     with torch.no_grad():
         sampled = model(**batch, action_mask=mask, actions=actions, seed=7).loss
-        draws = model.sample_training_draws(
-            actions.repeat_interleave(2, dim=0), 2, torch.Generator().manual_seed(7)
+        draws = sample_training_draws(
+            model.config, actions.repeat_interleave(2, dim=0), 2, torch.Generator().manual_seed(7)
         )
         given = model(**batch, action_mask=mask, actions=actions, training_draws=draws).loss
     assert torch.equal(sampled, given)

@@ -665,6 +665,7 @@ def serve_command(*arguments) -> list:
     return [str(Path(sys.executable).with_name("xr0-serve")), "--model", str(TINY), *arguments]
 
 
+@pytest.mark.slow
 def test_the_token_in_the_environment_guards_a_server_started_without_token():
     """`XR0_SERVER_TOKEN=... xr0-serve` (no --token), as the docs tell users to start it: the server says it
     requires a token, refuses a client without it (401) and serves one with it; the guidance options of the

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from xr0 import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
@@ -34,6 +36,7 @@ def test_the_readme_starts_with_exactly_two_set_up_commands():
     ]
 
 
+@pytest.mark.slow
 def test_the_guided_prefix_snippet_runs_after_the_usage_snippet(tmp_path):
     (usage,) = code_blocks(section("Usage"), "python")
     (guided,) = [
@@ -64,6 +67,7 @@ print("guided ok")
     assert result.stdout.strip().endswith("guided ok")
 
 
+@pytest.mark.slow
 def test_the_usage_snippet_runs_as_written_on_the_available_device(tmp_path):
     (snippet,) = code_blocks(section("Usage"), "python")
     assert snippet.count(SNIPPET_PATH_LINE) == 1

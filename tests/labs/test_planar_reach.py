@@ -10,8 +10,7 @@ import pytest
 
 from xr0 import REPO_ROOT
 from xr0.planar_reach.env import PlanarReachEnv, ReachSettings, ScriptedExpert, layout_seed
-from xr0.planar_reach.evaluate import default_commit_steps
-from xr0_client.realtime import FakeClock, RealtimeExecutor, SimulatedRunner
+from xr0_client.realtime import FakeClock, RealtimeExecutor, SimulatedRunner, default_commit_steps
 
 FIXTURES = REPO_ROOT / "fixtures" / "planar-reach"
 
@@ -273,6 +272,7 @@ def evaluate_cli(*arguments):
         ("sync", "async", 100, "guided", "guided"),
     ],
 )
+@pytest.mark.slow
 def test_the_evaluation_command_runs_the_shipped_checkpoints(
     variant, mode, latency, prefix_mode, expected_prefix_mode, tmp_path
 ):
@@ -297,6 +297,7 @@ def test_the_evaluation_command_runs_the_shipped_checkpoints(
     assert (tmp_path / "episode.gif").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_prefix_mode_without_async_execution_is_refused():
     completed = evaluate_cli(
         "--model", FIXTURES / "sync", "--episodes", 1, "--mode", "sync", "--prefix_mode", "guided"
@@ -313,6 +314,7 @@ def test_evaluating_on_the_training_layouts_or_another_tier_is_refused():
     assert completed.returncode == 2 and "trained on the goal_state tier" in completed.stderr
 
 
+@pytest.mark.slow
 def test_jump_rows_report_the_reaction(tmp_path):
     completed = evaluate_cli(
         "--model", FIXTURES / "async-lambda", "--episodes", 2, "--latency_ms", 100, "--jump_at", 10, 20,

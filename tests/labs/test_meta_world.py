@@ -76,6 +76,7 @@ def test_configurations_are_a_function_of_the_seed(reach):
         resolve_tasks(["fly"])
 
 
+@pytest.mark.slow
 def test_demonstrations_read_back_through_the_training_reader(tmp_path):
     from xr0.meta_world.record import record
     from xr0.training.data import open_dataset
@@ -96,6 +97,7 @@ def test_demonstrations_read_back_through_the_training_reader(tmp_path):
     assert info["features"]["observation.state"]["shape"] == [39] and info["robot_type"] == "metaworld"
 
 
+@pytest.mark.slow
 def test_failed_tries_are_replaced_until_each_task_has_its_demonstrations(tmp_path, monkeypatch, capsys):
     """A try the expert does not finish is left out and the next configuration is tried, up to 2·N + 10 tries;
     a task that never gets N says so in the summary and on stderr."""
@@ -191,6 +193,7 @@ def test_the_shipped_checkpoint_is_small_and_says_how_it_was_trained():
     assert config.state_dim == 39 and config.action_attention_window == 4
 
 
+@pytest.mark.slow
 def test_the_evaluation_command_scores_policy_and_expert_and_resumes(tmp_path):
     results = tmp_path / "results.json"
     arguments = ["--model", FIXTURE, "--tasks", "reach", "--episodes", 1, "--results_file", results]
@@ -301,6 +304,7 @@ def test_a_run_reports_its_own_episodes_of_a_results_file_that_holds_more(tmp_pa
     assert overall["task"] == "all" and overall["tasks"] == 1
 
 
+@pytest.mark.slow
 def test_the_training_command_records_then_trains_in_one_run(tmp_path):
     """`python -m xr0.meta_world.train` as documented, shortened (one task, one demonstration, two steps): it records,
     then trains in the same command and exits 0. Training imports triton with torch, which crashes a process that

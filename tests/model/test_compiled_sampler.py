@@ -3,6 +3,7 @@ input checks still in force, CUDA-graph replay (on CUDA; the graph cache's logic
 torch.cuda's graphs and streams), and the latency benchmark run as users run it."""
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import torch
 import transformers
 from tiny import encode, observation, tiny_model
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CHECKPOINT = REPO_ROOT / "fixtures" / "tiny-xr0"
 
 
@@ -55,6 +56,7 @@ def sample(model, observation, action_mask, noise, prefix):
 
 
 @pytest.mark.parametrize("with_prefix", [False, True])
+@pytest.mark.slow
 def test_the_sampler_traces_as_one_graph_without_breaks(model, observations, with_prefix):
     action_mask, noise, prefix = draws(model, 1, 10, 3 if with_prefix else 0)
     with torch.no_grad():
@@ -77,6 +79,7 @@ def test_one_velocity_evaluation_traces_as_one_graph(model, observations):
 @pytest.mark.parametrize("batch_size", [1, 2])
 @pytest.mark.parametrize("prefix_length", [0, 2])
 @pytest.mark.parametrize("action_length", [4, 10, 30])
+@pytest.mark.slow
 def test_the_fullgraph_loop_gives_the_eager_actions(
     model, observations, action_length, prefix_length, batch_size
 ):
@@ -95,6 +98,7 @@ def test_the_fullgraph_loop_gives_the_eager_actions(
     int(transformers.__version__.split(".")[0]) < 5,
     reason="inductor compiles the graph both lines trace alike (the fullgraph tests run on both); one line runs it",
 )
+@pytest.mark.slow
 def test_the_inductor_compiled_loop_gives_the_eager_actions(model, observations):
     inputs = draws(model, 2, 4, 2)
     expected = sample(model, observations[2], *inputs)
@@ -222,10 +226,12 @@ class CPUGraphs:
 @pytest.fixture
 def cpu_graphs(model, monkeypatch):
     """The model sampling through a `CUDAGraphLoop` over its eager loop, on the CPU shim (16 graphs kept)."""
-    from xr0.modeling_xr0 import CUDAGraphLoop
+    from xr0.sampler_xr0 import CUDAGraphLoop, euler_integrate
 
     graphs = CPUGraphs(monkeypatch)
-    model._inference_loop = CUDAGraphLoop(graphs.loop(model._integrate), max_graphs=16)
+    model._inference_loop = CUDAGraphLoop(
+        graphs.loop(functools.partial(euler_integrate, model)), max_graphs=16
+    )
     return graphs
 
 
@@ -323,6 +329,7 @@ def test_benchmark_help_names_every_option():
         assert option in finished.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_of_the_tiny_checkpoint_prints_one_json_line_of_every_stage():
     finished = benchmark(
         *(
@@ -357,6 +364,7 @@ def test_benchmark_of_the_tiny_checkpoint_prints_one_json_line_of_every_stage():
     assert result["speedup"]["chunk"] > 0 and result["batch_size"] == 2 and result["views"] == 2
 
 
+@pytest.mark.slow
 def test_benchmark_of_the_published_dit_uses_its_real_geometry():
     finished = benchmark(
         *("--model", "published-dit", "--runs", "1", "--warmup", "0", "--action_length", "4"),
