@@ -20,11 +20,6 @@ TINY_CHECKPOINT = REPO_ROOT / "fixtures" / "tiny-xr0"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture(scope="module")
 def observations(model):
     """{batch size: observation}; the batch of two has prompts of different lengths (left padding)."""
     with torch.no_grad():

@@ -17,11 +17,6 @@ from xr0.modeling_xr0 import (
 from xr0.sampler_xr0 import sample_noise
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
 def run(model, batch, mask=None, **kwargs):
     if mask is None:
         mask = action_mask(batch["input_ids"].shape[0], model.config)
